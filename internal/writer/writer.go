@@ -1,0 +1,167 @@
+// Package writer defines the contract between umbra's coordinator and the
+// adapters ("writers") that bring an application to a consistent state.
+//
+// A Writer implements only Name and Identify; every other phase is an
+// optional interface found by type assertion, so a writer implements just
+// the phases it needs. The coordinator calls phases in this order for one
+// snapshot set, each at most once:
+//
+//	Identify → PrepareBackup → PrepareSnapshot → Freeze → (providers commit) →
+//	Thaw → PostSnapshot → … → BackupComplete
+//
+// Abort may come at any point after Identify, including while a phase of the
+// same writer is still running on another goroutine (it then gets a context
+// that has been cancelled). Abort must be safe to call more than once and
+// after any phase, and it must release anything Freeze holds. A writer that
+// was frozen always gets Thaw or Abort. Phases of one writer never run
+// concurrently with each other, except Abort as above; different writers run
+// in parallel.
+//
+// Errors: a phase returns an error wrapping ErrRetryable when trying again
+// later may succeed (busy, time-out); any other error is taken as a
+// misconfiguration that will not go away by itself. Error text names what
+// went wrong and how to fix it.
+//
+// A writer must also release its own freeze if the coordinator process dies:
+// hold freezes with resources the kernel frees on exit (connections, file
+// locks), never with state that outlives the process.
+package writer
+
+import (
+	"context"
+	"errors"
+)
+
+// ErrRetryable marks failures that may succeed when tried again.
+var ErrRetryable = errors.New("retryable")
+
+// Phase names a step of the protocol (DESIGN §1).
+type Phase string
+
+// The phases, in protocol order, then the restore phases.
+const (
+	PhaseIdentify        Phase = "identify"
+	PhasePrepareBackup   Phase = "prepare-backup"
+	PhasePrepareSnapshot Phase = "prepare-snapshot"
+	PhaseFreeze          Phase = "freeze"
+	PhaseCommit          Phase = "commit"
+	PhaseThaw            Phase = "thaw"
+	PhasePostSnapshot    Phase = "post-snapshot"
+	PhaseBackupComplete  Phase = "backup-complete"
+	PhaseAbort           Phase = "abort"
+	PhasePreRestore      Phase = "pre-restore"
+	PhasePostRestore     Phase = "post-restore"
+)
+
+// BackupType says what the requester will make of the set; it decides what a
+// writer may truncate at BackupComplete.
+type BackupType string
+
+// Backup types. A copy backup never truncates anything.
+const (
+	Full        BackupType = "full"
+	Incremental BackupType = "incremental"
+	Log         BackupType = "log"
+	Copy        BackupType = "copy"
+)
+
+// Truncates reports whether a successful backup of this type may truncate logs.
+func (t BackupType) Truncates() bool { return t == Full || t == Incremental || t == Log }
+
+// Writer is the required core of every writer.
+type Writer interface {
+	// Name is the writer's instance name, unique in one configuration,
+	// such as "sqlite:app". It names locks, state and error messages.
+	Name() string
+	// Identify describes the writer's data. It is called first in every set
+	// and may be called on its own (umbra writers); it must not change the
+	// application's state.
+	Identify(ctx context.Context) (Metadata, error)
+}
+
+// Set tells a writer about the snapshot set it takes part in. Volumes is
+// empty before the commit and filled from PostSnapshot on.
+type Set struct {
+	ID      string
+	Type    BackupType
+	Volumes []Volume
+}
+
+// Volume maps a source directory to where its shadow copy can be read.
+type Volume struct {
+	Source   string // directory on the live system
+	Snapshot string // the same directory in the shadow copy
+}
+
+// BackupPreparer checks preconditions (archiving on, credentials, versions).
+type BackupPreparer interface {
+	PrepareBackup(ctx context.Context, set Set) error
+}
+
+// SnapshotPreparer does slow work that does not block the application
+// (checkpoint, pg_backup_start, BGSAVE).
+type SnapshotPreparer interface {
+	PrepareSnapshot(ctx context.Context, set Set) error
+}
+
+// Freezer blocks new commits between Freeze and Thaw. Queued work waits;
+// nothing is rejected. Freeze is bounded by the set's freeze limit.
+type Freezer interface {
+	Freeze(ctx context.Context, set Set) error
+	Thaw(ctx context.Context, set Set) error
+}
+
+// PostSnapshotter records what the copy needs once the shadow copies exist.
+type PostSnapshotter interface {
+	PostSnapshot(ctx context.Context, set Set) (Report, error)
+}
+
+// Report is what a writer hands on after the snapshot: log positions and
+// files the requester must store alongside the shadow copy.
+type Report struct {
+	Positions map[string]string `json:"positions,omitempty"`
+	Files     []HandOn          `json:"files,omitempty"`
+}
+
+// HandOn is a file the writer produced for the backup (a backup label, WAL),
+// stored by the requester at Path relative to the component's restore root.
+type HandOn struct {
+	Component string `json:"component"`
+	Path      string `json:"path"`
+	Source    string `json:"source"` // where to read it now
+}
+
+// Completer learns the requester's verdict. Only a successful component of a
+// backup type that Truncates may have its logs truncated.
+type Completer interface {
+	BackupComplete(ctx context.Context, c Completion) error
+}
+
+// Completion carries the requester's verdict per component.
+type Completion struct {
+	Set        Set
+	Components map[string]bool // component name → stored successfully
+}
+
+// Aborter undoes anything in flight. It must be idempotent and safe after
+// any phase.
+type Aborter interface {
+	Abort(ctx context.Context, set Set) error
+}
+
+// Restorer brings the application back from restored files.
+type Restorer interface {
+	// PreRestore stops the service and moves live files aside.
+	PreRestore(ctx context.Context, r Restore) error
+	// PostRestore recovers, starts and checks the application. When More is
+	// set, further restores follow and the application must not start yet.
+	PostRestore(ctx context.Context, r Restore) error
+}
+
+// Restore describes one restore of a writer's components.
+type Restore struct {
+	Metadata   Metadata
+	Components []string
+	Target     string // directory the files go to; empty means in place
+	More       bool
+}
