@@ -1,0 +1,230 @@
+// Package config reads umbra's configuration file and inline writer specs
+// into one list of writer specs and the coordinator's settings.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultPath is where umbra looks for its configuration.
+const DefaultPath = "/etc/umbra/umbra.toml"
+
+// Config is the whole configuration file.
+type Config struct {
+	StateDir string
+	Shadow   Shadow
+	Writers  []Spec
+}
+
+// Shadow holds the coordinator's settings.
+type Shadow struct {
+	FreezeLimit time.Duration
+	CommitLimit time.Duration
+	PhaseLimit  time.Duration
+	Provider    string
+}
+
+// Spec configures one writer instance.
+type Spec struct {
+	Type    string            // sqlite, script, …
+	Name    string            // instance name, unique per type
+	Options map[string]string // everything else, as the writer reads it
+}
+
+// Instance is the writer's full name, such as "sqlite:app".
+func (s Spec) Instance() string { return s.Type + ":" + s.Name }
+
+type fileFormat struct {
+	StateDir string           `toml:"state_dir"`
+	Shadow   shadowFormat     `toml:"shadow"`
+	Writer   []map[string]any `toml:"writer"`
+}
+
+type shadowFormat struct {
+	FreezeLimit duration `toml:"freeze_limit"`
+	CommitLimit duration `toml:"commit_limit"`
+	PhaseLimit  duration `toml:"phase_limit"`
+	Provider    string   `toml:"provider"`
+}
+
+type duration struct{ time.Duration }
+
+func (d *duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration; write it like \"30s\" or \"2m\"", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// Load reads the file at path. A missing file is an empty configuration
+// only when it is the default path; a file the user named must exist.
+func Load(path string, explicit bool) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) && !explicit {
+		return &Config{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return Parse(path, string(b))
+}
+
+// Parse reads configuration text; name is used in errors.
+func Parse(name, text string) (*Config, error) {
+	var f fileFormat
+	md, err := toml.Decode(text, &f)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", name, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		var keys []string
+		for _, k := range und {
+			if len(k) > 0 && k[0] == "writer" {
+				continue // writer tables are free-form, checked by each writer
+			}
+			keys = append(keys, k.String())
+		}
+		if len(keys) > 0 {
+			return nil, fmt.Errorf("config %s: unknown setting %s; see umbra help config", name, strings.Join(keys, ", "))
+		}
+	}
+	cfg := &Config{
+		StateDir: f.StateDir,
+		Shadow: Shadow{
+			FreezeLimit: f.Shadow.FreezeLimit.Duration,
+			CommitLimit: f.Shadow.CommitLimit.Duration,
+			PhaseLimit:  f.Shadow.PhaseLimit.Duration,
+			Provider:    f.Shadow.Provider,
+		},
+	}
+	for i, w := range f.Writer {
+		opts := map[string]string{}
+		for k, v := range w {
+			switch v := v.(type) {
+			case string:
+				opts[k] = v
+			case int64, float64, bool:
+				opts[k] = fmt.Sprint(v)
+			default:
+				return nil, fmt.Errorf("config %s: writer #%d: %s must be a string, number or boolean", name, i+1, k)
+			}
+		}
+		spec, err := newSpec(opts)
+		if err != nil {
+			return nil, fmt.Errorf("config %s: writer #%d: %w", name, i+1, err)
+		}
+		cfg.Writers = append(cfg.Writers, spec)
+	}
+	if err := checkUnique(cfg.Writers); err != nil {
+		return nil, fmt.Errorf("config %s: %w", name, err)
+	}
+	return cfg, nil
+}
+
+// ParseSpec reads an inline writer spec: TYPE:KEY=VALUE[,KEY=VALUE…].
+// A comma inside a value is written "\,".
+func ParseSpec(s string) (Spec, error) {
+	bad := func(why string) (Spec, error) {
+		return Spec{}, fmt.Errorf("writer spec %q: %s; want TYPE:KEY=VALUE[,KEY=VALUE...], e.g. sqlite:path=/data/app.db", s, why)
+	}
+	typ, rest, ok := strings.Cut(s, ":")
+	if !ok || typ == "" {
+		return bad("no type before ':'")
+	}
+	opts := map[string]string{"type": typ}
+	for _, kv := range splitUnescaped(rest) {
+		if kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return bad(fmt.Sprintf("%q is not KEY=VALUE", kv))
+		}
+		if _, dup := opts[k]; dup {
+			return bad(fmt.Sprintf("%s given twice", k))
+		}
+		opts[k] = v
+	}
+	spec, err := newSpec(opts)
+	if err != nil {
+		return bad(err.Error())
+	}
+	return spec, nil
+}
+
+func splitUnescaped(s string) []string {
+	var parts []string
+	var cur strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch {
+		case s[i] == '\\' && i+1 < len(s) && s[i+1] == ',':
+			cur.WriteByte(',')
+			i++
+		case s[i] == ',':
+			parts = append(parts, cur.String())
+			cur.Reset()
+		default:
+			cur.WriteByte(s[i])
+		}
+	}
+	return append(parts, cur.String())
+}
+
+// newSpec takes type and name out of opts. The default name is the base
+// name of the path option without its extension, else "default".
+func newSpec(opts map[string]string) (Spec, error) {
+	typ := opts["type"]
+	if typ == "" {
+		return Spec{}, errors.New("type is missing (sqlite, script, …)")
+	}
+	name := opts["name"]
+	if name == "" {
+		name = "default"
+		if p := opts["path"]; p != "" {
+			name = strings.TrimSuffix(filepath.Base(p), filepath.Ext(p))
+		}
+	}
+	if strings.ContainsAny(name, ":/ ") {
+		return Spec{}, fmt.Errorf("name %q may not contain ':', '/' or spaces", name)
+	}
+	delete(opts, "type")
+	delete(opts, "name")
+	return Spec{Type: typ, Name: name, Options: opts}, nil
+}
+
+// Merge adds inline specs after the file's, refusing duplicate instances.
+func Merge(file, inline []Spec) ([]Spec, error) {
+	all := append(append([]Spec(nil), file...), inline...)
+	return all, checkUnique(all)
+}
+
+func checkUnique(specs []Spec) error {
+	seen := map[string]bool{}
+	for _, s := range specs {
+		if seen[s.Instance()] {
+			return fmt.Errorf("writer %s is configured twice; give one a different name=", s.Instance())
+		}
+		seen[s.Instance()] = true
+	}
+	return nil
+}
+
+// Keys lists a spec's option keys, sorted, for messages.
+func (s Spec) Keys() []string {
+	keys := make([]string, 0, len(s.Options))
+	for k := range s.Options {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,107 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestParseSpec(t *testing.T) {
+	tests := []struct {
+		in   string
+		want Spec
+	}{
+		{"sqlite:path=/data/app.db", Spec{Type: "sqlite", Name: "app", Options: map[string]string{"path": "/data/app.db"}}},
+		{"sqlite:path=/data/app.db,name=main", Spec{Type: "sqlite", Name: "main", Options: map[string]string{"path": "/data/app.db"}}},
+		{`script:freeze=/bin/f a\,b,thaw=/bin/t`, Spec{Type: "script", Name: "default", Options: map[string]string{"freeze": "/bin/f a,b", "thaw": "/bin/t"}}},
+		{"script:freeze=x=y", Spec{Type: "script", Name: "default", Options: map[string]string{"freeze": "x=y"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := ParseSpec(tt.in)
+			if err != nil {
+				t.Fatalf("ParseSpec(%q): %v", tt.in, err)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("ParseSpec(%q) (-want +got):\n%s", tt.in, diff)
+			}
+		})
+	}
+}
+
+func TestParseSpecErrors(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"sqlite", "no type before ':'"},
+		{":path=x", "no type"},
+		{"sqlite:path", `"path" is not KEY=VALUE`},
+		{"sqlite:path=a,path=b", "path given twice"},
+		{"sqlite:path=/x,name=a:b", "may not contain"},
+	}
+	for _, tt := range tests {
+		_, err := ParseSpec(tt.in)
+		if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "want TYPE:KEY=VALUE") {
+			t.Errorf("ParseSpec(%q): got %v, want an error containing %q and the expected form", tt.in, err, tt.want)
+		}
+	}
+}
+
+func TestParseFile(t *testing.T) {
+	cfg, err := Parse("test.toml", `
+state_dir = "/tmp/state"
+[shadow]
+freeze_limit = "5s"
+provider = "btrfs"
+
+[[writer]]
+type = "sqlite"
+path = "/data/app.db"
+
+[[writer]]
+type = "script"
+name = "cache"
+freeze = "/usr/local/bin/f"
+timeout = 30
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Config{
+		StateDir: "/tmp/state",
+		Shadow:   Shadow{FreezeLimit: 5 * time.Second, Provider: "btrfs"},
+		Writers: []Spec{
+			{Type: "sqlite", Name: "app", Options: map[string]string{"path": "/data/app.db"}},
+			{Type: "script", Name: "cache", Options: map[string]string{"freeze": "/usr/local/bin/f", "timeout": "30"}},
+		},
+	}
+	if diff := cmp.Diff(want, cfg); diff != "" {
+		t.Errorf("Parse (-want +got):\n%s", diff)
+	}
+}
+
+func TestParseFileErrors(t *testing.T) {
+	tests := []struct{ name, text, want string }{
+		{"unknown key", "frobnicate = 1", "unknown setting frobnicate"},
+		{"bad duration", "[shadow]\nfreeze_limit = \"soon\"", "not a duration"},
+		{"no type", "[[writer]]\npath = \"/x\"", "type is missing"},
+		{"duplicate", "[[writer]]\ntype=\"sqlite\"\npath=\"/a/x.db\"\n[[writer]]\ntype=\"sqlite\"\npath=\"/b/x.db\"", "configured twice"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("t.toml", tt.text)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("got %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestLoadMissing(t *testing.T) {
+	if _, err := Load("/nonexistent/umbra.toml", false); err != nil {
+		t.Errorf("missing default file: got %v, want an empty config", err)
+	}
+	if _, err := Load("/nonexistent/umbra.toml", true); err == nil {
+		t.Error("missing explicit file: got nil error")
+	}
+}
