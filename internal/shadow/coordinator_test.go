@@ -1,0 +1,378 @@
+package shadow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/umbra-backup/umbra/internal/provider"
+	"github.com/umbra-backup/umbra/internal/writer"
+	"github.com/umbra-backup/umbra/internal/writer/writertest"
+)
+
+// fakeProvider records what it is asked to do.
+type fakeProvider struct {
+	name string
+	copy provider.Copy
+	// hook, if set, runs in Create and its error fails it.
+	hook func(ctx context.Context) error
+
+	mu      sync.Mutex
+	made    map[string]bool // set id + mount of each live shadow
+	deleted []string        // set ids
+}
+
+func (p *fakeProvider) Name() string { return p.name }
+func (p *fakeProvider) Capabilities() provider.Capabilities {
+	return provider.Capabilities{Copy: p.copy}
+}
+func (p *fakeProvider) CanServe(provider.Volume) error { return nil }
+
+func (p *fakeProvider) Create(ctx context.Context, req provider.Request) (provider.Shadow, error) {
+	if p.hook != nil {
+		if err := p.hook(ctx); err != nil {
+			return provider.Shadow{}, err
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.made == nil {
+		p.made = map[string]bool{}
+	}
+	p.made[req.SetID+req.Volume.Mount] = true
+	return provider.Shadow{Provider: p.name, SetID: req.SetID, Volume: req.Volume,
+		Roots: []provider.Root{{Source: req.Volume.Mount, Snapshot: req.Volume.Mount + "/.snap"}}}, nil
+}
+
+func (p *fakeProvider) Delete(_ context.Context, sh provider.Shadow) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.made, sh.SetID+sh.Volume.Mount)
+	p.deleted = append(p.deleted, sh.SetID)
+	return nil
+}
+
+// live reports the shadows created and not deleted.
+func (p *fakeProvider) live() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.made)
+}
+
+// rig is a coordinator over two volumes (temporary directories) with a
+// writer on each.
+type rig struct {
+	store   *Store
+	prov    *fakeProvider
+	coord   *Coordinator
+	writers []*writertest.Fake
+	vols    []string
+}
+
+func newRig(t *testing.T, opts Options) *rig {
+	t.Helper()
+	store, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &rig{store: store, prov: &fakeProvider{name: "fake", copy: provider.CopyAtomic}}
+	for i := range 2 {
+		vol := t.TempDir()
+		r.vols = append(r.vols, vol)
+		wr := writertest.NewFake(fmt.Sprintf("fake:w%d", i))
+		wr.Metadata.Components[0].Paths = []string{vol}
+		r.writers = append(r.writers, wr)
+	}
+	opts.Mounts = func(path string) (provider.Volume, error) {
+		for _, v := range r.vols {
+			if path == v || strings.HasPrefix(path, v+"/") {
+				return provider.Volume{Mount: v, FSType: "fake"}, nil
+			}
+		}
+		return provider.Volume{}, fmt.Errorf("no volume for %s", path)
+	}
+	r.coord = New([]provider.Provider{r.prov}, store, opts)
+	return r
+}
+
+func (r *rig) create(ctx context.Context) (*Set, error) {
+	var wrs []writer.Writer
+	for _, f := range r.writers {
+		wrs = append(wrs, f)
+	}
+	return r.coord.Create(ctx, wrs, nil)
+}
+
+// assertAborted checks the aftermath of a failed set: every writer aborted,
+// every writer that froze thawed or aborted, no shadow, no record.
+func (r *rig) assertAborted(t *testing.T) {
+	t.Helper()
+	for _, f := range r.writers {
+		calls := f.Calls()
+		if len(calls) == 0 || calls[len(calls)-1] != writer.PhaseAbort {
+			t.Errorf("%s: calls %v, want Abort last", f.Name(), calls)
+		}
+	}
+	if n := r.prov.live(); n != 0 {
+		t.Errorf("%d shadows left after abort", n)
+	}
+	sets, err := r.store.Sets()
+	if err != nil || len(sets) != 0 {
+		t.Errorf("set records after abort: %v, %v", sets, err)
+	}
+}
+
+func TestCreatePhaseOrder(t *testing.T) {
+	r := newRig(t, Options{})
+	set, err := r.create(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []writer.Phase{writer.PhaseIdentify, writer.PhasePrepareBackup, writer.PhasePrepareSnapshot,
+		writer.PhaseFreeze, writer.PhaseThaw, writer.PhasePostSnapshot}
+	for _, f := range r.writers {
+		if diff := cmp.Diff(want, f.Calls()); diff != "" {
+			t.Errorf("%s calls (-want +got):\n%s", f.Name(), diff)
+		}
+	}
+	if set.Status != StatusReady || len(set.Shadows) != 2 || r.prov.live() != 2 {
+		t.Errorf("set %s with %d shadows (%d live); want ready with 2", set.Status, len(set.Shadows), r.prov.live())
+	}
+	for _, w := range set.Writers {
+		if w.Consistency != Application {
+			t.Errorf("%s: consistency %s, want application", w.Name, w.Consistency)
+		}
+	}
+	if set.FreezeEnd.Before(set.FreezeStart) || set.FreezeStart.IsZero() {
+		t.Errorf("freeze window %v .. %v", set.FreezeStart, set.FreezeEnd)
+	}
+	saved, err := r.store.LoadSet(set.ID)
+	if err != nil || saved.Status != StatusReady {
+		t.Fatalf("stored set: %+v, %v", saved, err)
+	}
+	if err := r.coord.Delete(t.Context(), set.ID); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.prov.live(); n != 0 {
+		t.Errorf("after Delete %d shadows live", n)
+	}
+}
+
+func TestCreateFailsInEachPhase(t *testing.T) {
+	for _, phase := range []writer.Phase{writer.PhaseIdentify, writer.PhasePrepareBackup, writer.PhasePrepareSnapshot,
+		writer.PhaseFreeze, writer.PhaseThaw, writer.PhasePostSnapshot} {
+		t.Run(string(phase), func(t *testing.T) {
+			r := newRig(t, Options{})
+			r.writers[1].Errs = map[writer.Phase]error{phase: errors.New("boom")}
+			_, err := r.create(t.Context())
+			var pe *PhaseError
+			if !errors.As(err, &pe) || pe.Who != "fake:w1" || pe.Phase != phase || pe.Retryable {
+				t.Fatalf("got %v, want a non-retryable PhaseError of fake:w1 in %s", err, phase)
+			}
+			r.assertAborted(t)
+			if phase == writer.PhaseFreeze {
+				// The writer that froze was thawed before the abort.
+				calls := r.writers[0].Calls()
+				if !contains(phaseNames(calls), string(writer.PhaseThaw)) {
+					t.Errorf("fake:w0 froze but was not thawed: %v", calls)
+				}
+			}
+		})
+	}
+}
+
+func TestCreateRetryable(t *testing.T) {
+	r := newRig(t, Options{})
+	r.writers[0].Errs = map[writer.Phase]error{writer.PhaseFreeze: fmt.Errorf("lock wait: %w", writer.ErrRetryable)}
+	_, err := r.create(t.Context())
+	var pe *PhaseError
+	if !errors.As(err, &pe) || !pe.Retryable {
+		t.Fatalf("got %v, want a retryable PhaseError", err)
+	}
+}
+
+func TestCreateProviderFails(t *testing.T) {
+	r := newRig(t, Options{})
+	var once sync.Once
+	r.prov.hook = func(context.Context) error {
+		var err error
+		once.Do(func() { err = errors.New("disk full") })
+		return err
+	}
+	_, err := r.create(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "disk full") || !strings.Contains(err.Error(), "provider fake") {
+		t.Fatalf("got %v, want the provider's error, named", err)
+	}
+	r.assertAborted(t)
+}
+
+func TestCreateHungFreezeFailsAtLimit(t *testing.T) {
+	r := newRig(t, Options{FreezeLimit: 200 * time.Millisecond})
+	r.writers[1].Hooks = map[writer.Phase]func(context.Context) error{writer.PhaseFreeze: writertest.Hang}
+	start := time.Now()
+	_, err := r.create(t.Context())
+	var pe *PhaseError
+	if !errors.As(err, &pe) || pe.Who != "fake:w1" || pe.Phase != writer.PhaseFreeze || !pe.Retryable {
+		t.Fatalf("got %v, want a retryable time-out of fake:w1 in freeze", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("Create took %v with a 200ms freeze limit", took)
+	}
+	r.assertAborted(t)
+}
+
+func TestCreatePanicAborts(t *testing.T) {
+	r := newRig(t, Options{})
+	r.writers[0].Hooks = map[writer.Phase]func(context.Context) error{
+		writer.PhasePrepareSnapshot: func(context.Context) error { panic("writer bug") },
+	}
+	_, err := r.create(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "panic: writer bug") {
+		t.Fatalf("got %v, want the panic as an error", err)
+	}
+	r.assertAborted(t)
+}
+
+// A cancellation (SIGINT, SIGTERM) during the commit still thaws and aborts.
+func TestCreateCancelledInCommit(t *testing.T) {
+	r := newRig(t, Options{})
+	ctx, cancel := context.WithCancel(t.Context())
+	r.prov.hook = func(ctx context.Context) error {
+		cancel()
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	_, err := r.create(ctx)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want context.Canceled", err)
+	}
+	for _, f := range r.writers {
+		if !contains(phaseNames(f.Calls()), string(writer.PhaseThaw)) {
+			t.Errorf("%s not thawed after cancel: %v", f.Name(), f.Calls())
+		}
+	}
+	r.assertAborted(t)
+}
+
+func TestCreateWriterBusy(t *testing.T) {
+	r := newRig(t, Options{})
+	l, err := r.store.TryLock("writer", "fake:w0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Unlock()
+	_, err = r.create(t.Context())
+	if !errors.Is(err, ErrBusy) || !errors.Is(err, writer.ErrRetryable) {
+		t.Fatalf("got %v, want ErrBusy", err)
+	}
+	if calls := r.writers[1].Calls(); contains(phaseNames(calls), string(writer.PhaseFreeze)) {
+		t.Errorf("a writer was frozen although the set could not lock: %v", calls)
+	}
+}
+
+func TestCreateRefusesUnmetNeed(t *testing.T) {
+	r := newRig(t, Options{})
+	r.prov.copy = provider.CopyNone // cannot give the fakes their atomic copy
+	_, err := r.create(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "needs atomic") {
+		t.Fatalf("got %v, want a refusal naming the need", err)
+	}
+	for _, f := range r.writers {
+		if diff := cmp.Diff([]writer.Phase{writer.PhaseIdentify, writer.PhaseAbort}, f.Calls()); diff != "" {
+			t.Errorf("%s calls (-want +got):\n%s", f.Name(), diff)
+		}
+	}
+}
+
+func TestUserPathConsistency(t *testing.T) {
+	for _, tt := range []struct {
+		copy provider.Copy
+		want Consistency
+	}{{provider.CopyAtomic, Crash}, {provider.CopyPerFile, None}, {provider.CopyNone, None}} {
+		r := newRig(t, Options{})
+		r.prov.copy = tt.copy
+		set, err := r.coord.Create(t.Context(), nil, []string{r.vols[0]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(set.Paths) != 1 || set.Paths[0].Consistency != tt.want {
+			t.Errorf("%s copy: paths %+v, want %s", tt.copy, set.Paths, tt.want)
+		}
+	}
+}
+
+// A set whose creator died is cleaned up by the next List.
+func TestListCleansDeadSet(t *testing.T) {
+	r := newRig(t, Options{})
+	dead := &Set{ID: newID(time.Now()), Status: StatusCreating, PID: 1 << 30,
+		Planned: []Planned{{Volume: provider.Volume{Mount: r.vols[0]}, Provider: "fake"}}}
+	if err := r.store.SaveSet(dead); err != nil {
+		t.Fatal(err)
+	}
+	sets, err := r.coord.List(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sets) != 1 || sets[0].Status != StatusFailed || !strings.Contains(sets[0].Error, "exited") {
+		t.Fatalf("List: %+v, want the dead set once, failed", sets)
+	}
+	if diff := cmp.Diff([]string{dead.ID}, r.prov.deleted); diff != "" {
+		t.Errorf("provider deletes (-want +got):\n%s", diff)
+	}
+	if sets, _ := r.coord.List(t.Context()); len(sets) != 0 {
+		t.Errorf("second List: %d sets, want none", len(sets))
+	}
+}
+
+// A set being created by a live process is left alone.
+func TestListKeepsLiveCreation(t *testing.T) {
+	r := newRig(t, Options{})
+	release := make(chan struct{})
+	r.writers[0].Hooks = map[writer.Phase]func(context.Context) error{
+		writer.PhaseFreeze: func(context.Context) error { <-release; return nil },
+	}
+	done := make(chan error, 1)
+	go func() { _, err := r.create(t.Context()); done <- err }()
+	var sets []*Set
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		var err error
+		if sets, err = r.coord.List(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if len(sets) > 0 {
+			break
+		}
+	}
+	close(release)
+	if len(sets) != 1 || sets[0].Status != StatusCreating {
+		t.Fatalf("List during creation: %+v, want one creating set", sets)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDeleteUnknownSet(t *testing.T) {
+	r := newRig(t, Options{})
+	if err := r.coord.Delete(t.Context(), "nope"); !errors.Is(err, ErrNoSet) {
+		t.Errorf("got %v, want ErrNoSet", err)
+	}
+	if err := r.coord.Delete(t.Context(), "../x"); !errors.Is(err, ErrNoSet) {
+		t.Errorf("path in id: got %v, want ErrNoSet", err)
+	}
+}
+
+func phaseNames(ps []writer.Phase) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = string(p)
+	}
+	return out
+}
+

@@ -1,0 +1,187 @@
+package shadow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/umbra-backup/umbra/internal/provider"
+)
+
+// List returns every set, oldest first. A set still "creating" whose creator
+// has died (kill -9 in the freeze window) is cleaned up first: its shadows
+// are deleted and it is reported as failed, once.
+func (c *Coordinator) List(ctx context.Context) ([]*Set, error) {
+	sets, err := c.store.Sets()
+	if err != nil {
+		return nil, err
+	}
+	for _, set := range sets {
+		if set.Status != StatusCreating || c.store.Locked("set", set.ID) {
+			continue
+		}
+		set.Status = StatusFailed
+		set.Error = fmt.Sprintf("umbra (pid %d) exited while creating the set; its shadows were deleted", set.PID)
+		err := c.deleteShadows(ctx, set)
+		if err == nil {
+			err = c.store.RemoveSet(set.ID)
+		} else {
+			set.Error += fmt.Sprintf("; clean-up failed: %v", err)
+			err = errors.Join(err, c.store.SaveSet(set))
+		}
+		if err != nil {
+			return sets, fmt.Errorf("clean up set %s: %w", set.ID, err)
+		}
+	}
+	return sets, nil
+}
+
+// Delete removes a set: unmounts where it is exposed, deletes its shadows,
+// forgets it. A set being created by a live process is refused.
+func (c *Coordinator) Delete(ctx context.Context, id string) error {
+	set, err := c.store.LoadSet(id)
+	if err != nil {
+		return err
+	}
+	l, err := c.store.TryLock("set", id)
+	if err != nil {
+		return fmt.Errorf("delete set %s: it is still being created: %w", id, err)
+	}
+	defer l.Unlock()
+	for _, dir := range set.Exposed {
+		if err := unix.Unmount(dir, 0); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("delete set %s: unmount %s: %w; stop what uses it, or umount -l %s", id, dir, err, dir)
+		}
+	}
+	if err := c.deleteShadows(ctx, set); err != nil {
+		return fmt.Errorf("delete set %s: %w", id, err)
+	}
+	return c.store.RemoveSet(id)
+}
+
+// deleteShadows deletes every shadow made or planned for set. Planned
+// volumes without a recorded shadow (a crash during the commit) are handed to
+// their provider with no roots, so it removes whatever it left for the set.
+func (c *Coordinator) deleteShadows(ctx context.Context, set *Set) error {
+	var errs []error
+	done := map[string]bool{}
+	for _, sh := range set.Shadows {
+		done[sh.Volume.Mount] = true
+		errs = append(errs, c.deleteShadow(ctx, sh))
+	}
+	for _, p := range set.Planned {
+		if !done[p.Volume.Mount] {
+			errs = append(errs, c.deleteShadow(ctx, provider.Shadow{Provider: p.Provider, SetID: set.ID, Volume: p.Volume}))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Coordinator) deleteShadow(ctx context.Context, sh provider.Shadow) error {
+	p, err := c.provider(sh.Provider)
+	if err != nil {
+		return err
+	}
+	if err := p.Delete(ctx, sh); err != nil {
+		return fmt.Errorf("delete shadow on %s: %w", sh.Volume.Mount, err)
+	}
+	return nil
+}
+
+func (c *Coordinator) provider(name string) (provider.Provider, error) {
+	for _, p := range c.providers {
+		if p.Name() == name {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("provider %q is not available in this umbra", name)
+}
+
+// Expose mounts the set read-only at dir: one shadowed directory at dir
+// itself, several at dir/0, dir/1, … in the order of Set.Volumes.
+func (c *Coordinator) Expose(ctx context.Context, id, dir string) ([]string, error) {
+	set, err := c.ready(id)
+	if err != nil {
+		return nil, err
+	}
+	vols := set.Volumes()
+	var targets []string
+	for i, v := range vols {
+		target := dir
+		if len(vols) > 1 {
+			target = filepath.Join(dir, fmt.Sprint(i))
+		}
+		if err := os.MkdirAll(target, 0o755); err != nil {
+			return targets, fmt.Errorf("expose %s: %w", id, err)
+		}
+		if err := bindReadOnly(v.Snapshot, target); err != nil {
+			return targets, fmt.Errorf("expose %s at %s: %w", id, target, err)
+		}
+		targets = append(targets, target)
+		set.Exposed = append(set.Exposed, target)
+		if err := c.store.SaveSet(set); err != nil {
+			return targets, err
+		}
+	}
+	return targets, nil
+}
+
+func bindReadOnly(src, target string) error {
+	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
+		return err
+	}
+	if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		return errors.Join(err, unix.Unmount(target, 0))
+	}
+	return nil
+}
+
+// Revert rolls every volume of the set back to its shadow's content. Stop
+// the applications on those volumes first: their open files would keep
+// pointing at the data that is being replaced.
+func (c *Coordinator) Revert(ctx context.Context, id string) error {
+	set, err := c.ready(id)
+	if err != nil {
+		return err
+	}
+	var reverters []provider.Reverter
+	for _, sh := range set.Shadows {
+		p, err := c.provider(sh.Provider)
+		if err != nil {
+			return err
+		}
+		rv, ok := p.(provider.Reverter)
+		if !ok {
+			return fmt.Errorf("revert %s: provider %s cannot revert %s; restore the files from the shadow instead (umbra shadow expose)", id, sh.Provider, sh.Volume.Mount)
+		}
+		reverters = append(reverters, rv)
+	}
+	for _, sh := range set.Shadows {
+		l, err := c.store.TryLock("volume", sh.Volume.Mount)
+		if err != nil {
+			return fmt.Errorf("revert %s: %w", id, err)
+		}
+		defer l.Unlock()
+	}
+	for i, sh := range set.Shadows {
+		if err := reverters[i].Revert(ctx, sh); err != nil {
+			return fmt.Errorf("revert %s on %s: %w", id, sh.Volume.Mount, err)
+		}
+	}
+	return nil
+}
+
+func (c *Coordinator) ready(id string) (*Set, error) {
+	set, err := c.store.LoadSet(id)
+	if err != nil {
+		return nil, err
+	}
+	if set.Status != StatusReady {
+		return nil, fmt.Errorf("set %s is %s, not ready", id, set.Status)
+	}
+	return set, nil
+}

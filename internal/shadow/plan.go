@@ -1,0 +1,219 @@
+package shadow
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/umbra-backup/umbra/internal/provider"
+	"github.com/umbra-backup/umbra/internal/writer"
+)
+
+// plan maps every writer component's paths and the user's paths to volumes,
+// picks a provider per volume, refuses combinations that cannot be
+// consistent, and locks the volumes. Nothing has touched an application or a
+// volume yet, so a refusal here has no side effect.
+func (r *creation) plan(userPaths []string) error {
+	byMount := map[string]*plan{}
+	add := func(path string) (*plan, error) {
+		vol, err := r.c.volumeOf(path)
+		if err != nil {
+			return nil, err
+		}
+		p, ok := byMount[vol.Mount]
+		if !ok {
+			p = &plan{vol: vol}
+			byMount[vol.Mount] = p
+		}
+		if !contains(p.paths, path) {
+			p.paths = append(p.paths, path)
+		}
+		return p, nil
+	}
+
+	// Needs per volume: the strictest need of any component on it, and who.
+	type need struct {
+		need writer.Need
+		who  string
+	}
+	needs := map[string][]need{}
+	for _, wr := range sortedWriters(r.wrs) {
+		md := r.metadata[wr.Name()]
+		for _, comp := range md.Components {
+			for _, path := range comp.Paths {
+				p, err := add(filepath.Clean(path))
+				if err != nil {
+					return &PhaseError{Who: wr.Name(), Phase: writer.PhaseIdentify, Err: fmt.Errorf("component %s: %w", comp.Name, err)}
+				}
+				needs[p.vol.Mount] = append(needs[p.vol.Mount], need{comp.Needs, fmt.Sprintf("%s component %s", wr.Name(), comp.Name)})
+			}
+		}
+	}
+	var cleaned []string
+	for _, path := range userPaths {
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return &PhaseError{Phase: writer.PhaseIdentify, Err: err}
+		}
+		if _, err := os.Lstat(abs); err != nil {
+			return &PhaseError{Phase: writer.PhaseIdentify, Err: fmt.Errorf("path %s does not exist; check the path", abs)}
+		}
+		if _, err := add(abs); err != nil {
+			return &PhaseError{Phase: writer.PhaseIdentify, Err: err}
+		}
+		cleaned = append(cleaned, abs)
+	}
+	if len(byMount) == 0 {
+		return &PhaseError{Phase: writer.PhaseIdentify, Err: errors.New("nothing to copy: give a path or a writer with data")}
+	}
+
+	mounts := make([]string, 0, len(byMount))
+	for m := range byMount {
+		mounts = append(mounts, m)
+	}
+	sort.Strings(mounts)
+	for _, m := range mounts {
+		p := byMount[m]
+		var reqs []writer.Need
+		var whos []string
+		for _, n := range needs[m] {
+			reqs = append(reqs, n.need)
+			whos = append(whos, n.who)
+		}
+		prov, err := r.c.chooseProvider(p.vol, reqs, whos)
+		if err != nil {
+			return &PhaseError{Phase: writer.PhaseIdentify, Err: err}
+		}
+		if r.c.opts.FSFreeze && !prov.Capabilities().FrozenCommit {
+			return &PhaseError{Phase: writer.PhaseIdentify, Err: fmt.Errorf(
+				"--fsfreeze: provider %s on %s writes through the filesystem and would block on a frozen one; "+
+					"%s; drop --fsfreeze and let writers make the data consistent", prov.Name(), m, fsfreezeAdvice(prov))}
+		}
+		p.prov = prov
+		sort.Strings(p.paths)
+		r.plans = append(r.plans, *p)
+		l, err := r.c.store.TryLock("volume", m)
+		if err != nil {
+			return phaseError("", writer.PhaseIdentify, err)
+		}
+		r.locks = append(r.locks, l)
+		r.set.Planned = append(r.set.Planned, Planned{Volume: p.vol, Provider: prov.Name(), Paths: p.paths})
+	}
+	r.fillResults(cleaned)
+	return nil
+}
+
+func fsfreezeAdvice(p provider.Provider) string {
+	if p.Capabilities().Copy == provider.CopyAtomic {
+		return "its snapshots are already crash-consistent for the whole volume"
+	}
+	return "its copies are consistent only for data a writer quiesces"
+}
+
+// chooseProvider picks the first provider, or the forced one, that can serve
+// vol and give every component on it the copy it needs.
+func (c *Coordinator) chooseProvider(vol provider.Volume, needs []writer.Need, whos []string) (provider.Provider, error) {
+	candidates := c.providers
+	if c.opts.Provider != "" {
+		candidates = nil
+		for _, p := range c.providers {
+			if p.Name() == c.opts.Provider {
+				candidates = []provider.Provider{p}
+			}
+		}
+		if candidates == nil {
+			return nil, fmt.Errorf("provider %q does not exist; umbra providers lists them", c.opts.Provider)
+		}
+	}
+	var why []string
+	for _, p := range candidates {
+		if err := p.CanServe(vol); err != nil {
+			why = append(why, fmt.Sprintf("%s: %v", p.Name(), err))
+			continue
+		}
+		if i := unmet(p.Capabilities().Copy, needs); i >= 0 {
+			why = append(why, fmt.Sprintf("%s: makes a %s copy, but %s needs %s", p.Name(), p.Capabilities().Copy, whos[i], needs[i]))
+			continue
+		}
+		return p, nil
+	}
+	return nil, fmt.Errorf("no provider can serve %s (%s on %s): %s; put the data on btrfs, or on XFS made with reflink=1, or choose another provider with --provider",
+		vol.Mount, vol.FSType, vol.Device, strings.Join(why, "; "))
+}
+
+// unmet returns the index of the first need a copy kind cannot meet, or -1.
+func unmet(copy provider.Copy, needs []writer.Need) int {
+	for i, n := range needs {
+		switch {
+		case n == writer.NeedAtomic && copy != provider.CopyAtomic:
+			return i
+		case n == writer.NeedQuiesced && copy == provider.CopyNone:
+			return i
+		}
+	}
+	return -1
+}
+
+// fillResults sets each component's and user path's consistency as the
+// set will have it if every phase succeeds.
+func (r *creation) fillResults(userPaths []string) {
+	for _, wr := range r.wrs {
+		md := r.metadata[wr.Name()]
+		res := WriterResult{Name: wr.Name(), Consistency: Application, Metadata: md}
+		for _, comp := range md.Components {
+			res.Components = append(res.Components, ComponentResult{Name: comp.Name, Consistency: Application, Paths: comp.Paths})
+		}
+		r.set.Writers = append(r.set.Writers, res)
+	}
+	for _, path := range userPaths {
+		level := None
+		if p := r.planFor(path); p != nil && p.prov.Capabilities().Copy == provider.CopyAtomic {
+			level = Crash
+		}
+		r.set.Paths = append(r.set.Paths, PathResult{Path: path, Consistency: level})
+	}
+}
+
+func (r *creation) planFor(path string) *plan {
+	for i := range r.plans {
+		if contains(r.plans[i].paths, path) {
+			return &r.plans[i]
+		}
+	}
+	return nil
+}
+
+// volumeOf finds the volume of path, or of its nearest existing parent
+// (a writer's log file may not exist yet).
+func (c *Coordinator) volumeOf(path string) (provider.Volume, error) {
+	p := path
+	for {
+		if _, err := os.Lstat(p); err == nil {
+			break
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			break
+		}
+		p = parent
+	}
+	return c.opts.Mounts(p)
+}
+
+func sortedWriters(wrs []writer.Writer) []writer.Writer {
+	out := append([]writer.Writer(nil), wrs...)
+	sort.Slice(out, func(i, j int) bool { return out[i].Name() < out[j].Name() })
+	return out
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
