@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -217,14 +216,4 @@ func checkUnique(specs []Spec) error {
 		seen[s.Instance()] = true
 	}
 	return nil
-}
-
-// Keys lists a spec's option keys, sorted, for messages.
-func (s Spec) Keys() []string {
-	keys := make([]string, 0, len(s.Options))
-	for k := range s.Options {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

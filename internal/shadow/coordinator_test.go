@@ -375,4 +375,3 @@ func phaseNames(ps []writer.Phase) []string {
 	}
 	return out
 }
-

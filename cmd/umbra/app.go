@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/umbra-backup/umbra/internal/config"
+	"github.com/umbra-backup/umbra/internal/fsfreeze"
+	"github.com/umbra-backup/umbra/internal/provider"
+	"github.com/umbra-backup/umbra/internal/provider/btrfs"
+	"github.com/umbra-backup/umbra/internal/provider/live"
+	"github.com/umbra-backup/umbra/internal/provider/reflink"
+	"github.com/umbra-backup/umbra/internal/shadow"
+	"github.com/umbra-backup/umbra/internal/writer"
+	"github.com/umbra-backup/umbra/internal/writer/script"
+	"github.com/umbra-backup/umbra/internal/writer/sqlite"
+)
+
+// defaultStateDir keeps sets and locks across runs.
+const defaultStateDir = "/var/lib/umbra"
+
+// app holds what every command shares: streams, global flags, and the
+// registries of writers and providers, built here and nowhere else.
+type app struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+
+	configPath string
+	stateDir   string
+	json       bool
+	verbose    bool
+}
+
+func (a *app) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "umbra",
+		Short: "Application-consistent shadow copies for Linux",
+		Long: `umbra makes application-consistent shadow copies of Linux volumes, the way
+the Volume Shadow Copy Service does on Windows: writers (SQLite, scripts, …)
+bring each application to a consistent point and freeze it for a few
+milliseconds, providers (btrfs, reflink, live) take a point-in-time copy of
+every volume, and umbra keeps track of the sets it made.
+
+Configuration is read from ` + config.DefaultPath + ` (see "umbra help config");
+state is kept in ` + defaultStateDir + `.
+
+Exit status: 0 success, 1 failure, 2 bad command line.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&a.configPath, "config", "", "configuration file (default "+config.DefaultPath+")")
+	root.PersistentFlags().StringVar(&a.stateDir, "state-dir", "", "where sets and locks are kept (default $UMBRA_STATE_DIR, the config's state_dir, or "+defaultStateDir+")")
+	root.PersistentFlags().BoolVar(&a.json, "json", false, "print JSON for scripts instead of text")
+	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log each phase to stderr")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
+	root.AddCommand(a.shadowCommand(), a.writersCommand(), a.providersCommand(), a.guardCommand(), configHelp())
+	return root
+}
+
+func (a *app) config() (*config.Config, error) {
+	if a.configPath != "" {
+		return config.Load(a.configPath, true)
+	}
+	return config.Load(config.DefaultPath, false)
+}
+
+func (a *app) store(cfg *config.Config) (*shadow.Store, error) {
+	dir := a.stateDir
+	if dir == "" {
+		dir = os.Getenv("UMBRA_STATE_DIR")
+	}
+	if dir == "" {
+		dir = cfg.StateDir
+	}
+	if dir == "" {
+		dir = defaultStateDir
+	}
+	return shadow.OpenStore(dir)
+}
+
+func (a *app) logger() *slog.Logger {
+	if !a.verbose {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// providers lists every provider in order of preference.
+func providers() []provider.Provider {
+	return []provider.Provider{btrfs.New(), reflink.New(), live.New()}
+}
+
+// writerKinds is the registry of writer types.
+func writerKinds() map[string]func(name string, opts map[string]string) (writer.Writer, error) {
+	return map[string]func(string, map[string]string) (writer.Writer, error){
+		"sqlite": func(name string, opts map[string]string) (writer.Writer, error) { return sqlite.New(name, opts) },
+		"script": func(name string, opts map[string]string) (writer.Writer, error) { return script.New(name, opts) },
+	}
+}
+
+// writers builds the configured writers (unless skipped) and the inline ones.
+func (a *app) writers(cfg *config.Config, inline []string, withConfig bool) ([]writer.Writer, error) {
+	var specs []config.Spec
+	if withConfig {
+		specs = cfg.Writers
+	}
+	var extra []config.Spec
+	for _, s := range inline {
+		spec, err := config.ParseSpec(s)
+		if err != nil {
+			return nil, &usageError{err}
+		}
+		extra = append(extra, spec)
+	}
+	specs, err := config.Merge(specs, extra)
+	if err != nil {
+		return nil, &usageError{err}
+	}
+	kinds := writerKinds()
+	var wrs []writer.Writer
+	for _, spec := range specs {
+		mk, ok := kinds[spec.Type]
+		if !ok {
+			return nil, &usageError{fmt.Errorf("writer %s: unknown type %q; known types: %s", spec.Instance(), spec.Type, strings.Join(sortedKeys(kinds), ", "))}
+		}
+		wr, err := mk(spec.Instance(), spec.Options)
+		if err != nil {
+			return nil, &usageError{fmt.Errorf("writer %s: %w", spec.Instance(), err)}
+		}
+		wrs = append(wrs, wr)
+	}
+	return wrs, nil
+}
+
+// coordinator builds the coordinator with the config's settings, overridden
+// by any flag given.
+func (a *app) coordinator(cfg *config.Config, store *shadow.Store, over shadow.Options) (*shadow.Coordinator, error) {
+	opts := shadow.Options{
+		PhaseLimit:  cfg.Shadow.PhaseLimit,
+		FreezeLimit: cfg.Shadow.FreezeLimit,
+		CommitLimit: cfg.Shadow.CommitLimit,
+		Provider:    cfg.Shadow.Provider,
+		Log:         a.logger(),
+	}
+	if over.FreezeLimit != 0 {
+		opts.FreezeLimit = over.FreezeLimit
+	}
+	if over.CommitLimit != 0 {
+		opts.CommitLimit = over.CommitLimit
+	}
+	if over.Provider != "" {
+		opts.Provider = over.Provider
+	}
+	if over.Type != "" {
+		opts.Type = over.Type
+	}
+	opts.FSFreeze = over.FSFreeze
+	if opts.FSFreeze {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("find umbra's executable for the thaw guard: %w", err)
+		}
+		opts.Freezer = fsfreeze.Guarded{Command: []string{self, guardCommandName}}
+	}
+	opts.OnPhase = pauseHook(a.stderr)
+	return shadow.New(providers(), store, opts), nil
+}
+
+// pauseHook makes umbra stop at a named phase when UMBRA_TEST_PAUSE_AT is
+// set, so fault tests can kill it there (kill -9 while frozen).
+func pauseHook(stderr io.Writer) func(context.Context, writer.Phase) error {
+	at := os.Getenv("UMBRA_TEST_PAUSE_AT")
+	if at == "" {
+		return nil
+	}
+	return func(ctx context.Context, p writer.Phase) error {
+		if string(p) != at {
+			return nil
+		}
+		fmt.Fprintf(stderr, "umbra: paused at %s (UMBRA_TEST_PAUSE_AT)\n", p)
+		<-ctx.Done()
+		return context.Cause(ctx)
+	}
+}
+
+func (a *app) printJSON(v any) error {
+	enc := json.NewEncoder(a.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

@@ -1,0 +1,65 @@
+package main
+
+import (
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/umbra-backup/umbra/internal/fsfreeze"
+)
+
+const guardCommandName = "thaw-guard"
+
+// guardCommand is the process that thaws frozen filesystems if umbra dies;
+// umbra starts it itself for --fsfreeze.
+func (a *app) guardCommand() *cobra.Command {
+	var limit time.Duration
+	cmd := &cobra.Command{
+		Use:    guardCommandName + " --limit DURATION MOUNT...",
+		Short:  "Thaw MOUNTs when the parent umbra exits or the limit passes (internal)",
+		Hidden: true,
+		Args:   cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, mounts []string) error {
+			return fsfreeze.RunGuard(a.stdin, a.stdout, limit, mounts)
+		},
+	}
+	cmd.Flags().DurationVar(&limit, "limit", 60*time.Second, "thaw after this long in any case")
+	return cmd
+}
+
+func configHelp() *cobra.Command {
+	return &cobra.Command{
+		Use:   "config",
+		Short: "The configuration file",
+		Long: `umbra reads /etc/umbra/umbra.toml, or the file given with --config. Every
+setting is optional; a missing default file is an empty configuration.
+
+  state_dir = "/var/lib/umbra"     # sets, locks and writers' last results
+
+  [shadow]
+  freeze_limit = "60s"             # longest writers stay frozen
+  commit_limit = "10s"             # longest providers take to commit
+  phase_limit  = "5m"              # every other phase
+  provider     = ""                # force one provider: btrfs, reflink, live
+
+  [[writer]]                       # one table per writer instance
+  type = "sqlite"
+  name = "app"                     # default: the file name without extension
+  path = "/srv/app/app.db"
+
+  [[writer]]
+  type    = "script"
+  name    = "myapp"
+  freeze  = "/usr/local/bin/myapp-freeze"
+  thaw    = "/usr/local/bin/myapp-thaw"
+  paths   = "/srv/myapp"           # colon-separated; data the script covers
+  timeout = "30s"                  # per command
+
+Script commands run with /bin/sh -c and see UMBRA_PHASE, UMBRA_SET_ID,
+UMBRA_BACKUP_TYPE, UMBRA_WRITER, UMBRA_PATHS and, from post-snapshot on,
+UMBRA_SNAPSHOTS ("source=snapshot" lines). Keys: prepare, freeze, thaw, post,
+complete, abort, pre-restore, post-restore, paths, needs, timeout.
+
+The same writers can be given for one run with --writer TYPE:KEY=VALUE,...`,
+	}
+}

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/umbra-backup/umbra/internal/testenv"
+)
+
+// The test binary doubles as umbra: re-executed with asUmbraEnv set, it runs
+// the CLI. So the thaw guard (umbra's own executable) works in tests too.
+const asUmbraEnv = "UMBRA_TEST_AS_UMBRA"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(asUmbraEnv) != "" {
+		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	}
+	testenv.Main(m)
+}
+
+// result is one finished umbra run.
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// umbraCmd prepares an umbra run with its own state directory.
+func umbraCmd(t testing.TB, state string, env []string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], append([]string{"--state-dir", state, "--config", emptyConfig(t)}, args...)...)
+	cmd.Env = append(append(os.Environ(), asUmbraEnv+"=1"), env...)
+	return cmd
+}
+
+// umbraRun runs umbra to the end.
+func umbraRun(t testing.TB, state string, env []string, args ...string) result {
+	t.Helper()
+	cmd := umbraCmd(t, state, env, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	res := result{stdout: out.String(), stderr: errb.String()}
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		res.code = exit.ExitCode()
+	case err != nil:
+		t.Fatalf("run umbra %v: %v", args, err)
+	}
+	t.Logf("umbra %s → %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), res.code, res.stdout, res.stderr)
+	return res
+}
+
+// mustUmbra runs umbra and fails the test unless it exits 0.
+func mustUmbra(t testing.TB, state string, args ...string) result {
+	t.Helper()
+	res := umbraRun(t, state, nil, args...)
+	if res.code != 0 {
+		t.Fatalf("umbra %v: exit %d: %s", args, res.code, res.stderr)
+	}
+	return res
+}
+
+// startPaused starts umbra with UMBRA_TEST_PAUSE_AT=phase and returns once
+// it says it is paused there.
+func startPaused(t testing.TB, state, phase string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := umbraCmd(t, state, []string{"UMBRA_TEST_PAUSE_AT=" + phase}, args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	paused := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		var seen []string
+		for sc.Scan() {
+			seen = append(seen, sc.Text())
+			if strings.Contains(sc.Text(), "paused at "+phase) {
+				paused <- nil
+				go io.Copy(io.Discard, stderr)
+				return
+			}
+		}
+		paused <- errors.New("umbra ended before pausing: " + strings.Join(seen, "\n"))
+	}()
+	select {
+	case err := <-paused:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("umbra did not pause at %s in 30s", phase)
+	}
+	return cmd
+}
+
+func emptyConfig(t testing.TB) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "umbra.toml")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// createdSet is the part of shadow create --json the tests read.
+type createdSet struct {
+	ID      string `json:"id"`
+	Status  string `json:"status"`
+	Volumes []struct {
+		Source   string `json:"source"`
+		Snapshot string `json:"snapshot"`
+		Provider string `json:"provider"`
+	} `json:"volumes"`
+	Writers []struct {
+		Name        string `json:"name"`
+		Consistency string `json:"consistency"`
+	} `json:"writers"`
+	Paths []struct {
+		Path        string `json:"path"`
+		Consistency string `json:"consistency"`
+	} `json:"paths"`
+	FreezeMS    float64   `json:"freeze_ms"`
+	FreezeStart time.Time `json:"freeze_start"`
+	FreezeEnd   time.Time `json:"freeze_end"`
+	DurationMS  float64   `json:"duration_ms"`
+	Error       *struct {
+		Message string `json:"message"`
+		Phase   string `json:"phase"`
+		Who     string `json:"who"`
+	} `json:"error"`
+}
+
+func decodeSet(t testing.TB, res result) createdSet {
+	t.Helper()
+	var set createdSet
+	if err := json.Unmarshal([]byte(res.stdout), &set); err != nil {
+		t.Fatalf("decode shadow create --json: %v\n%s", err, res.stdout)
+	}
+	return set
+}
+
+// snapshotOf maps a live path into the set's shadow copy.
+func snapshotOf(t testing.TB, set createdSet, path string) string {
+	t.Helper()
+	best := -1
+	for i, v := range set.Volumes {
+		if (path == v.Source || strings.HasPrefix(path, v.Source+"/")) && (best < 0 || len(v.Source) > len(set.Volumes[best].Source)) {
+			best = i
+		}
+	}
+	if best < 0 {
+		t.Fatalf("no volume of set %s holds %s: %+v", set.ID, path, set.Volumes)
+	}
+	v := set.Volumes[best]
+	return filepath.Join(v.Snapshot, strings.TrimPrefix(path, v.Source))
+}
+
+// shadowDirs lists what is left under a volume's .umbra-shadow directory.
+func shadowDirs(t testing.TB, mount string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(mount, ".umbra-shadow"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what umbra and its tests need from Debian's packages (as root).
+# Idempotent: packages already present are skipped quickly.
+set -euo pipefail
+packages=(btrfs-progs xfsprogs e2fsprogs util-linux sqlite3)
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "umbra: missing Debian packages: ${missing[*]}; run as root or apt-get install them" >&2
+		exit 1
+	fi
+	echo "installing ${missing[*]}" >&2
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test. As root on Debian 12 it installs what the tests need and
+# runs them all (loop devices, btrfs, XFS, fsfreeze); without root the tests
+# that need those skip and say why.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" -eq 0 ]; then
+	scripts/deps.sh
+else
+	echo "not root: tests that need loop devices and mounts will skip" >&2
+fi
+go vet ./...
+unformatted=$(gofmt -l cmd internal)
+if [ -n "$unformatted" ]; then
+	echo "gofmt needed on: $unformatted" >&2
+	exit 1
+fi
+# Core packages with the race detector; the CLI's end-to-end tests run the
+# binary in separate processes, where the detector adds time but no insight.
+go test -race -count=1 ./internal/...
+go test -count=1 ./cmd/...
