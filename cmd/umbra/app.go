@@ -14,7 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/umbra-backup/umbra/internal/config"
-	"github.com/umbra-backup/umbra/internal/fsfreeze"
+	"github.com/umbra-backup/umbra/internal/guard"
 	"github.com/umbra-backup/umbra/internal/provider"
 	"github.com/umbra-backup/umbra/internal/provider/btrfs"
 	"github.com/umbra-backup/umbra/internal/provider/live"
@@ -164,12 +164,16 @@ func (a *app) coordinator(cfg *config.Config, store *shadow.Store, over shadow.O
 		opts.Type = over.Type
 	}
 	opts.FSFreeze = over.FSFreeze
-	if opts.FSFreeze {
-		self, err := os.Executable()
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find umbra's executable for the thaw guard: %w", err)
+	}
+	opts.Guard = func(ctx context.Context, plan guard.Plan) (func() error, error) {
+		g, err := guard.Start(ctx, []string{self, guardCommandName}, plan)
 		if err != nil {
-			return nil, fmt.Errorf("find umbra's executable for the thaw guard: %w", err)
+			return nil, err
 		}
-		opts.Freezer = fsfreeze.Guarded{Command: []string{self, guardCommandName}}
+		return g.Release, nil
 	}
 	opts.OnPhase = pauseHook(a.stderr)
 	return shadow.New(providers(), store, opts), nil

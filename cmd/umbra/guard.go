@@ -1,11 +1,9 @@
 package main
 
 import (
-	"time"
-
 	"github.com/spf13/cobra"
 
-	"github.com/umbra-backup/umbra/internal/fsfreeze"
+	"github.com/umbra-backup/umbra/internal/guard"
 )
 
 const guardCommandName = "thaw-guard"
@@ -13,18 +11,15 @@ const guardCommandName = "thaw-guard"
 // guardCommand is the process that thaws frozen filesystems if umbra dies;
 // umbra starts it itself for --fsfreeze.
 func (a *app) guardCommand() *cobra.Command {
-	var limit time.Duration
-	cmd := &cobra.Command{
-		Use:    guardCommandName + " --limit DURATION MOUNT...",
-		Short:  "Thaw MOUNTs when the parent umbra exits or the limit passes (internal)",
+	return &cobra.Command{
+		Use:    guardCommandName,
+		Short:  "Release a set's freezes if umbra exits or the limit passes (internal)",
 		Hidden: true,
-		Args:   cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, mounts []string) error {
-			return fsfreeze.RunGuard(a.stdin, a.stdout, limit, mounts)
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return guard.Run(a.stdin, a.stdout, a.stderr)
 		},
 	}
-	cmd.Flags().DurationVar(&limit, "limit", 60*time.Second, "thaw after this long in any case")
-	return cmd
 }
 
 func configHelp() *cobra.Command {

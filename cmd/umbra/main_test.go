@@ -56,7 +56,6 @@ func umbraRun(t testing.TB, state string, env []string, args ...string) result {
 	case err != nil:
 		t.Fatalf("run umbra %v: %v", args, err)
 	}
-	t.Logf("umbra %s → %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), res.code, res.stdout, res.stderr)
 	return res
 }
 

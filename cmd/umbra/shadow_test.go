@@ -4,7 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -402,4 +404,91 @@ func TestWritersAndProviders(t *testing.T) {
 	if !strings.Contains(line, "yes") {
 		t.Errorf("umbra providers: btrfs does not serve %s: %q", fs.Mount, line)
 	}
+}
+
+// ticker is an application that appends a line to a file every 10 ms.
+type ticker struct {
+	cmd  *exec.Cmd
+	file string
+}
+
+func startTicker(t *testing.T) *ticker {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "ticks")
+	cmd := exec.Command("sh", "-c", `while :; do echo . >> "$1"; sleep 0.01; done`, "ticker", file)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGCONT)
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	return &ticker{cmd: cmd, file: file}
+}
+
+// ticks reports whether the ticker wrote within d.
+func (tk *ticker) ticks(t *testing.T, d time.Duration) bool {
+	t.Helper()
+	size := func() int64 {
+		fi, err := os.Stat(tk.file)
+		if err != nil {
+			return 0
+		}
+		return fi.Size()
+	}
+	before := size()
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if size() > before {
+			return true
+		}
+	}
+	return false
+}
+
+// TestKillReleasesScriptFreeze: a script writer stops its application with
+// SIGSTOP; kill -9 of umbra in the freeze window must not leave it stopped:
+// the thaw guard runs the thaw command.
+func TestKillReleasesScriptFreeze(t *testing.T) {
+	tk := startTicker(t)
+	pid := tk.cmd.Process.Pid
+	spec := fmt.Sprintf("script:name=app,freeze=kill -STOP %d,thaw=kill -CONT %d", pid, pid)
+	cmd := startPaused(t, t.TempDir(), "freeze", "shadow", "create", "--writer", spec, t.TempDir())
+	if tk.ticks(t, 300*time.Millisecond) {
+		t.Fatal("the application ran while its writer was frozen")
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	if !tk.ticks(t, time.Second) {
+		t.Fatal("the application is still stopped 1s after kill -9 of umbra")
+	}
+}
+
+// TestSIGTERMAborts: SIGTERM in the freeze window aborts cleanly: the
+// writer is thawed, no shadow or record is left, and umbra says so.
+func TestSIGTERMAborts(t *testing.T) {
+	fs := testenv.Btrfs(t)
+	db := filepath.Join(fs.Subvolume(t, "app"), "app.db")
+	load := testenv.StartSQLiteLoad(t, db)
+	state := t.TempDir()
+	cmd := startPaused(t, state, "commit", "shadow", "create", "--writer", "sqlite:path="+db)
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	if err == nil {
+		t.Fatal("umbra exited 0 after SIGTERM in the freeze window")
+	}
+	if err := load.WaitProgress(time.Second); err != nil {
+		t.Fatalf("load after SIGTERM: %v", err)
+	}
+	if left := shadowDirs(t, fs.Mount); len(left) != 0 {
+		t.Errorf("shadows left after SIGTERM: %v", left)
+	}
+	if sets, _ := filepath.Glob(filepath.Join(state, "sets", "*")); len(sets) != 0 {
+		t.Errorf("set records left after SIGTERM: %v", sets)
+	}
+	load.Stop()
 }

@@ -1,6 +1,6 @@
-// Package fsfreeze freezes and thaws filesystems (FIFREEZE/FITHAW), guarded by
-// a separate process that thaws them if umbra dies: Linux has no time-out for
-// a frozen filesystem, and a volume left frozen stops every application on it.
+// Package fsfreeze freezes and thaws filesystems (FIFREEZE/FITHAW). Linux has
+// no time-out for a frozen filesystem: callers freeze only under the thaw
+// guard (package guard), which thaws if umbra dies.
 package fsfreeze
 
 import (

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/umbra-backup/umbra/internal/fsfreeze"
+	"github.com/umbra-backup/umbra/internal/guard"
 	"github.com/umbra-backup/umbra/internal/mounts"
 	"github.com/umbra-backup/umbra/internal/provider"
 	"github.com/umbra-backup/umbra/internal/writer"
@@ -25,10 +27,12 @@ type Options struct {
 	Type        writer.BackupType
 	// Provider forces one provider, by name, for every volume.
 	Provider string
-	// FSFreeze freezes every volume's filesystem for the commit, through
-	// Freezer, which must then be set.
+	// FSFreeze freezes every volume's filesystem for the commit.
 	FSFreeze bool
-	Freezer  FSFreezer
+	// Guard starts the thaw guard, a process that releases every freeze if
+	// this one dies (guard.Start on umbra's own executable). It must be set
+	// when FSFreeze is on or a writer is a writer.Guarder.
+	Guard func(ctx context.Context, p guard.Plan) (release func() error, err error)
 	// Mounts resolves a path to its volume; zero means the live mount table.
 	Mounts func(path string) (provider.Volume, error)
 	// OnPhase, if set, is called after each phase of Create succeeds, with
@@ -40,11 +44,9 @@ type Options struct {
 	Log     *slog.Logger
 }
 
-// FSFreezer freezes filesystems for the commit and returns how to thaw them.
-// Implementations must thaw on their own if this process dies.
-type FSFreezer interface {
-	Freeze(ctx context.Context, mounts []string, limit time.Duration) (thaw func() error, err error)
-}
+// guardGrace is how long after the freeze limit the guard acts, so that
+// umbra's own thaw at the limit normally comes first.
+const guardGrace = time.Second
 
 func (o Options) withDefaults() Options {
 	if o.PhaseLimit == 0 {
@@ -260,11 +262,24 @@ func (r *creation) request(p plan) provider.Request {
 	return provider.Request{SetID: r.set.ID, Volume: p.vol, Paths: p.paths}
 }
 
-// freezeAndCommit is the freeze window: freeze every writer, (fsfreeze,)
-// let each provider take its shadow, (fsthaw,) thaw. Thaw is deferred, so
-// it runs however the window ends.
+// freezeAndCommit is the freeze window: (start the thaw guard,) freeze every
+// writer, (fsfreeze,) let each provider take its shadow, (fsthaw,) thaw.
+// Every release is deferred, so it runs however the window ends, in the
+// reverse order: filesystems, then writers, then the guard.
 func (r *creation) freezeAndCommit(ctx context.Context, ws writer.Set) (err error) {
 	opts := r.c.opts
+	r.phase = writer.PhaseFreeze
+	if plan, ok := r.guardPlan(ws); ok {
+		release, err := opts.Guard(ctx, plan)
+		if err != nil {
+			return &PhaseError{Phase: writer.PhaseFreeze, Err: err}
+		}
+		defer func() {
+			if gerr := release(); gerr != nil {
+				err = errors.Join(err, &PhaseError{Phase: writer.PhaseThaw, Err: gerr})
+			}
+		}()
+	}
 	fctx, cancel := context.WithTimeout(ctx, opts.FreezeLimit)
 	defer cancel()
 	r.set.FreezeStart = time.Now().UTC()
@@ -298,24 +313,45 @@ func (r *creation) freezeAndCommit(ctx context.Context, ws writer.Set) (err erro
 	}
 	r.phase = writer.PhaseCommit
 	if opts.FSFreeze {
-		var mounts []string
-		for _, p := range r.plans {
-			mounts = append(mounts, p.vol.Mount)
-		}
-		thaw, err := opts.Freezer.Freeze(fctx, mounts, opts.FreezeLimit)
-		if err != nil {
-			return &PhaseError{Phase: writer.PhaseCommit, Err: err}
-		}
+		var frozenMounts []string
 		defer func() {
-			if terr := thaw(); terr != nil {
-				err = errors.Join(err, &PhaseError{Phase: writer.PhaseThaw, Err: terr})
+			for i := len(frozenMounts) - 1; i >= 0; i-- {
+				if terr := fsfreeze.Thaw(frozenMounts[i]); terr != nil {
+					err = errors.Join(err, &PhaseError{Phase: writer.PhaseThaw, Err: terr})
+				}
 			}
 		}()
+		for _, p := range r.plans {
+			if err := fsfreeze.Freeze(p.vol.Mount); err != nil {
+				return &PhaseError{Phase: writer.PhaseCommit, Err: err}
+			}
+			frozenMounts = append(frozenMounts, p.vol.Mount)
+		}
 	}
 	if err := r.commit(fctx); err != nil {
 		return err
 	}
 	return r.onPhase(fctx, writer.PhaseCommit)
+}
+
+// guardPlan lists what the thaw guard must release: the filesystems under
+// --fsfreeze and every guarded writer's thaw command. ok is false when
+// nothing needs a guard.
+func (r *creation) guardPlan(ws writer.Set) (plan guard.Plan, ok bool) {
+	plan = guard.Plan{SetID: r.set.ID, Limit: r.c.opts.FreezeLimit + guardGrace}
+	if r.c.opts.FSFreeze {
+		for _, p := range r.plans {
+			plan.Mounts = append(plan.Mounts, p.vol.Mount)
+		}
+	}
+	for _, wr := range r.wrs {
+		if g, ok := wr.(writer.Guarder); ok {
+			if cmd, ok := g.ThawGuard(ws); ok {
+				plan.Commands = append(plan.Commands, guard.GuardedCommand{Writer: wr.Name(), Command: cmd})
+			}
+		}
+	}
+	return plan, len(plan.Mounts)+len(plan.Commands) > 0
 }
 
 // thaw releases the frozen writers. It runs on a context that outlives

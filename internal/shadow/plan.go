@@ -102,6 +102,9 @@ func (r *creation) plan(userPaths []string) error {
 		r.locks = append(r.locks, l)
 		r.set.Planned = append(r.set.Planned, Planned{Volume: p.vol, Provider: prov.Name(), Paths: p.paths})
 	}
+	if _, needed := r.guardPlan(r.set.writerSet()); needed && r.c.opts.Guard == nil {
+		return &PhaseError{Phase: writer.PhaseIdentify, Err: errors.New("a thaw guard is needed (--fsfreeze or a guarded writer) but none is configured")}
+	}
 	r.fillResults(cleaned)
 	return nil
 }

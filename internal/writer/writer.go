@@ -111,6 +111,22 @@ type Freezer interface {
 	Thaw(ctx context.Context, set Set) error
 }
 
+// Guarder is a writer whose freeze would outlive the umbra process (a
+// stopped process, a flag file, a lock held by a helper): it names the
+// command that releases the freeze. umbra's thaw guard, a separate process
+// started before Freeze, runs it if umbra dies, or the freeze limit passes,
+// before the set is thawed. The command must be safe to run after a normal
+// Thaw, and more than once.
+type Guarder interface {
+	ThawGuard(set Set) (Command, bool)
+}
+
+// Command is a program to run, with its environment (KEY=VALUE).
+type Command struct {
+	Argv []string `json:"argv"`
+	Env  []string `json:"env,omitempty"`
+}
+
 // PostSnapshotter records what the copy needs once the shadow copies exist.
 type PostSnapshotter interface {
 	PostSnapshot(ctx context.Context, set Set) (Report, error)

@@ -14,6 +14,9 @@
 //	UMBRA_BACKUP_OK    complete: 1 if the writer's data was stored, else 0
 //	UMBRA_FROZEN       abort: 1 if freeze ran and thaw has not succeeded
 //	UMBRA_ABORT        1 when abort runs the thaw command itself
+//	UMBRA_GUARD        1 when umbra's thaw guard runs it: umbra died or
+//	                   the freeze limit passed while the application was
+//	                   frozen
 //	UMBRA_RESTORE_TARGET, UMBRA_RESTORE_MORE, UMBRA_COMPONENTS
 //	                   pre-restore and post-restore: where the files go
 //	                   (empty: in place), 1 if more restores follow, and
@@ -23,8 +26,9 @@
 // last lines of its output; one that outlives the time limit is killed with
 // its whole process group. Failures are never hidden. A command may leave a
 // background process behind on success (a freeze command that holds a lock,
-// say); the thaw command must end it. Such a process outlives umbra if
-// umbra dies, so it should give up on its own after a while.
+// say); the thaw command must end it. If umbra dies while the application is
+// frozen, umbra's thaw guard, a separate process, runs the abort command (or
+// else the thaw command) for it.
 package script
 
 import (
@@ -72,6 +76,7 @@ var (
 	_ writer.PostSnapshotter  = (*Writer)(nil)
 	_ writer.Completer        = (*Writer)(nil)
 	_ writer.Aborter          = (*Writer)(nil)
+	_ writer.Guarder          = (*Writer)(nil)
 	_ writer.Restorer         = (*Writer)(nil)
 )
 
@@ -282,6 +287,28 @@ func (w *Writer) Abort(ctx context.Context, set writer.Set) error {
 	return nil
 }
 
+// ThawGuard hands the thaw guard what Abort would run for a frozen
+// application: the abort command, else the thaw command. The guard runs it,
+// with UMBRA_GUARD=1, if umbra dies or the freeze limit passes while the
+// application is frozen: a stopped application does not resume by itself.
+func (w *Writer) ThawGuard(set writer.Set) (writer.Command, bool) {
+	if w.cmds[writer.PhaseFreeze] == "" {
+		return writer.Command{}, false
+	}
+	var env []string
+	cmdline := w.cmds[writer.PhaseAbort]
+	if cmdline != "" {
+		env = w.umbraEnv(writer.PhaseAbort, set, "UMBRA_FROZEN=1", "UMBRA_GUARD=1")
+	} else {
+		cmdline = w.cmds[writer.PhaseThaw]
+		env = w.umbraEnv(writer.PhaseThaw, set, "UMBRA_ABORT=1", "UMBRA_GUARD=1")
+	}
+	if cmdline == "" {
+		return writer.Command{}, false
+	}
+	return writer.Command{Argv: []string{"/bin/sh", "-c", cmdline}, Env: env}, true
+}
+
 // PreRestore runs the pre-restore command.
 func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 	return w.restore(ctx, writer.PhasePreRestore, r)
@@ -335,7 +362,12 @@ func (w *Writer) phase(ctx context.Context, phase writer.Phase, set writer.Set, 
 
 // env is the environment of phase's command.
 func (w *Writer) env(phase writer.Phase, set writer.Set, extra ...string) []string {
-	env := append(os.Environ(),
+	return append(os.Environ(), w.umbraEnv(phase, set, extra...)...)
+}
+
+// umbraEnv is what umbra adds to a command's environment.
+func (w *Writer) umbraEnv(phase writer.Phase, set writer.Set, extra ...string) []string {
+	env := append([]string{},
 		"UMBRA_PHASE="+string(phase),
 		"UMBRA_SET_ID="+set.ID,
 		"UMBRA_BACKUP_TYPE="+string(set.Type),

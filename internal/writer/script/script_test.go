@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -430,6 +431,43 @@ func TestNew(t *testing.T) {
 			}
 			if diff := cmp.Diff(tt.wantPaths, c.Paths); diff != "" {
 				t.Errorf("New(%v): paths (-want +got):\n%s", tt.opts, diff)
+			}
+		})
+	}
+}
+
+func TestThawGuard(t *testing.T) {
+	set := writer.Set{ID: "s1", Type: writer.Full}
+	for _, tt := range []struct {
+		name  string
+		opts  map[string]string
+		ok    bool
+		cmd   string
+		phase string
+	}{
+		{"no freeze", map[string]string{"thaw": "t"}, false, "", ""},
+		{"thaw", map[string]string{"freeze": "f", "thaw": "t"}, true, "t", "thaw"},
+		{"abort wins", map[string]string{"freeze": "f", "thaw": "t", "abort": "a"}, true, "a", "abort"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			wr, err := New("script:x", tt.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd, ok := wr.ThawGuard(set)
+			if ok != tt.ok {
+				t.Fatalf("ThawGuard ok %v, want %v", ok, tt.ok)
+			}
+			if !ok {
+				return
+			}
+			if got := cmd.Argv[len(cmd.Argv)-1]; got != tt.cmd {
+				t.Errorf("command %q, want %q", got, tt.cmd)
+			}
+			for _, want := range []string{"UMBRA_PHASE=" + tt.phase, "UMBRA_GUARD=1", "UMBRA_SET_ID=s1"} {
+				if !slices.Contains(cmd.Env, want) {
+					t.Errorf("env %v lacks %s", cmd.Env, want)
+				}
 			}
 		})
 	}
