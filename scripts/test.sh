@@ -10,6 +10,12 @@ else
 	echo "not root: tests that need loop devices and mounts will skip" >&2
 fi
 go vet ./...
+# staticcheck, pinned, installed into $GOPATH/bin.
+staticcheck_bin="$(go env GOPATH)/bin/staticcheck"
+if ! "$staticcheck_bin" -version 2>/dev/null | grep -q "(0.8.2)"; then
+	go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+fi
+"$staticcheck_bin" ./...
 unformatted=$(gofmt -l cmd internal)
 if [ -n "$unformatted" ]; then
 	echo "gofmt needed on: $unformatted" >&2

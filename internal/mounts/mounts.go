@@ -110,7 +110,7 @@ func VolumeOf(table []provider.Volume, path string) (provider.Volume, error) {
 	}
 	best := -1
 	for i, vol := range table {
-		if !within(resolved, vol.Mount) {
+		if !provider.Within(resolved, vol.Mount) {
 			continue
 		}
 		if best < 0 || len(filepath.Clean(vol.Mount)) >= len(filepath.Clean(table[best].Mount)) {
@@ -121,13 +121,4 @@ func VolumeOf(table []provider.Volume, path string) (provider.Volume, error) {
 		return provider.Volume{}, fmt.Errorf("path %s: no mounted filesystem holds %s; is /proc mounted?", path, resolved)
 	}
 	return table[best], nil
-}
-
-// within reports whether path is dir or lies below it.
-func within(path, dir string) bool {
-	dir = filepath.Clean(dir)
-	if dir == "/" {
-		return strings.HasPrefix(path, "/")
-	}
-	return path == dir || strings.HasPrefix(path, dir+"/")
 }

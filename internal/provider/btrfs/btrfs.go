@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -55,11 +54,9 @@ func (p *Provider) CanServe(vol provider.Volume) error {
 // On error it deletes the snapshots it made.
 func (p *Provider) Create(ctx context.Context, req provider.Request) (_ provider.Shadow, err error) {
 	mount := filepath.Clean(req.Volume.Mount)
-	if err := checkSetID(req.SetID); err != nil {
+	setDir, err := provider.SetDir(mount, req.SetID)
+	if err != nil {
 		return provider.Shadow{}, err
-	}
-	if !filepath.IsAbs(mount) {
-		return provider.Shadow{}, fmt.Errorf("snapshot %q: volume mount is not an absolute path", req.Volume.Mount)
 	}
 	if err := ctx.Err(); err != nil {
 		return provider.Shadow{}, fmt.Errorf("snapshot %s: %w", mount, err)
@@ -72,17 +69,8 @@ func (p *Provider) Create(ctx context.Context, req provider.Request) (_ provider
 		return provider.Shadow{}, err
 	}
 
-	shadowDir := filepath.Join(mount, provider.ShadowDir)
-	setDir := filepath.Join(shadowDir, req.SetID)
-	if err := os.Mkdir(shadowDir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return provider.Shadow{}, fmt.Errorf("make shadow directory: %w", err)
-	}
-	if err := os.Mkdir(setDir, 0o700); err != nil {
-		err = fmt.Errorf("make set directory: %w", err)
-		if errors.Is(err, os.ErrExist) {
-			err = fmt.Errorf("%w; a set with this id exists, delete it first", err)
-		}
-		return provider.Shadow{}, errors.Join(err, removeIfEmpty(shadowDir))
+	if err := provider.MakeSetDir(setDir); err != nil {
+		return provider.Shadow{}, err
 	}
 	defer func() {
 		if err != nil {
@@ -137,7 +125,7 @@ func (p *Provider) Revert(ctx context.Context, sh provider.Shadow) error {
 		if src == mount {
 			return fmt.Errorf("revert %s: cannot revert the mounted root subvolume of %s; mount its parent subvolume, or restore the files instead", src, mount)
 		}
-		if !within(src, mount) || within(src, filepath.Join(mount, provider.ShadowDir)) {
+		if !provider.Within(src, mount) || provider.Within(src, filepath.Join(mount, provider.ShadowDir)) {
 			return fmt.Errorf("revert %s: not a live subvolume of %s", src, mount)
 		}
 		ok, err := isSubvolume(r.Snapshot)
@@ -191,10 +179,10 @@ func subvolumeRoots(mount string, paths []string) ([]string, error) {
 	seen := make(map[string]bool)
 	for _, path := range paths {
 		path = filepath.Clean(path)
-		if !within(path, mount) {
+		if !provider.Within(path, mount) {
 			return nil, fmt.Errorf("snapshot %s: path %s is not on this volume", mount, path)
 		}
-		if within(path, shadowDir) {
+		if provider.Within(path, shadowDir) {
 			return nil, fmt.Errorf("snapshot %s: path %s is inside umbra's shadow directory", mount, path)
 		}
 		root, err := subvolumeRoot(mount, path)
@@ -253,7 +241,7 @@ func checkBtrfs(mount string) error {
 func removeSet(ctx context.Context, setDir string) error {
 	entries, err := os.ReadDir(setDir)
 	if errors.Is(err, os.ErrNotExist) {
-		return removeIfEmpty(filepath.Dir(setDir))
+		return provider.RemoveSetDir(setDir)
 	}
 	if err != nil {
 		return fmt.Errorf("delete set: %w", err)
@@ -281,49 +269,21 @@ func removeSet(ctx context.Context, setDir string) error {
 	if err := os.Remove(setDir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("delete set: %w", err)
 	}
-	return removeIfEmpty(filepath.Dir(setDir))
-}
-
-// removeIfEmpty removes dir unless another set still lives in it.
-func removeIfEmpty(dir string) error {
-	err := os.Remove(dir)
-	if err == nil || errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EEXIST) {
-		return nil
-	}
-	return fmt.Errorf("remove shadow directory: %w", err)
+	return provider.RemoveSetDir(setDir)
 }
 
 // setDirOf returns the set's directory, and refuses a shadow whose roots
 // point anywhere else: Delete and Revert must never touch live data because
 // a stored record was damaged.
 func setDirOf(sh provider.Shadow) (string, error) {
-	if err := checkSetID(sh.SetID); err != nil {
+	setDir, err := provider.SetDir(sh.Volume.Mount, sh.SetID)
+	if err != nil {
 		return "", err
 	}
-	if sh.Volume.Mount == "" || !filepath.IsAbs(sh.Volume.Mount) {
-		return "", fmt.Errorf("shadow %s: volume mount %q is not an absolute path", sh.SetID, sh.Volume.Mount)
-	}
-	setDir := filepath.Join(filepath.Clean(sh.Volume.Mount), provider.ShadowDir, sh.SetID)
 	for _, r := range sh.Roots {
 		if filepath.Dir(filepath.Clean(r.Snapshot)) != setDir {
 			return "", fmt.Errorf("shadow %s: snapshot %s is not in %s; refusing to touch it", sh.SetID, r.Snapshot, setDir)
 		}
 	}
 	return setDir, nil
-}
-
-// checkSetID makes sure the set id is one path element.
-func checkSetID(id string) error {
-	if id == "" || id == "." || id == ".." || strings.ContainsAny(id, "/\x00") || len(id) > 200 {
-		return fmt.Errorf("set id %q: must be one path element of at most 200 bytes", id)
-	}
-	return nil
-}
-
-// within reports whether path is dir or lies below it.
-func within(path, dir string) bool {
-	if dir == "/" {
-		return strings.HasPrefix(path, "/")
-	}
-	return path == dir || strings.HasPrefix(path, dir+"/")
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -99,11 +98,9 @@ func probe(mount string) (err error) {
 // the set's directory.
 func (p *Provider) Create(ctx context.Context, req provider.Request) (_ provider.Shadow, err error) {
 	mount := filepath.Clean(req.Volume.Mount)
-	if err := checkSetID(req.SetID); err != nil {
+	setDir, err := provider.SetDir(mount, req.SetID)
+	if err != nil {
 		return provider.Shadow{}, err
-	}
-	if !filepath.IsAbs(mount) {
-		return provider.Shadow{}, fmt.Errorf("clone %q: volume mount is not an absolute path", req.Volume.Mount)
 	}
 	if err := ctx.Err(); err != nil {
 		return provider.Shadow{}, fmt.Errorf("clone %s: %w", mount, err)
@@ -118,16 +115,8 @@ func (p *Provider) Create(ctx context.Context, req provider.Request) (_ provider
 		return provider.Shadow{}, err
 	}
 
-	setDir := filepath.Join(shadowDir, req.SetID)
-	if err := os.Mkdir(shadowDir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return provider.Shadow{}, fmt.Errorf("make shadow directory: %w", err)
-	}
-	if err := os.Mkdir(setDir, 0o700); err != nil {
-		err = fmt.Errorf("make set directory: %w", err)
-		if errors.Is(err, os.ErrExist) {
-			err = fmt.Errorf("%w; a set with this id exists, delete it first", err)
-		}
-		return provider.Shadow{}, errors.Join(err, removeIfEmpty(shadowDir))
+	if err := provider.MakeSetDir(setDir); err != nil {
+		return provider.Shadow{}, err
 	}
 	defer func() {
 		if err != nil {
@@ -164,13 +153,10 @@ func (p *Provider) Create(ctx context.Context, req provider.Request) (_ provider
 // Delete removes the set's directory, and the shadow directory if no other
 // set is left in it.
 func (p *Provider) Delete(_ context.Context, sh provider.Shadow) error {
-	if err := checkSetID(sh.SetID); err != nil {
+	setDir, err := provider.SetDir(sh.Volume.Mount, sh.SetID)
+	if err != nil {
 		return err
 	}
-	if !filepath.IsAbs(sh.Volume.Mount) {
-		return fmt.Errorf("shadow %s: volume mount %q is not an absolute path", sh.SetID, sh.Volume.Mount)
-	}
-	setDir := filepath.Join(filepath.Clean(sh.Volume.Mount), provider.ShadowDir, sh.SetID)
 	// Refuse a damaged record rather than remove live data.
 	for _, r := range sh.Roots {
 		if filepath.Clean(r.Snapshot) != setDir {
@@ -184,16 +170,7 @@ func removeSet(setDir string) error {
 	if err := os.RemoveAll(setDir); err != nil {
 		return fmt.Errorf("delete set: %w", err)
 	}
-	return removeIfEmpty(filepath.Dir(setDir))
-}
-
-// removeIfEmpty removes dir unless another set still lives in it.
-func removeIfEmpty(dir string) error {
-	err := os.Remove(dir)
-	if err == nil || errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EEXIST) {
-		return nil
-	}
-	return fmt.Errorf("remove shadow directory: %w", err)
+	return provider.RemoveSetDir(setDir)
 }
 
 // topmost checks the requested paths and drops repeats and those that lie
@@ -206,10 +183,10 @@ func topmost(mount, shadowDir string, paths []string) ([]string, error) {
 	requested := make(map[string]bool, len(paths))
 	for i, path := range paths {
 		path = filepath.Clean(path)
-		if !within(path, mount) {
+		if !provider.Within(path, mount) {
 			return nil, fmt.Errorf("clone %s: path %s is not on this volume", mount, path)
 		}
-		if within(path, shadowDir) {
+		if provider.Within(path, shadowDir) {
 			return nil, fmt.Errorf("clone %s: path %s is inside umbra's shadow directory", mount, path)
 		}
 		cleaned[i] = path
@@ -232,20 +209,4 @@ func topmost(mount, shadowDir string, paths []string) ([]string, error) {
 		}
 	}
 	return top, nil
-}
-
-// checkSetID makes sure the set id is one path element.
-func checkSetID(id string) error {
-	if id == "" || id == "." || id == ".." || strings.ContainsAny(id, "/\x00") || len(id) > 200 {
-		return fmt.Errorf("set id %q: must be one path element of at most 200 bytes", id)
-	}
-	return nil
-}
-
-// within reports whether path is dir or lies below it.
-func within(path, dir string) bool {
-	if dir == "/" {
-		return strings.HasPrefix(path, "/")
-	}
-	return path == dir || strings.HasPrefix(path, dir+"/")
 }
