@@ -70,7 +70,7 @@ last set failed) and its last result.`,
 					for _, c := range v.Metadata.Components {
 						fmt.Fprintf(a.stdout, "  Component %s (%s, needs a %s copy): %s\n", c.Name, c.Kind, c.Needs, strings.Join(c.Paths, " "))
 						if c.Logs.Truncates != "" {
-							fmt.Fprintf(a.stdout, "    Truncates at BackupComplete: %s\n", c.Logs.Truncates)
+							fmt.Fprintf(a.stdout, "    Truncates: %s\n", c.Logs.Truncates)
 						}
 					}
 				}
@@ -113,6 +113,18 @@ func (a *app) describeWriter(ctx context.Context, store *shadow.Store, wr writer
 	}
 	v.Metadata = &md
 	return v
+}
+
+func describeCopy(c provider.Copy) string {
+	switch c {
+	case provider.CopyAtomic:
+		return "atomic snapshot of the volume"
+	case provider.CopyPerFile:
+		return "per-file copy while writers are frozen"
+	case provider.CopyNone:
+		return "no copy"
+	}
+	return string(c)
 }
 
 type providerView struct {
@@ -164,7 +176,7 @@ serve it, in this order, unless --provider says otherwise:
 			}
 			tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
 			for _, pv := range views {
-				fmt.Fprintf(tw, "Provider %s (%s copy)\n", pv.Name, pv.Copy)
+				fmt.Fprintf(tw, "Provider %s (%s)\n", pv.Name, describeCopy(pv.Copy))
 				for _, r := range pv.Volumes {
 					if r.Serves {
 						fmt.Fprintf(tw, "  %s\t%s\t%s\tyes\n", r.Mount, r.FSType, r.Device)

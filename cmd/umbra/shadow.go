@@ -175,28 +175,30 @@ func (a *app) reportCreate(set *shadow.Set, took time.Duration, err error) error
 }
 
 func (a *app) printSet(set *shadow.Set) {
-	tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
 	if vols := set.Volumes(); len(vols) > 0 {
+		tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  VOLUME\tSHADOW COPY\tPROVIDER")
 		for _, v := range vols {
 			fmt.Fprintf(tw, "  %s\t%s\t%s\n", v.Source, v.Snapshot, v.Provider)
 		}
+		tw.Flush()
 	}
 	if len(set.Writers)+len(set.Paths) > 0 {
-		fmt.Fprintln(tw, "  DATA\tCONSISTENCY\t")
+		tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  DATA\tCONSISTENCY")
 		for _, w := range set.Writers {
 			for _, c := range w.Components {
-				fmt.Fprintf(tw, "  %s component %s\t%s\t\n", w.Name, c.Name, c.Consistency)
+				fmt.Fprintf(tw, "  %s component %s\t%s\n", w.Name, c.Name, c.Consistency)
 			}
 			if len(w.Components) == 0 {
-				fmt.Fprintf(tw, "  %s\t%s\t\n", w.Name, w.Consistency)
+				fmt.Fprintf(tw, "  %s\t%s\n", w.Name, w.Consistency)
 			}
 		}
 		for _, p := range set.Paths {
-			fmt.Fprintf(tw, "  %s\t%s\t\n", p.Path, p.Consistency)
+			fmt.Fprintf(tw, "  %s\t%s\n", p.Path, p.Consistency)
 		}
+		tw.Flush()
 	}
-	tw.Flush()
 }
 
 func (a *app) openCoordinator() (*shadow.Coordinator, error) {
