@@ -17,7 +17,7 @@ func (a *app) guardCommand() *cobra.Command {
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return guard.Run(a.stdin, a.stdout, a.stderr)
+			return guard.Run(cmd.Context(), a.stdin, a.stdout, a.stderr)
 		},
 	}
 }

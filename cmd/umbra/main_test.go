@@ -70,8 +70,8 @@ func mustUmbra(t testing.TB, state string, args ...string) result {
 }
 
 // startPaused starts umbra with UMBRA_TEST_PAUSE_AT=phase and returns once
-// it says it is paused there.
-func startPaused(t testing.TB, state, phase string, args ...string) *exec.Cmd {
+// it says it is paused there, with the reading end of its stderr.
+func startPaused(t testing.TB, state, phase string, args ...string) (*exec.Cmd, io.Closer) {
 	t.Helper()
 	cmd := umbraCmd(t, state, []string{"UMBRA_TEST_PAUSE_AT=" + phase}, args...)
 	stderr, err := cmd.StderrPipe()
@@ -104,7 +104,7 @@ func startPaused(t testing.TB, state, phase string, args ...string) *exec.Cmd {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("umbra did not pause at %s in 30s", phase)
 	}
-	return cmd
+	return cmd, stderr
 }
 
 func emptyConfig(t testing.TB) string {

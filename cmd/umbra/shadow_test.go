@@ -195,7 +195,7 @@ func TestKillWhileFrozen(t *testing.T) {
 			db := filepath.Join(fs.Subvolume(t, "app"), "app.db")
 			load := testenv.StartSQLiteLoad(t, db)
 			state := t.TempDir()
-			cmd := startPaused(t, state, phase, "shadow", "create", "--writer", "sqlite:path="+db)
+			cmd, _ := startPaused(t, state, phase, "shadow", "create", "--writer", "sqlite:path="+db)
 			if err := load.WaitProgress(300 * time.Millisecond); err == nil {
 				t.Fatal("load committed while umbra held the writer frozen")
 			}
@@ -235,7 +235,7 @@ func TestKillWhileFrozen(t *testing.T) {
 func TestKillWhileFSFrozen(t *testing.T) {
 	fs := testenv.Ext4(t)
 	state := t.TempDir()
-	cmd := startPaused(t, state, "commit", "shadow", "create", "--fsfreeze", "--freeze-limit", "20s", fs.Mount)
+	cmd, _ := startPaused(t, state, "commit", "shadow", "create", "--fsfreeze", "--freeze-limit", "20s", fs.Mount)
 	wrote := make(chan error, 1)
 	go func() { wrote <- os.WriteFile(filepath.Join(fs.Mount, "after"), []byte("x"), 0o644) }()
 	select {
@@ -448,15 +448,18 @@ func (tk *ticker) ticks(t *testing.T, d time.Duration) bool {
 
 // TestKillReleasesScriptFreeze: a script writer stops its application with
 // SIGSTOP; kill -9 of umbra in the freeze window must not leave it stopped:
-// the thaw guard runs the thaw command.
+// the thaw guard runs the thaw command. umbra's stderr, which the guard
+// shares, is closed first, as when the operator's SSH session is gone: the
+// guard's log line must not kill it (SIGPIPE) before it thaws.
 func TestKillReleasesScriptFreeze(t *testing.T) {
 	tk := startTicker(t)
 	pid := tk.cmd.Process.Pid
 	spec := fmt.Sprintf("script:name=app,freeze=kill -STOP %d,thaw=kill -CONT %d", pid, pid)
-	cmd := startPaused(t, t.TempDir(), "freeze", "shadow", "create", "--writer", spec, t.TempDir())
+	cmd, stderr := startPaused(t, t.TempDir(), "freeze", "shadow", "create", "--writer", spec, t.TempDir())
 	if tk.ticks(t, 300*time.Millisecond) {
 		t.Fatal("the application ran while its writer was frozen")
 	}
+	stderr.Close()
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -473,7 +476,7 @@ func TestSIGTERMAborts(t *testing.T) {
 	db := filepath.Join(fs.Subvolume(t, "app"), "app.db")
 	load := testenv.StartSQLiteLoad(t, db)
 	state := t.TempDir()
-	cmd := startPaused(t, state, "commit", "shadow", "create", "--writer", "sqlite:path="+db)
+	cmd, _ := startPaused(t, state, "commit", "shadow", "create", "--writer", "sqlite:path="+db)
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strings"
 	"syscall"
 	"time"
@@ -120,10 +121,16 @@ func (g *Guard) Release() error {
 }
 
 // Run is the guard process's body. It reads the plan from in, reports ready
-// on out, then waits for "released". On EOF (the parent died) or when the
-// plan's limit passes, it thaws every mount and runs every command, writes
-// what it did to log, and returns the errors it met.
-func Run(in io.Reader, out, log io.Writer) error {
+// on out, then waits for "released". On EOF (the parent died), when the
+// plan's limit passes, or when ctx ends (the guard itself is told to stop),
+// it thaws every mount and runs every command, writes what it did to log,
+// and returns the errors it met.
+//
+// The guard must outlive whatever killed umbra: it ignores SIGPIPE, so that
+// a log line to a stderr nobody reads any more (a closed SSH session, a dead
+// "| tee") cannot kill it before it thaws, and SIGHUP.
+func Run(ctx context.Context, in io.Reader, out, log io.Writer) error {
+	signal.Ignore(syscall.SIGPIPE, syscall.SIGHUP)
 	r := bufio.NewReader(in)
 	line, err := r.ReadString('\n')
 	if err != nil {
@@ -152,6 +159,8 @@ func Run(in io.Reader, out, log io.Writer) error {
 		reason = "umbra exited while the set was frozen"
 	case <-timer.C:
 		reason = fmt.Sprintf("the freeze limit of %s passed", plan.Limit)
+	case <-ctx.Done():
+		reason = "the guard was told to stop"
 	}
 	fmt.Fprintf(log, "umbra thaw guard: set %s: %s; releasing every freeze\n", plan.SetID, reason)
 	return release(plan, log)

@@ -2,6 +2,7 @@ package guard
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"os"
@@ -18,10 +19,17 @@ import (
 // startRun runs the guard body on pipes, as the guard process would.
 func startRun(t *testing.T, plan Plan) (parent io.WriteCloser, out *bytes.Buffer, log *bytes.Buffer, done chan error) {
 	t.Helper()
+	log = &bytes.Buffer{}
+	parent, out, _, done = startRunLog(t, log, plan)
+	return parent, out, log, done
+}
+
+func startRunLog(t *testing.T, log io.Writer, plan Plan) (parent io.WriteCloser, out *bytes.Buffer, _ io.Writer, done chan error) {
+	t.Helper()
 	in, parent := io.Pipe()
-	out, log = &bytes.Buffer{}, &bytes.Buffer{}
+	out = &bytes.Buffer{}
 	done = make(chan error, 1)
-	go func() { done <- Run(in, out, log) }()
+	go func() { done <- Run(t.Context(), in, out, log) }()
 	line, _ := json.Marshal(plan)
 	if _, err := parent.Write(append(line, '\n')); err != nil {
 		t.Fatal(err)
@@ -127,5 +135,26 @@ func TestFailedCommandReported(t *testing.T) {
 func TestStartNeedsCommand(t *testing.T) {
 	if _, err := Start(t.Context(), nil, Plan{}); err == nil {
 		t.Fatal("Start without a command: got nil error")
+	}
+}
+
+func TestSignalReleases(t *testing.T) {
+	flag := filepath.Join(t.TempDir(), "ran")
+	in, parent := io.Pipe()
+	defer parent.Close()
+	ctx, stop := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, in, io.Discard, io.Discard) }()
+	line, _ := json.Marshal(Plan{Limit: time.Minute,
+		Commands: []GuardedCommand{{Writer: "w", Command: writer.Command{Argv: []string{"touch", flag}}}}})
+	if _, err := parent.Write(append(line, '\n')); err != nil {
+		t.Fatal(err)
+	}
+	stop() // SIGTERM to the guard
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(flag); err != nil {
+		t.Errorf("a stopped guard did not release: %v", err)
 	}
 }
