@@ -1,0 +1,94 @@
+// Package backend defines where a repository's files live: a small contract
+// that a local directory and any S3-compatible object store implement.
+//
+// A backend stores opaque, immutable files named by type and name. It knows
+// nothing of the repository format: encryption, packing and indexes happen
+// above it. Every method may be called concurrently.
+//
+// Guarantees every implementation gives:
+//   - Save is atomic: a file is either absent or complete under its name;
+//     readers never see a partial file, even if the process dies mid-Save.
+//     When Save returns nil the file is durable (fsync'd, or acknowledged by
+//     the object store).
+//   - Saving a name that exists fails with an error wrapping fs.ErrExist,
+//     except for TypeLock files, which may be overwritten (lock refresh).
+//   - Load, Stat and Remove of a missing file fail with an error wrapping
+//     fs.ErrNotExist.
+//   - List reports every complete file of a type, in no particular order;
+//     files saved or removed during the listing may or may not appear.
+package backend
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// Type is a kind of repository file; each lives in its own namespace.
+type Type string
+
+// The types of repository files.
+const (
+	TypeConfig   Type = "config" // the single file "config"
+	TypeKey      Type = "keys"
+	TypePack     Type = "data"
+	TypeIndex    Type = "index"
+	TypeManifest Type = "manifests"
+	TypeLock     Type = "locks"
+)
+
+// Types lists every type, for tools that walk a whole repository.
+var Types = []Type{TypeConfig, TypeKey, TypePack, TypeIndex, TypeManifest, TypeLock}
+
+// Handle names one file.
+type Handle struct {
+	Type Type
+	Name string
+}
+
+func (h Handle) String() string { return string(h.Type) + "/" + h.Name }
+
+// Valid reports whether h can name a file: a known type and a name of
+// lowercase letters, digits, '-' and '.', at most 128 bytes, not starting
+// with '.'.
+func (h Handle) Valid() error {
+	switch h.Type {
+	case TypeConfig, TypeKey, TypePack, TypeIndex, TypeManifest, TypeLock:
+	default:
+		return fmt.Errorf("backend: unknown file type %q", h.Type)
+	}
+	if h.Name == "" || len(h.Name) > 128 || strings.HasPrefix(h.Name, ".") ||
+		strings.Trim(h.Name, "abcdefghijklmnopqrstuvwxyz0123456789-.") != "" {
+		return fmt.Errorf("backend: invalid file name %q", h.Name)
+	}
+	return nil
+}
+
+// FileInfo describes a stored file.
+type FileInfo struct {
+	Handle
+	Size    int64
+	ModTime time.Time
+}
+
+// Backend stores a repository's files.
+type Backend interface {
+	// Location describes where the files are, for messages ("/srv/repo",
+	// "s3:https://host/bucket/prefix"); it contains no secrets.
+	Location() string
+	// Save stores the size bytes read from rd as h.
+	Save(ctx context.Context, h Handle, size int64, rd io.Reader) error
+	// Load returns length bytes of h from offset; length 0 means to the end.
+	// The caller closes the reader.
+	Load(ctx context.Context, h Handle, offset, length int64) (io.ReadCloser, error)
+	// Stat describes h.
+	Stat(ctx context.Context, h Handle) (FileInfo, error)
+	// Remove deletes h.
+	Remove(ctx context.Context, h Handle) error
+	// List calls fn for every file of type t; an error from fn stops it.
+	List(ctx context.Context, t Type, fn func(FileInfo) error) error
+	// Close releases connections; the backend is unusable afterwards.
+	Close() error
+}
