@@ -1,0 +1,65 @@
+package repository
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"time"
+)
+
+// FormatVersion is the version of docs/repository.md this code writes.
+const FormatVersion = 1
+
+// Config is the repository's plaintext configuration, fixed at init.
+type Config struct {
+	Version int           `json:"version"`
+	ID      string        `json:"id"`
+	Created time.Time     `json:"created"`
+	Chunker ChunkerParams `json:"chunker"`
+	// PackSize is the size at which a pack file is finished.
+	PackSize int `json:"pack_size"`
+}
+
+// ChunkerParams say how files are cut into chunks.
+type ChunkerParams struct {
+	// Content-defined (FastCDC) sizes for ordinary files.
+	MinSize int `json:"min_size"`
+	AvgSize int `json:"avg_size"`
+	MaxSize int `json:"max_size"`
+	// BlockSize is the fixed, aligned chunk size for block-like files
+	// (databases, disk images): small enough that scattered page writes
+	// touch few blocks, large enough to keep the index small.
+	BlockSize int `json:"block_size"`
+}
+
+// DefaultConfig is used by Init unless options say otherwise.
+func DefaultConfig() Config {
+	return Config{
+		Version:  FormatVersion,
+		Chunker:  ChunkerParams{MinSize: 256 << 10, AvgSize: 1 << 20, MaxSize: 4 << 20, BlockSize: 16 << 10},
+		PackSize: 16 << 20,
+	}
+}
+
+func (c Config) validate() error {
+	if c.Version != FormatVersion {
+		return fmt.Errorf("repository format version %d; this umbra reads version %d: use a matching umbra", c.Version, FormatVersion)
+	}
+	ch := c.Chunker
+	if ch.MinSize < 64 || ch.MinSize > ch.AvgSize || ch.AvgSize > ch.MaxSize || ch.MaxSize > 64<<20 {
+		return fmt.Errorf("chunker sizes %d/%d/%d are not min ≤ avg ≤ max within 64 B..64 MiB", ch.MinSize, ch.AvgSize, ch.MaxSize)
+	}
+	if ch.BlockSize < 512 || ch.BlockSize > 16<<20 || ch.BlockSize&(ch.BlockSize-1) != 0 {
+		return fmt.Errorf("block size %d is not a power of two in 512 B..16 MiB", ch.BlockSize)
+	}
+	if c.PackSize < 1<<20 || c.PackSize > 1<<30 {
+		return fmt.Errorf("pack size %d is not within 1 MiB..1 GiB", c.PackSize)
+	}
+	return nil
+}
+
+func newRepoID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,413 @@
+package repository
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/umbra-backup/umbra/internal/backend"
+)
+
+// Repository is an open repository. SaveBlob and LoadBlob may be called
+// from many goroutines at once; Flush makes everything saved so far durable
+// and findable, by LoadBlob and by other processes.
+type Repository struct {
+	be      backend.Backend
+	cfg     Config
+	key     *MasterKey
+	keyName string
+	kdf     KDFParams
+
+	idx *index
+	enc *zstd.Encoder
+	dec *zstd.Decoder
+
+	mu       sync.Mutex
+	packers  map[BlobType]*packBuilder
+	unpacked map[ID]BlobType // saved into a packer, pack not yet uploaded
+	indexed  []indexedPack   // uploaded, not yet in an index file
+	uploads  sync.WaitGroup
+	slots    chan struct{} // bounds concurrent uploads, and so memory
+	err      error         // first upload failure; every later call fails
+}
+
+// Options tune Init.
+type Options struct {
+	Config Config    // zero means DefaultConfig
+	KDF    KDFParams // zero means DefaultKDF
+}
+
+// Init makes a new repository on an empty backend.
+func Init(ctx context.Context, be backend.Backend, password string, opts Options) (*Repository, error) {
+	cfg := opts.Config
+	if cfg.Version == 0 {
+		cfg = DefaultConfig()
+	}
+	cfg.ID, cfg.Created = newRepoID(), time.Now().UTC()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	kdf := opts.KDF
+	if kdf.Time == 0 {
+		kdf = DefaultKDF
+	}
+	if _, err := be.Stat(ctx, configHandle); err == nil {
+		return nil, fmt.Errorf("%s already holds a repository", be.Location())
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	mk, err := newMasterKey()
+	if err != nil {
+		return nil, err
+	}
+	// The key first: a config without a key would be a repository no one
+	// can open; a key without a config is just an unfinished init.
+	name, err := saveKey(ctx, be, mk, password, kdf)
+	if err != nil {
+		return nil, err
+	}
+	data, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := be.Save(ctx, configHandle, int64(len(data)), bytes.NewReader(data)); err != nil {
+		return nil, fmt.Errorf("save config: %w", err)
+	}
+	return newRepository(be, cfg, mk, name, kdf)
+}
+
+var configHandle = backend.Handle{Type: backend.TypeConfig, Name: "config"}
+
+// Open opens the repository on be with password and reads its index.
+func Open(ctx context.Context, be backend.Backend, password string) (*Repository, error) {
+	rd, err := be.Load(ctx, configHandle, 0, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s is not an umbra repository (no config); create one with umbra init", be.Location())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open repository %s: %w", be.Location(), err)
+	}
+	data, err := io.ReadAll(io.LimitReader(rd, 1<<20))
+	rd.Close()
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	var cfg Config
+	if err := json.Unmarshal(data, &cfg); err != nil {
+		return nil, fmt.Errorf("repository config is damaged: %w", err)
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	mk, name, err := openKey(ctx, be, password)
+	if err != nil {
+		return nil, err
+	}
+	r, err := newRepository(be, cfg, mk, name, DefaultKDF)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.loadIndex(ctx); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func newRepository(be backend.Backend, cfg Config, mk *MasterKey, keyName string, kdf KDFParams) (*Repository, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	if err != nil {
+		return nil, err
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(256<<20))
+	if err != nil {
+		return nil, err
+	}
+	return &Repository{
+		be: be, cfg: cfg, key: mk, keyName: keyName, kdf: kdf,
+		idx: newIndex(), enc: enc, dec: dec,
+		packers: map[BlobType]*packBuilder{}, unpacked: map[ID]BlobType{},
+		slots: make(chan struct{}, 2),
+	}, nil
+}
+
+// Config returns the repository's configuration.
+func (r *Repository) Config() Config { return r.cfg }
+
+// ChunkerSeed is the secret seed for the content-defined chunker.
+func (r *Repository) ChunkerSeed() uint64 { return r.key.ChunkerSeed }
+
+// Backend is where the repository's files are.
+func (r *Repository) Backend() backend.Backend { return r.be }
+
+// Close releases the compressors (not the backend).
+func (r *Repository) Close() error {
+	r.dec.Close()
+	return r.enc.Close()
+}
+
+// BlobID is the id data gets as a blob, without storing it.
+func (r *Repository) BlobID(data []byte) ID { return r.key.blobID(data) }
+
+// HasBlob reports whether a blob is stored or being stored.
+func (r *Repository) HasBlob(id ID) bool {
+	if r.idx.has(id) {
+		return true
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.unpacked[id]
+	return ok
+}
+
+// SaveBlob stores data as a blob of type t unless a blob with its id
+// exists, and returns the id and the bytes it added to packs (0 when
+// deduplicated).
+func (r *Repository) SaveBlob(ctx context.Context, t BlobType, data []byte) (ID, int, error) {
+	id := r.key.blobID(data)
+	if r.idx.has(id) {
+		return id, 0, nil
+	}
+	r.mu.Lock()
+	if r.err != nil {
+		r.mu.Unlock()
+		return id, 0, r.err
+	}
+	if _, ok := r.unpacked[id]; ok {
+		r.mu.Unlock()
+		return id, 0, nil
+	}
+	r.unpacked[id] = t
+	r.mu.Unlock()
+
+	e := PackedBlob{Type: t, ID: id, RawLen: uint32(len(data))}
+	payload := data
+	// zstd only when it pays: at least 1/32 smaller.
+	if c := r.enc.EncodeAll(data, make([]byte, 0, len(data))); len(c) < len(data)-len(data)/32 {
+		payload, e.Flags = c, flagZstd
+	}
+	sealed, err := seal(r.key.Encrypt, make([]byte, 0, len(payload)+Overhead), payload)
+	if err != nil {
+		return id, 0, err
+	}
+
+	r.mu.Lock()
+	p := r.packers[t]
+	if p == nil {
+		p = &packBuilder{typ: t}
+		r.packers[t] = p
+	}
+	p.add(e, sealed)
+	var full *packBuilder
+	if p.size() >= r.cfg.PackSize {
+		full = p
+		delete(r.packers, t)
+	}
+	r.mu.Unlock()
+	if full != nil {
+		if err := r.upload(ctx, full); err != nil {
+			return id, 0, err
+		}
+	}
+	return id, len(sealed), nil
+}
+
+// upload sends a finished pack in the background; at most two at a time.
+func (r *Repository) upload(ctx context.Context, p *packBuilder) error {
+	select {
+	case r.slots <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	r.uploads.Add(1)
+	go func() {
+		defer r.uploads.Done()
+		defer func() { <-r.slots }()
+		err := r.savePack(ctx, p)
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if err != nil && r.err == nil {
+			r.err = err
+		}
+	}()
+	return nil
+}
+
+func (r *Repository) savePack(ctx context.Context, p *packBuilder) error {
+	data, err := p.finish(r.key.Encrypt)
+	if err != nil {
+		return err
+	}
+	id := hashID(data)
+	h := backend.Handle{Type: backend.TypePack, Name: id.String()}
+	if err := r.be.Save(ctx, h, int64(len(data)), bytes.NewReader(data)); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("save pack %s: %w", id.Short(), err)
+	}
+	r.idx.addPack(id, p.entries)
+	r.mu.Lock()
+	for _, e := range p.entries {
+		delete(r.unpacked, e.ID)
+	}
+	r.indexed = append(r.indexed, indexedPack{ID: id, Entries: p.entries})
+	r.mu.Unlock()
+	return nil
+}
+
+// Flush uploads every partly filled pack and writes an index file for
+// every pack uploaded since the last Flush. Only then is what was saved
+// visible to other processes; a manifest must be saved after Flush.
+func (r *Repository) Flush(ctx context.Context) error {
+	r.mu.Lock()
+	var open []*packBuilder
+	for t, p := range r.packers {
+		open = append(open, p)
+		delete(r.packers, t)
+	}
+	r.mu.Unlock()
+	for _, p := range open {
+		if err := r.upload(ctx, p); err != nil {
+			return err
+		}
+	}
+	r.uploads.Wait()
+	r.mu.Lock()
+	err, packs := r.err, r.indexed
+	r.indexed = nil
+	r.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if len(packs) == 0 {
+		return nil
+	}
+	if _, err := r.saveSealed(ctx, backend.TypeIndex, encodeIndex(packs), true); err != nil {
+		r.mu.Lock()
+		r.indexed = append(packs, r.indexed...)
+		r.mu.Unlock()
+		return fmt.Errorf("save index: %w", err)
+	}
+	return nil
+}
+
+// saveSealed compresses (optionally), seals and stores a small file, named
+// by the hash of its stored bytes.
+func (r *Repository) saveSealed(ctx context.Context, t backend.Type, plain []byte, compress bool) (ID, error) {
+	flag := byte(0)
+	if compress {
+		plain, flag = r.enc.EncodeAll(plain, nil), flagZstd
+	}
+	data, err := seal(r.key.Encrypt, []byte{flag}, plain)
+	if err != nil {
+		return ID{}, err
+	}
+	id := hashID(data)
+	err = r.be.Save(ctx, backend.Handle{Type: t, Name: id.String()}, int64(len(data)), bytes.NewReader(data))
+	if errors.Is(err, fs.ErrExist) {
+		err = nil // same bytes, same name: already stored
+	}
+	return id, err
+}
+
+// loadSealed reads a file written by saveSealed and checks its name.
+func (r *Repository) loadSealed(ctx context.Context, t backend.Type, id ID) ([]byte, error) {
+	h := backend.Handle{Type: t, Name: id.String()}
+	rd, err := r.be.Load(ctx, h, 0, 0)
+	if err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(rd)
+	rd.Close()
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", h, err)
+	}
+	if hashID(data) != id || len(data) < 1 {
+		return nil, fmt.Errorf("%s is damaged: its content does not match its name", h)
+	}
+	plain, err := open(r.key.Encrypt, nil, data[1:])
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", h, err)
+	}
+	if data[0]&flagZstd != 0 {
+		if plain, err = r.dec.DecodeAll(plain, nil); err != nil {
+			return nil, fmt.Errorf("%s: decompress: %w", h, err)
+		}
+	}
+	return plain, nil
+}
+
+func (r *Repository) loadIndex(ctx context.Context) error {
+	var ids []ID
+	err := r.be.List(ctx, backend.TypeIndex, func(fi backend.FileInfo) error {
+		id, err := ParseID(fi.Name)
+		if err != nil {
+			return nil // not ours
+		}
+		ids = append(ids, id)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list index files: %w", err)
+	}
+	for _, id := range ids {
+		plain, err := r.loadSealed(ctx, backend.TypeIndex, id)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed by a concurrent prune
+		}
+		if err != nil {
+			return fmt.Errorf("load index: %w", err)
+		}
+		packs, err := decodeIndex(plain)
+		if err != nil {
+			return fmt.Errorf("index %s: %w", id.Short(), err)
+		}
+		for _, p := range packs {
+			r.idx.addPack(p.ID, p.Entries)
+		}
+	}
+	return nil
+}
+
+// LoadBlob reads, authenticates, decompresses and verifies one blob.
+func (r *Repository) LoadBlob(ctx context.Context, id ID) ([]byte, error) {
+	pack, loc, ok := r.idx.lookup(id)
+	if !ok {
+		return nil, fmt.Errorf("blob %s: %w", id.Short(), ErrBlobMissing)
+	}
+	rd, err := r.be.Load(ctx, backend.Handle{Type: backend.TypePack, Name: pack.String()}, int64(loc.offset), int64(loc.length))
+	if err != nil {
+		return nil, fmt.Errorf("blob %s in pack %s: %w", id.Short(), pack.Short(), err)
+	}
+	sealed := make([]byte, loc.length)
+	_, err = io.ReadFull(rd, sealed)
+	rd.Close()
+	if err != nil {
+		return nil, fmt.Errorf("blob %s in pack %s: %w", id.Short(), pack.Short(), err)
+	}
+	return r.openBlob(id, loc.flags, loc.rawLen, sealed, pack)
+}
+
+func (r *Repository) openBlob(id ID, flags uint8, rawLen uint32, sealed []byte, pack ID) ([]byte, error) {
+	plain, err := open(r.key.Encrypt, nil, sealed)
+	if err != nil {
+		return nil, fmt.Errorf("blob %s in pack %s: %w", id.Short(), pack.Short(), err)
+	}
+	if flags&flagZstd != 0 {
+		if plain, err = r.dec.DecodeAll(plain, make([]byte, 0, rawLen)); err != nil {
+			return nil, fmt.Errorf("blob %s in pack %s: decompress: %w", id.Short(), pack.Short(), err)
+		}
+	}
+	if r.key.blobID(plain) != id {
+		return nil, fmt.Errorf("blob %s in pack %s: content does not match its id: %w", id.Short(), pack.Short(), ErrAuth)
+	}
+	return plain, nil
+}
+
+// ErrBlobMissing means no index knows the blob.
+var ErrBlobMissing = errors.New("not in the repository's index")

@@ -1,0 +1,238 @@
+package repository
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/umbra-backup/umbra/internal/backend"
+	"github.com/umbra-backup/umbra/internal/backend/mem"
+)
+
+// fastKDF keeps tests quick; the real costs are tested by the CLI.
+var fastKDF = KDFParams{Time: 1, Memory: 64, Threads: 1}
+
+func newRepo(t *testing.T) (*Repository, *mem.Backend) {
+	t.Helper()
+	be := mem.New()
+	r, err := Init(t.Context(), be, "secret", Options{KDF: fastKDF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r, be
+}
+
+func reopen(t *testing.T, be backend.Backend, password string) *Repository {
+	t.Helper()
+	r, err := Open(t.Context(), be, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func random(t *testing.T, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestBlobRoundTripAndDedupe(t *testing.T) {
+	r, be := newRepo(t)
+	ctx := t.Context()
+	blobs := [][]byte{random(t, 1<<20), bytes.Repeat([]byte("compressible "), 10000), {}, random(t, 10)}
+	var ids []ID
+	for _, b := range blobs {
+		id, added, err := r.SaveBlob(ctx, DataBlob, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if added == 0 {
+			t.Errorf("first save of a %d-byte blob added nothing", len(b))
+		}
+		ids = append(ids, id)
+		if _, again, _ := r.SaveBlob(ctx, DataBlob, b); again != 0 {
+			t.Errorf("second save of the same blob added %d bytes", again)
+		}
+	}
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r2 := reopen(t, be, "secret")
+	for i, id := range ids {
+		got, err := r2.LoadBlob(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, blobs[i]) {
+			t.Errorf("blob %d: got %d bytes back, want %d equal", i, len(got), len(blobs[i]))
+		}
+		if _, added, _ := r2.SaveBlob(ctx, DataBlob, blobs[i]); added != 0 {
+			t.Errorf("blob %d stored again after reopen", i)
+		}
+	}
+	// Compression paid for the compressible blob.
+	var total int
+	for h, data := range be.Files() {
+		if h.Type == backend.TypePack {
+			total += len(data)
+		}
+	}
+	if want := 1<<20 + 130000; total > want {
+		t.Errorf("packs hold %d bytes; want under %d (the repetitive blob compressed)", total, want)
+	}
+}
+
+func TestWrongPassword(t *testing.T) {
+	_, be := newRepo(t)
+	if _, err := Open(t.Context(), be, "guess"); !errors.Is(err, ErrWrongPassword) {
+		t.Fatalf("got %v, want ErrWrongPassword", err)
+	}
+}
+
+func TestKeys(t *testing.T) {
+	r, be := newRepo(t)
+	ctx := t.Context()
+	r.kdf = fastKDF
+	name, err := r.AddKey(ctx, "second")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2 := reopen(t, be, "second")
+	if r2.keyName != name {
+		t.Errorf("opened with key %s, want %s", r2.keyName, name)
+	}
+	keys, err := r2.Keys(ctx)
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("keys: %v, %v", keys, err)
+	}
+	if err := r2.RemoveKey(ctx, name[:8]); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Errorf("removing the key in use: got %v", err)
+	}
+	if err := r2.RemoveKey(ctx, r.keyName[:8]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, be, "secret"); !errors.Is(err, ErrWrongPassword) {
+		t.Errorf("removed key still opens: %v", err)
+	}
+}
+
+func TestNoPlaintextStored(t *testing.T) {
+	r, be := newRepo(t)
+	ctx := t.Context()
+	secret := []byte("the-launch-codes-are-0000-and-this-is-long-enough")
+	id, _, err := r.SaveBlob(ctx, DataBlob, bytes.Repeat(secret, 100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree := &Tree{Nodes: []Node{{Name: "secret-file-name.txt", Type: NodeFile, Content: []ID{id}}}}
+	tid, _, err := r.SaveTree(ctx, tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.SaveManifest(ctx, &Manifest{Host: "h", Paths: []string{"/secret-dir-name"}, Tree: tid}); err != nil {
+		t.Fatal(err)
+	}
+	for h, data := range be.Files() {
+		for _, needle := range []string{"launch-codes", "secret-file-name", "secret-dir-name"} {
+			if bytes.Contains(data, []byte(needle)) {
+				t.Errorf("%s holds %q in plaintext", h, needle)
+			}
+		}
+	}
+}
+
+func TestDamageDetected(t *testing.T) {
+	r, be := newRepo(t)
+	ctx := t.Context()
+	id, _, err := r.SaveBlob(ctx, DataBlob, random(t, 4096))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for h, data := range be.Files() {
+		if h.Type == backend.TypePack {
+			bad := bytes.Clone(data)
+			bad[100] ^= 1
+			be.Put(h, bad)
+		}
+	}
+	if _, err := reopen(t, be, "secret").LoadBlob(ctx, id); !errors.Is(err, ErrAuth) {
+		t.Errorf("flipped byte: got %v, want ErrAuth", err)
+	}
+}
+
+func TestTreeNamesAnyBytes(t *testing.T) {
+	r, _ := newRepo(t)
+	ctx := t.Context()
+	names := []Name{"plain", "ünïcode", "bad\xff\xfeutf8", "new\nline", "tab\tand \"quotes\""}
+	tree := &Tree{}
+	for _, n := range names {
+		tree.Nodes = append(tree.Nodes, Node{Name: n, Type: NodeSymlink, Target: n + "/target"})
+	}
+	id, _, err := r.SaveTree(ctx, tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.LoadTree(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(tree, got); diff != "" {
+		t.Errorf("tree round trip (-want +got):\n%s", diff)
+	}
+	for _, n := range names {
+		if node := got.Find(string(n)); node == nil || node.Target != n+"/target" {
+			t.Errorf("Find(%q) = %+v", n, node)
+		}
+	}
+}
+
+func TestManifests(t *testing.T) {
+	r, _ := newRepo(t)
+	ctx := context.Background()
+	var ids []ID
+	for _, host := range []string{"a", "b"} {
+		id, err := r.SaveManifest(ctx, &Manifest{Host: host})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	all, err := r.Manifests(ctx)
+	if err != nil || len(all) != 2 {
+		t.Fatalf("manifests: %v, %v", all, err)
+	}
+	e, err := r.FindManifest(ctx, ids[1].String()[:10])
+	if err != nil || e.Host != "b" {
+		t.Errorf("find by prefix: %+v, %v", e, err)
+	}
+	if _, err := r.FindManifest(ctx, "zz"); err == nil {
+		t.Error("unknown prefix found a backup")
+	}
+}
+
+func TestInitRefusesExisting(t *testing.T) {
+	_, be := newRepo(t)
+	if _, err := Init(t.Context(), be, "x", Options{KDF: fastKDF}); err == nil || !strings.Contains(err.Error(), "already holds") {
+		t.Errorf("second init: %v", err)
+	}
+}

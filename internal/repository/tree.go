@@ -1,0 +1,137 @@
+package repository
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"unicode/utf8"
+)
+
+// NodeType is the kind of a directory entry.
+type NodeType string
+
+// Node types.
+const (
+	NodeFile    NodeType = "file"
+	NodeDir     NodeType = "dir"
+	NodeSymlink NodeType = "symlink"
+	NodeDev     NodeType = "dev"     // block device
+	NodeCharDev NodeType = "chardev" // character device
+	NodeFifo    NodeType = "fifo"
+	NodeSocket  NodeType = "socket"
+)
+
+// Node is one directory entry with everything restore needs to bring it
+// back as it was.
+type Node struct {
+	Name    Name     `json:"name"`
+	Type    NodeType `json:"type"`
+	Mode    uint32   `json:"mode"` // permission and special bits (07777)
+	UID     uint32   `json:"uid"`
+	GID     uint32   `json:"gid"`
+	User    string   `json:"user,omitempty"`
+	Group   string   `json:"group,omitempty"`
+	Size    int64    `json:"size,omitempty"`
+	MTime   int64    `json:"mtime_ns"`
+	ATime   int64    `json:"atime_ns"`
+	CTime   int64    `json:"ctime_ns"`
+	Inode   uint64   `json:"inode,omitempty"`
+	Device  uint64   `json:"device_id,omitempty"` // st_dev, for hard links
+	Links   uint64   `json:"links,omitempty"`
+	Rdev    uint64   `json:"rdev,omitempty"`
+	Target  Name     `json:"target,omitzero"` // symlink
+	Xattrs  []Xattr  `json:"xattrs,omitempty"`
+	Content []ID     `json:"content,omitempty"` // file: chunk ids, zero ids for holes
+	Subtree *ID      `json:"subtree,omitempty"` // dir
+}
+
+// Xattr is an extended attribute (ACLs are xattrs too).
+type Xattr struct {
+	Name  Name   `json:"name"`
+	Value []byte `json:"value"`
+}
+
+// Tree is a directory's entries, sorted by name.
+type Tree struct {
+	Nodes []Node `json:"nodes"`
+}
+
+// ZeroChunk is the content id standing for a chunk of zero bytes (a hole,
+// or zeros, which restore writes as a hole): nothing is stored for it. Its
+// length is the file's block size, or what remains of the file.
+var ZeroChunk = ID{}
+
+// Name is a file name, symlink target or xattr name: any bytes. It is JSON
+// text when it is valid UTF-8, and {"b64": …} otherwise, so no byte is lost.
+type Name string
+
+// MarshalJSON writes valid UTF-8 as a string, anything else as base64.
+func (n Name) MarshalJSON() ([]byte, error) {
+	if utf8.ValidString(string(n)) {
+		return json.Marshal(string(n))
+	}
+	return json.Marshal(struct {
+		B64 string `json:"b64"`
+	}{base64.StdEncoding.EncodeToString([]byte(n))})
+}
+
+// UnmarshalJSON reads either form.
+func (n *Name) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		*n = Name(s)
+		return nil
+	}
+	var raw struct {
+		B64 string `json:"b64"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	v, err := base64.StdEncoding.DecodeString(raw.B64)
+	if err != nil {
+		return err
+	}
+	*n = Name(v)
+	return nil
+}
+
+// IsZero lets omitzero drop empty names.
+func (n Name) IsZero() bool { return n == "" }
+
+// SaveTree stores t (sorting it) as a tree blob.
+func (r *Repository) SaveTree(ctx context.Context, t *Tree) (ID, int, error) {
+	sort.Slice(t.Nodes, func(i, j int) bool { return t.Nodes[i].Name < t.Nodes[j].Name })
+	if t.Nodes == nil {
+		t.Nodes = []Node{}
+	}
+	data, err := json.Marshal(t)
+	if err != nil {
+		return ID{}, 0, err
+	}
+	return r.SaveBlob(ctx, TreeBlob, data)
+}
+
+// LoadTree reads a tree blob.
+func (r *Repository) LoadTree(ctx context.Context, id ID) (*Tree, error) {
+	data, err := r.LoadBlob(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("tree %s: %w", id.Short(), err)
+	}
+	var t Tree
+	if err := json.Unmarshal(data, &t); err != nil {
+		return nil, fmt.Errorf("tree %s is damaged: %w", id.Short(), err)
+	}
+	return &t, nil
+}
+
+// Find returns the node named name, or nil.
+func (t *Tree) Find(name string) *Node {
+	i := sort.Search(len(t.Nodes), func(i int) bool { return string(t.Nodes[i].Name) >= name })
+	if i < len(t.Nodes) && string(t.Nodes[i].Name) == name {
+		return &t.Nodes[i]
+	}
+	return nil
+}
