@@ -26,25 +26,30 @@ const (
 // Node is one directory entry with everything restore needs to bring it
 // back as it was.
 type Node struct {
-	Name    Name     `json:"name"`
-	Type    NodeType `json:"type"`
-	Mode    uint32   `json:"mode"` // permission and special bits (07777)
-	UID     uint32   `json:"uid"`
-	GID     uint32   `json:"gid"`
-	User    string   `json:"user,omitempty"`
-	Group   string   `json:"group,omitempty"`
-	Size    int64    `json:"size,omitempty"`
-	MTime   int64    `json:"mtime_ns"`
-	ATime   int64    `json:"atime_ns"`
-	CTime   int64    `json:"ctime_ns"`
-	Inode   uint64   `json:"inode,omitempty"`
-	Device  uint64   `json:"device_id,omitempty"` // st_dev, for hard links
-	Links   uint64   `json:"links,omitempty"`
-	Rdev    uint64   `json:"rdev,omitempty"`
-	Target  Name     `json:"target,omitzero"` // symlink
-	Xattrs  []Xattr  `json:"xattrs,omitempty"`
-	Content []ID     `json:"content,omitempty"` // file: chunk ids, zero ids for holes
-	Subtree *ID      `json:"subtree,omitempty"` // dir
+	Name  Name     `json:"name"`
+	Type  NodeType `json:"type"`
+	Mode  uint32   `json:"mode"` // permission and special bits (07777)
+	UID   uint32   `json:"uid"`
+	GID   uint32   `json:"gid"`
+	User  string   `json:"user,omitempty"`
+	Group string   `json:"group,omitempty"`
+	Size  int64    `json:"size,omitempty"`
+	MTime int64    `json:"mtime_ns"`
+	// CTime only detects change; it cannot be restored. Access time is
+	// not kept at all: reading a directory to back it up changes it, and
+	// every tree would differ from its parent's.
+	CTime   int64   `json:"ctime_ns"`
+	Inode   uint64  `json:"inode,omitempty"`
+	Device  uint64  `json:"device_id,omitempty"` // st_dev, for hard links
+	Links   uint64  `json:"links,omitempty"`
+	Rdev    uint64  `json:"rdev,omitempty"`
+	Target  Name    `json:"target,omitzero"` // symlink
+	Xattrs  []Xattr `json:"xattrs,omitempty"`
+	Content []ID    `json:"content,omitempty"` // file: chunk ids
+	// BlockSize is set when the file was cut into fixed blocks; then every
+	// chunk but the last is that long, and ZeroChunk is a block of zeros.
+	BlockSize int `json:"block_size,omitempty"`
+	Subtree   *ID `json:"subtree,omitempty"` // dir
 }
 
 // Xattr is an extended attribute (ACLs are xattrs too).
@@ -58,10 +63,27 @@ type Tree struct {
 	Nodes []Node `json:"nodes"`
 }
 
-// ZeroChunk is the content id standing for a chunk of zero bytes (a hole,
-// or zeros, which restore writes as a hole): nothing is stored for it. Its
-// length is the file's block size, or what remains of the file.
+// ZeroChunk is the content id of an all-zero block of a block-cut file (a
+// hole, or zeros, which restore leaves as a hole): nothing is stored for
+// it. Its length is the node's BlockSize, or what remains of the file.
 var ZeroChunk = ID{}
+
+// AllZero reports whether b holds only zero bytes: such a block is stored
+// as ZeroChunk, and restore leaves such data as a hole.
+func AllZero(b []byte) bool {
+	for len(b) >= 8 {
+		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
 
 // Name is a file name, symlink target or xattr name: any bytes. It is JSON
 // text when it is valid UTF-8, and {"b64": …} otherwise, so no byte is lost.

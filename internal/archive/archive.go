@@ -1,0 +1,391 @@
+// Package archive reads file trees into a repository: it walks each source
+// path, cuts files into chunks, stores them and their metadata as trees,
+// and takes unchanged files from a parent backup without reading them.
+//
+// What it reads (a live path, or a shadow copy standing in for it) is kept
+// apart from the path recorded, so a backup of a snapshot restores to the
+// place the data lives.
+package archive
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/umbra-backup/umbra/internal/repository"
+)
+
+// Source is one path to back up.
+type Source struct {
+	Path string // absolute path recorded in the backup
+	Read string // where to read it now; empty means Path
+}
+
+// Options tune Run.
+type Options struct {
+	// Parent is the root tree of an earlier backup of the same paths:
+	// files whose size, mtime, ctime and inode are unchanged take their
+	// content from it without being read.
+	Parent *repository.ID
+	// Workers hashing, compressing and encrypting; zero means GOMAXPROCS.
+	Workers int
+	// Progress, if set, is updated as the backup runs.
+	Progress *Progress
+}
+
+// Progress is updated atomically during Run; read it from any goroutine.
+type Progress struct {
+	Files, Dirs      atomic.Int64
+	Bytes, BytesRead atomic.Int64
+	BytesAdded       atomic.Int64
+	FilesChanged     atomic.Int64
+	CurrentPath      atomic.Pointer[string]
+}
+
+// Result is what Run made.
+type Result struct {
+	Tree     repository.ID
+	Stats    repository.Stats
+	Warnings []string // files skipped or changed while read
+}
+
+type archiver struct {
+	repo     *repository.Repository
+	jobs     chan job
+	progress *Progress
+	names    names
+	files    chan func() // file reads, run by the file readers
+
+	mu       sync.Mutex
+	warnings []string
+}
+
+// Run backs up sources and returns the root tree. The caller flushes the
+// repository and saves the manifest. Files that cannot be read, or change
+// while read, are warnings, not errors: the backup goes on.
+func Run(ctx context.Context, repo *repository.Repository, sources []Source, opts Options) (Result, error) {
+	start := time.Now()
+	workers := opts.Workers
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	a := &archiver{
+		repo:     repo,
+		jobs:     make(chan job, 2*workers),
+		progress: opts.Progress,
+		names:    names{users: map[uint32]string{}, groups: map[uint32]string{}},
+		files:    make(chan func()),
+	}
+	if a.progress == nil {
+		a.progress = &Progress{}
+	}
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() { a.worker(ctx, a.jobs) })
+	}
+	// Two files read at once keep the workers busy on small files, where
+	// opening and stat-ing cost more than hashing.
+	var readers sync.WaitGroup
+	for range 2 {
+		readers.Go(func() {
+			for fn := range a.files {
+				fn()
+			}
+		})
+	}
+	root, err := a.archiveSources(ctx, sources, opts.Parent)
+	close(a.files)
+	readers.Wait()
+	close(a.jobs)
+	wg.Wait()
+	if err != nil {
+		return Result{}, err
+	}
+	p := a.progress
+	return Result{
+		Tree: root,
+		Stats: repository.Stats{
+			Files: p.Files.Load(), Dirs: p.Dirs.Load(), Bytes: p.Bytes.Load(), BytesRead: p.BytesRead.Load(),
+			FilesChanged: p.FilesChanged.Load(), BytesAdded: p.BytesAdded.Load(),
+			DurationMS: time.Since(start).Milliseconds(),
+		},
+		Warnings: a.warnings,
+	}, nil
+}
+
+func (a *archiver) warn(format string, args ...any) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.warnings = append(a.warnings, fmt.Sprintf(format, args...))
+}
+
+// archiveSources builds the root tree: each source's absolute path becomes
+// nested directories, with the metadata of the live directories on the way.
+func (a *archiver) archiveSources(ctx context.Context, sources []Source, parent *repository.ID) (repository.ID, error) {
+	type entry struct {
+		src  Source
+		segs []string
+	}
+	var entries []*entry
+	for _, s := range sources {
+		clean := filepath.Clean(s.Path)
+		if !filepath.IsAbs(clean) {
+			return repository.ID{}, fmt.Errorf("source %q is not an absolute path", s.Path)
+		}
+		if s.Read == "" {
+			s.Read = clean
+		}
+		s.Path = clean
+		entries = append(entries, &entry{src: s, segs: strings.Split(strings.TrimPrefix(clean, "/"), "/")})
+	}
+	// build makes the tree for the directory at depth, holding the given
+	// entries below it.
+	var build func(dir string, depth int, group []*entry, parentTree *repository.Tree) (repository.ID, error)
+	build = func(dir string, depth int, group []*entry, parentTree *repository.Tree) (repository.ID, error) {
+		byName := map[string][]*entry{}
+		tree := &repository.Tree{}
+		for _, e := range group {
+			if e.segs[0] == "" {
+				return repository.ID{}, errors.New("backing up / as a whole is not supported yet; list its directories")
+			}
+			if len(e.segs) == depth+1 {
+				// The source itself.
+				name := e.segs[depth]
+				node, ok, err := a.archivePath(ctx, e.src.Read, name, parentNode(parentTree, name))
+				if err != nil {
+					return repository.ID{}, err
+				}
+				if ok {
+					tree.Nodes = append(tree.Nodes, node)
+				}
+				continue
+			}
+			byName[e.segs[depth]] = append(byName[e.segs[depth]], e)
+		}
+		sort.Slice(tree.Nodes, func(i, j int) bool { return tree.Nodes[i].Name < tree.Nodes[j].Name })
+		for name, sub := range byName {
+			if tree.Find(name) != nil {
+				continue // a source contains another: the outer one has it
+			}
+			path := filepath.Join(dir, name)
+			node, err := a.nodeOf(path, name)
+			if err != nil {
+				return repository.ID{}, fmt.Errorf("source directory %s: %w", path, err)
+			}
+			id, err := build(path, depth+1, sub, a.parentSubtree(ctx, parentNode(parentTree, name)))
+			if err != nil {
+				return repository.ID{}, err
+			}
+			node.Subtree = &id
+			tree.Nodes = append(tree.Nodes, node)
+			sort.Slice(tree.Nodes, func(i, j int) bool { return tree.Nodes[i].Name < tree.Nodes[j].Name })
+		}
+		id, _, err := a.repo.SaveTree(ctx, tree)
+		return id, err
+	}
+	var parentTree *repository.Tree
+	if parent != nil {
+		parentTree = a.loadParent(ctx, *parent)
+	}
+	return build("/", 0, entries, parentTree)
+}
+
+func parentNode(t *repository.Tree, name string) *repository.Node {
+	if t == nil {
+		return nil
+	}
+	return t.Find(name)
+}
+
+func (a *archiver) parentSubtree(ctx context.Context, n *repository.Node) *repository.Tree {
+	if n == nil || n.Type != repository.NodeDir || n.Subtree == nil {
+		return nil
+	}
+	return a.loadParent(ctx, *n.Subtree)
+}
+
+// loadParent reads a parent tree; one that cannot be read only costs
+// reading the files again.
+func (a *archiver) loadParent(ctx context.Context, id repository.ID) *repository.Tree {
+	t, err := a.repo.LoadTree(ctx, id)
+	if err != nil {
+		a.warn("parent tree %s unreadable, reading files again: %v", id.Short(), err)
+		return nil
+	}
+	return t
+}
+
+// archivePath stores the file or directory at path as a node named name.
+// ok is false when it was skipped with a warning.
+func (a *archiver) archivePath(ctx context.Context, path, name string, parent *repository.Node) (repository.Node, bool, error) {
+	node, err := a.nodeOf(path, name)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return node, false, fmt.Errorf("%s does not exist; check the path", path)
+		}
+		a.warn("%v (skipped)", err)
+		return node, false, nil
+	}
+	switch node.Type {
+	case repository.NodeDir:
+		id, err := a.archiveDir(ctx, path, parent)
+		if err != nil {
+			return node, false, err
+		}
+		node.Subtree = &id
+	case repository.NodeFile:
+		done := make(chan error, 1)
+		a.submitFile(ctx, path, &node, parent, done)
+		if err := <-done; err != nil {
+			return node, false, err
+		}
+		if node.Content == nil && node.Size > 0 {
+			return node, false, nil // unreadable: warned
+		}
+	}
+	return node, true, nil
+}
+
+// archiveDir stores the directory at path and returns its tree. Its files
+// are read by the file readers while it descends into subdirectories.
+func (a *archiver) archiveDir(ctx context.Context, path string, parent *repository.Node) (repository.ID, error) {
+	a.progress.Dirs.Add(1)
+	parentTree := a.parentSubtree(ctx, parent)
+	entries, err := os.ReadDir(path)
+	if err != nil {
+		a.warn("read directory %s: %v (its entries are skipped)", path, err)
+	}
+	tree := &repository.Tree{Nodes: make([]repository.Node, 0, len(entries))}
+	var pending []chan error
+	skip := make([]bool, len(entries))
+	for i, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return repository.ID{}, err
+		}
+		name := e.Name()
+		child := filepath.Join(path, name)
+		node, err := a.nodeOf(child, name)
+		if err != nil {
+			a.warn("%v (skipped)", err)
+			skip[i] = true
+			tree.Nodes = append(tree.Nodes, node)
+			continue
+		}
+		tree.Nodes = append(tree.Nodes, node)
+		switch node.Type {
+		case repository.NodeFile:
+			done := make(chan error, 1)
+			a.submitFile(ctx, child, &tree.Nodes[len(tree.Nodes)-1], parentNode(parentTree, name), done)
+			pending = append(pending, done)
+		case repository.NodeDir:
+			id, err := a.archiveDir(ctx, child, parentNode(parentTree, name))
+			if err != nil {
+				return repository.ID{}, err
+			}
+			tree.Nodes[len(tree.Nodes)-1].Subtree = &id
+		}
+	}
+	var errs []error
+	for _, done := range pending {
+		errs = append(errs, <-done)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return repository.ID{}, err
+	}
+	kept := tree.Nodes[:0]
+	for i, n := range tree.Nodes {
+		if skip[i] || (n.Type == repository.NodeFile && n.Size > 0 && n.Content == nil) {
+			continue
+		}
+		kept = append(kept, n)
+	}
+	tree.Nodes = kept
+	id, added, err := a.repo.SaveTree(ctx, tree)
+	a.progress.BytesAdded.Add(int64(added))
+	return id, err
+}
+
+// submitFile hands the reading of one file to the file readers; done gets
+// nil when node is filled in (or the file skipped with a warning), and an
+// error only for failures that end the backup (the repository failing).
+func (a *archiver) submitFile(ctx context.Context, path string, node *repository.Node, parent *repository.Node, done chan<- error) {
+	a.progress.Files.Add(1)
+	a.progress.Bytes.Add(node.Size)
+	if unchanged(node, parent) && a.haveContent(parent) {
+		node.Content, node.BlockSize = parent.Content, parent.BlockSize
+		done <- nil
+		return
+	}
+	a.progress.FilesChanged.Add(1)
+	fn := func() { done <- a.readFile(ctx, path, node) }
+	select {
+	case a.files <- fn:
+	case <-ctx.Done():
+		done <- ctx.Err()
+	}
+}
+
+func unchanged(n, parent *repository.Node) bool {
+	return parent != nil && parent.Type == repository.NodeFile && parent.Size == n.Size &&
+		parent.MTime == n.MTime && parent.CTime == n.CTime && parent.Inode == n.Inode
+}
+
+// haveContent checks the parent's chunks are still stored (not pruned).
+func (a *archiver) haveContent(parent *repository.Node) bool {
+	for _, id := range parent.Content {
+		if id != repository.ZeroChunk && !a.repo.HasBlob(id) {
+			return false
+		}
+	}
+	return true
+}
+
+// readFile stores one file's content in node. A file that cannot be read is
+// skipped with a warning; one that changes while read is kept as read, with
+// a warning.
+func (a *archiver) readFile(ctx context.Context, path string, node *repository.Node) error {
+	p := path
+	a.progress.CurrentPath.Store(&p)
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOATIME, 0)
+	if errors.Is(err, unix.EPERM) {
+		f, err = os.Open(path) // O_NOATIME needs ownership
+	}
+	if err != nil {
+		a.warn("open %s: %v (skipped)", path, err)
+		node.Content = nil
+		return nil
+	}
+	defer f.Close()
+	ids, blockSize, n, err := a.readContent(ctx, f, filepath.Base(path), node.Size)
+	if err != nil {
+		var repoErr *repoError
+		if ctx.Err() != nil || errors.As(err, &repoErr) {
+			return err
+		}
+		a.warn("read %s: %v (skipped)", path, err)
+		node.Content = nil
+		return nil
+	}
+	var after unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &after); err == nil &&
+		(after.Size != node.Size || after.Mtim.Nano() != node.MTime || after.Ctim.Nano() != node.CTime) {
+		a.warn("%s changed while it was read; the backup holds a mix of before and after", path)
+	}
+	// The content is what was read, whatever the size said before.
+	node.Size, node.Content, node.BlockSize = n, ids, blockSize
+	if node.Content == nil {
+		node.Content = []repository.ID{}
+	}
+	return nil
+}

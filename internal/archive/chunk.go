@@ -1,0 +1,195 @@
+package archive
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/jotfs/fastcdc-go"
+
+	"github.com/umbra-backup/umbra/internal/repository"
+)
+
+// blockLike reports whether a file is cut into fixed, aligned blocks rather
+// than content-defined chunks: database and disk-image files are rewritten
+// in place page by page, so aligned blocks dedupe every unchanged page,
+// where a content-defined chunk of ~1 MiB almost always holds a changed one.
+func blockLike(name string, size int64, blockSize int) bool {
+	if size < 4*int64(blockSize) {
+		return false
+	}
+	if blockExt[strings.ToLower(filepath.Ext(name))] || pgRelation.MatchString(name) || innodbSystem.MatchString(name) {
+		return true
+	}
+	// Large files in whole pages are disk images or databases more often
+	// than not.
+	return size >= 64<<20 && size%4096 == 0
+}
+
+var (
+	blockExt = map[string]bool{
+		".db": true, ".sqlite": true, ".sqlite3": true, ".ibd": true, ".mdb": true, ".ldb": true,
+		".img": true, ".raw": true, ".qcow2": true, ".vmdk": true, ".vdi": true, ".vhd": true, ".vhdx": true,
+	}
+	// PostgreSQL relation segments: 16384, 16384.1, 16384_fsm, 16384_vm.
+	pgRelation = regexp.MustCompile(`^[0-9]+(_(fsm|vm|init))?(\.[0-9]+)?$`)
+	// InnoDB system tablespace and redo logs.
+	innodbSystem = regexp.MustCompile(`^(ibdata[0-9]+|ib_logfile[0-9]+|#ib_redo[0-9]+|undo_[0-9]+)$`)
+)
+
+// batchSize is how much of a block-like file one job carries: one job per
+// 16 KiB block would cost more in coordination than in hashing.
+const batchSize = 1 << 20
+
+// job is a piece of a file for the blob workers: data cut at cuts.
+type job struct {
+	data []byte
+	cuts []int // end offsets of each chunk within data
+	// blocks is set for fixed blocks, where an all-zero block is stored
+	// as repository.ZeroChunk: its length is known from the block size.
+	blocks bool
+	res    chan jobResult
+}
+
+type jobResult struct {
+	ids   []repository.ID
+	added int
+	err   error
+}
+
+// worker saves the chunks of jobs until jobs closes.
+func (a *archiver) worker(ctx context.Context, jobs <-chan job) {
+	for j := range jobs {
+		var res jobResult
+		start := 0
+		for _, end := range j.cuts {
+			chunk := j.data[start:end]
+			start = end
+			if j.blocks && repository.AllZero(chunk) {
+				res.ids = append(res.ids, repository.ZeroChunk)
+				continue
+			}
+			id, added, err := a.repo.SaveBlob(ctx, repository.DataBlob, chunk)
+			if err != nil {
+				res.err = &repoError{err}
+				break
+			}
+			res.ids = append(res.ids, id)
+			res.added += added
+		}
+		j.res <- res
+	}
+}
+
+// repoError is a failure to store, which ends the backup, as opposed to a
+// failure to read one file, which skips it.
+type repoError struct{ err error }
+
+func (e *repoError) Error() string { return e.err.Error() }
+func (e *repoError) Unwrap() error { return e.err }
+
+// readContent reads and stores f's content, returning its chunk ids, the
+// block size if it used fixed blocks, and the bytes read. Jobs go to the
+// workers in order; their results are collected in the same order.
+func (a *archiver) readContent(ctx context.Context, f *os.File, name string, size int64) (ids []repository.ID, blockSize int, n int64, err error) {
+	params := a.repo.Config().Chunker
+	if blockLike(name, size, params.BlockSize) {
+		blockSize = params.BlockSize
+	}
+	var pending []chan jobResult
+	submit := func(data []byte, cuts []int) error {
+		res := make(chan jobResult, 1)
+		select {
+		case a.jobs <- job{data: data, cuts: cuts, blocks: blockSize > 0, res: res}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		n += int64(len(data))
+		pending = append(pending, res)
+		return nil
+	}
+	collect := func() error {
+		var errs []error
+		for _, res := range pending {
+			r := <-res
+			errs = append(errs, r.err)
+			ids = append(ids, r.ids...)
+			a.progress.BytesAdded.Add(int64(r.added))
+		}
+		pending = nil
+		return errors.Join(errs...)
+	}
+
+	switch {
+	case blockSize > 0:
+		err = a.readBlocks(f, blockSize, submit)
+	case size <= int64(params.MinSize):
+		err = a.readWhole(f, submit)
+	default:
+		err = a.readCDC(f, params, submit)
+	}
+	return ids, blockSize, n, errors.Join(err, collect())
+}
+
+func (a *archiver) readBlocks(f *os.File, blockSize int, submit func([]byte, []int) error) error {
+	for {
+		buf := make([]byte, batchSize)
+		n, err := io.ReadFull(f, buf)
+		if n > 0 {
+			a.progress.BytesRead.Add(int64(n))
+			var cuts []int
+			for end := blockSize; ; end += blockSize {
+				if end >= n {
+					cuts = append(cuts, n)
+					break
+				}
+				cuts = append(cuts, end)
+			}
+			if serr := submit(buf[:n], cuts); serr != nil {
+				return serr
+			}
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (a *archiver) readWhole(f *os.File, submit func([]byte, []int) error) error {
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return err
+	}
+	a.progress.BytesRead.Add(int64(len(data)))
+	return submit(data, []int{len(data)})
+}
+
+func (a *archiver) readCDC(f *os.File, p repository.ChunkerParams, submit func([]byte, []int) error) error {
+	c, err := fastcdc.NewChunker(f, fastcdc.Options{
+		MinSize: p.MinSize, AverageSize: p.AvgSize, MaxSize: p.MaxSize, Seed: a.repo.ChunkerSeed(),
+	})
+	if err != nil {
+		return err
+	}
+	for {
+		chunk, err := c.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		a.progress.BytesRead.Add(int64(chunk.Length))
+		data := append([]byte(nil), chunk.Data...) // Next reuses its buffer
+		if err := submit(data, []int{len(data)}); err != nil {
+			return err
+		}
+	}
+}

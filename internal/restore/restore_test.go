@@ -1,0 +1,139 @@
+package restore_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/umbra-backup/umbra/internal/archive"
+	"github.com/umbra-backup/umbra/internal/backend/mem"
+	"github.com/umbra-backup/umbra/internal/repository"
+	"github.com/umbra-backup/umbra/internal/restore"
+	"github.com/umbra-backup/umbra/internal/testenv"
+)
+
+func newRepo(t *testing.T) *repository.Repository {
+	t.Helper()
+	r, err := repository.Init(t.Context(), mem.New(), "pw", repository.Options{KDF: repository.KDFParams{Time: 1, Memory: 64, Threads: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func backup(t *testing.T, repo *repository.Repository, parent *repository.ID, paths ...string) archive.Result {
+	t.Helper()
+	var srcs []archive.Source
+	for _, p := range paths {
+		srcs = append(srcs, archive.Source{Path: p})
+	}
+	res, err := archive.Run(t.Context(), repo, srcs, archive.Options{Parent: parent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+func TestRoundTrip(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "data")
+	testenv.MakeTree(t, src)
+	repo := newRepo(t)
+	res := backup(t, repo, nil, src)
+	if len(res.Warnings) != 0 {
+		t.Errorf("warnings: %v", res.Warnings)
+	}
+	target := t.TempDir()
+	if _, err := restore.Run(t.Context(), repo, res.Tree, target, restore.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.CompareTrees(t, src, filepath.Join(target, src))
+}
+
+func TestUnchangedFilesAreNotRead(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "data")
+	testenv.MakeTree(t, src)
+	repo := newRepo(t)
+	first := backup(t, repo, nil, src)
+	second := backup(t, repo, &first.Tree, src)
+	if second.Stats.BytesRead != 0 || second.Stats.FilesChanged != 0 {
+		t.Errorf("unchanged tree: read %d bytes of %d changed files; want none", second.Stats.BytesRead, second.Stats.FilesChanged)
+	}
+	if second.Stats.BytesAdded > first.Stats.Bytes/100 {
+		t.Errorf("unchanged tree added %d bytes; want under 1%% of %d", second.Stats.BytesAdded, first.Stats.Bytes)
+	}
+	if second.Tree != first.Tree {
+		t.Errorf("unchanged tree got a new root %s, want %s", second.Tree.Short(), first.Tree.Short())
+	}
+}
+
+// After 1% of a block-like file's 8 KiB pages change in place, the next
+// backup adds about that much: only the blocks holding them.
+func TestBlockFileIncremental(t *testing.T) {
+	dir := t.TempDir()
+	db := filepath.Join(dir, "base.db")
+	const size = 64 << 20
+	if err := os.WriteFile(db, testenv.Random(t, size), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	repo := newRepo(t)
+	first := backup(t, repo, nil, dir)
+	f, err := os.OpenFile(db, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const pageSize = 8192
+	changed := 0
+	for range size / pageSize / 100 {
+		page := testenv.RandomInt(size / pageSize)
+		if _, err := f.WriteAt(testenv.Random(t, pageSize), page*pageSize); err != nil {
+			t.Fatal(err)
+		}
+		changed += pageSize
+	}
+	f.Close()
+	second := backup(t, repo, &first.Tree, dir)
+	ratio := float64(second.Stats.BytesAdded) / float64(changed)
+	t.Logf("changed %d bytes in place; the backup added %d (%.2f×)", changed, second.Stats.BytesAdded, ratio)
+	if ratio > 3 {
+		t.Errorf("backup after 1%% page changes added %.2f× the changed bytes; want at most 3×", ratio)
+	}
+	target := t.TempDir()
+	if _, err := restore.Run(t.Context(), repo, second.Tree, target, restore.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.CompareTrees(t, dir, filepath.Join(target, dir))
+}
+
+func TestUnreadableFileIsAWarning(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root reads every file; unreadable files are tested through the CLI as another user")
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "secret"), []byte("x"), 0); err != nil {
+		t.Fatal(err)
+	}
+	res := backup(t, newRepo(t), nil, dir)
+	if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "secret") {
+		t.Errorf("warnings: %v", res.Warnings)
+	}
+}
+
+func TestInclude(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "data")
+	testenv.MakeTree(t, src)
+	repo := newRepo(t)
+	res := backup(t, repo, nil, src)
+	target := t.TempDir()
+	if _, err := restore.Run(t.Context(), repo, res.Tree, target, restore.Options{Include: []string{filepath.Join(src, "sub")}}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.CompareTrees(t, filepath.Join(src, "sub"), filepath.Join(target, src, "sub"))
+	if _, err := os.Lstat(filepath.Join(target, src, "random.bin")); !os.IsNotExist(err) {
+		t.Errorf("a file outside --include was restored (%v)", err)
+	}
+}
