@@ -236,3 +236,64 @@ func TestInitRefusesExisting(t *testing.T) {
 		t.Errorf("second init: %v", err)
 	}
 }
+
+func TestCheckFindsDamageAndAffectedBackups(t *testing.T) {
+	r, be := newRepo(t)
+	ctx := t.Context()
+	save := func(content []byte) ID {
+		id, _, err := r.SaveBlob(ctx, DataBlob, content)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tid, _, err := r.SaveTree(ctx, &Tree{Nodes: []Node{{Name: "f", Type: NodeFile, Size: int64(len(content)), Content: []ID{id}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Flush(ctx); err != nil { // one pack per backup
+			t.Fatal(err)
+		}
+		mid, err := r.SaveManifest(ctx, &Manifest{Tree: tid})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mid
+	}
+	good, bad := save(random(t, 1000)), save(random(t, 1000))
+	rep, err := reopen(t, be, "secret").Check(ctx, true, nil)
+	if err != nil || !rep.OK() {
+		t.Fatalf("clean repository: %+v, %v", rep, err)
+	}
+	// Damage the data pack of the second backup.
+	m, _ := r.LoadManifest(ctx, bad)
+	tree, _ := reopen(t, be, "secret").LoadTree(ctx, m.Tree)
+	pack, _, _ := r.idx.lookup(tree.Nodes[0].Content[0])
+	h := backend.Handle{Type: backend.TypePack, Name: pack.String()}
+	data := bytes.Clone(be.Files()[h])
+	data[10] ^= 0x80
+	be.Put(h, data)
+
+	r2 := reopen(t, be, "secret")
+	rep, err = r2.Check(ctx, false, nil)
+	if err != nil || !rep.OK() {
+		t.Errorf("without --read-data a flipped byte in file content is not seen: %+v, %v", rep, err)
+	}
+	rep, err = r2.Check(ctx, true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.OK() || len(rep.AffectedBackups) != 1 || rep.AffectedBackups[0] != bad {
+		t.Fatalf("check --read-data: %+v; want an error naming backup %s only", rep, bad.Short())
+	}
+	// The other backup still reads.
+	gm, err := r2.LoadManifest(ctx, good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gt, err := r2.LoadTree(ctx, gm.Tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r2.LoadBlob(ctx, gt.Nodes[0].Content[0]); err != nil {
+		t.Errorf("undamaged backup: %v", err)
+	}
+}
