@@ -53,7 +53,11 @@ every volume, and umbra keeps track of the sets it made.
 Configuration is read from ` + config.DefaultPath + ` (see "umbra help config");
 state is kept in ` + defaultStateDir + `.
 
-Exit status: 0 success, 1 failure, 2 bad command line.`,
+Backups go to a deduplicating, encrypted repository: a local directory
+(default ` + defaultRepo + `, or --repo / UMBRA_REPO) or an S3 bucket.
+
+Exit status: 0 success, 1 failure, 2 bad command line, 3 completed with
+warnings (some files could not be read).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -62,7 +66,9 @@ Exit status: 0 success, 1 failure, 2 bad command line.`,
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print JSON for scripts instead of text")
 	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log each phase to stderr")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
-	root.AddCommand(a.shadowCommand(), a.writersCommand(), a.providersCommand(), a.guardCommand(), configHelp())
+	root.AddCommand(a.initCommand(), a.backupCommand(), a.backupsCommand(), a.lsCommand(), a.restoreCommand(),
+		a.checkCommand(), a.keyCommand(),
+		a.shadowCommand(), a.writersCommand(), a.providersCommand(), a.guardCommand(), configHelp())
 	return root
 }
 

@@ -16,9 +16,10 @@ import (
 
 // Exit statuses, documented in umbra --help.
 const (
-	exitOK    = 0
-	exitFail  = 1
-	exitUsage = 2
+	exitOK       = 0
+	exitFail     = 1
+	exitUsage    = 2
+	exitWarnings = 3 // completed with warnings
 )
 
 func main() {
@@ -44,6 +45,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	var usage *usageError
 	if errors.As(err, &usage) {
 		return exitUsage
+	}
+	var warn *warningsError
+	if errors.As(err, &warn) {
+		return exitWarnings
 	}
 	return exitFail
 }

@@ -1,0 +1,447 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/umbra-backup/umbra/internal/archive"
+	"github.com/umbra-backup/umbra/internal/repository"
+	"github.com/umbra-backup/umbra/internal/restore"
+)
+
+// warningsError ends a run that completed with warnings: exit status 3.
+type warningsError struct{ n int }
+
+func (e *warningsError) Error() string {
+	return fmt.Sprintf("completed with %d warnings", e.n)
+}
+
+func (a *app) backupCommand() *cobra.Command {
+	var (
+		f      repoFlags
+		tags   []string
+		host   string
+		parent string
+		force  bool
+	)
+	cmd := &cobra.Command{
+		Use:   "backup PATH...",
+		Short: "Back up files and directories into the repository",
+		Long: `Back up each PATH into the repository. Files are cut into chunks (fixed
+16 KiB blocks for database and disk-image files, content-defined ~1 MiB
+chunks for the rest); only chunks the repository lacks are stored,
+compressed and encrypted. Files whose size, mtime, ctime and inode match the
+last backup of the same paths from this host are not read again.
+
+Files that cannot be read, or change while being read, are reported and the
+backup goes on; it then exits with status 3, "completed with warnings".`,
+		Example: "  umbra backup /etc /srv/www\n  umbra backup --tag nightly --json /home",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, paths []string) error {
+			ctx := cmd.Context()
+			var sources []archive.Source
+			for _, p := range paths {
+				abs, err := filepath.Abs(p)
+				if err != nil {
+					return err
+				}
+				if _, err := os.Lstat(abs); err != nil {
+					return fmt.Errorf("%s: %w; check the path", abs, errors.Unwrap(err))
+				}
+				sources = append(sources, archive.Source{Path: abs})
+			}
+			repo, done, err := a.openRepo(ctx, &f)
+			if err != nil {
+				return err
+			}
+			defer done()
+			if host == "" {
+				host, _ = os.Hostname()
+			}
+			recorded := make([]string, len(sources))
+			for i, s := range sources {
+				recorded[i] = s.Path
+			}
+			slices.Sort(recorded)
+			var parentID *repository.ID
+			var parentTree *repository.ID
+			if !force {
+				pe, err := findParent(ctx, repo, parent, host, recorded)
+				if err != nil {
+					return err
+				}
+				if pe != nil {
+					parentID, parentTree = &pe.ID, &pe.Tree
+				}
+			}
+			prog := &archive.Progress{}
+			stop := a.showProgress(func() string {
+				return fmt.Sprintf("%d files, %s read, %s added", prog.Files.Load(), size(prog.BytesRead.Load()), size(prog.BytesAdded.Load()))
+			})
+			start := time.Now()
+			res, err := archive.Run(ctx, repo, sources, archive.Options{Parent: parentTree, Progress: prog})
+			if err == nil {
+				err = repo.Flush(ctx)
+			}
+			stop()
+			if err != nil {
+				return fmt.Errorf("backup failed; nothing was recorded (umbra prune removes what was stored): %w", err)
+			}
+			m := &repository.Manifest{
+				Time: start.UTC(), Host: host, Paths: recorded, Tree: res.Tree, Parent: parentID,
+				Tags: tags, Stats: res.Stats, Warnings: res.Warnings,
+			}
+			m.Stats.DurationMS = time.Since(start).Milliseconds()
+			id, err := repo.SaveManifest(ctx, m)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				if err := a.printJSON(struct {
+					ID repository.ID `json:"id"`
+					*repository.Manifest
+				}{id, m}); err != nil {
+					return err
+				}
+			} else {
+				for _, w := range res.Warnings {
+					fmt.Fprintf(a.stderr, "warning: %s\n", w)
+				}
+				s := m.Stats
+				fmt.Fprintf(a.stdout, "Backup %s of %s: %d files, %d directories, %s; %d files new or changed, %s read, %s added, in %s.\n",
+					id.Short(), strings.Join(recorded, " "), s.Files, s.Dirs, size(s.Bytes), s.FilesChanged,
+					size(s.BytesRead), size(s.BytesAdded), (time.Duration(s.DurationMS) * time.Millisecond).Round(time.Millisecond))
+			}
+			if len(res.Warnings) > 0 {
+				if !a.json {
+					return &warningsError{len(res.Warnings)}
+				}
+				return &reportedError{&warningsError{len(res.Warnings)}}
+			}
+			return nil
+		},
+	}
+	f.register(cmd.Flags())
+	cmd.Flags().StringArrayVar(&tags, "tag", nil, "label the backup (repeatable)")
+	cmd.Flags().StringVar(&host, "host", "", "host name to record (default this machine's)")
+	cmd.Flags().StringVar(&parent, "parent", "", "compare with this backup instead of the last one of the same paths")
+	cmd.Flags().BoolVar(&force, "force", false, "read every file, even unchanged ones")
+	return cmd
+}
+
+// findParent returns the backup named by ref, or else the latest backup of
+// the same paths from the same host, or nil.
+func findParent(ctx context.Context, repo *repository.Repository, ref, host string, paths []string) (*repository.ManifestEntry, error) {
+	if ref != "" {
+		e, err := repo.FindManifest(ctx, ref)
+		if err != nil {
+			return nil, fmt.Errorf("--parent: %w", err)
+		}
+		return &e, nil
+	}
+	all, err := repo.Manifests(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := len(all) - 1; i >= 0; i-- {
+		if all[i].Host == host && slices.Equal(all[i].Paths, paths) {
+			return &all[i], nil
+		}
+	}
+	return nil, nil
+}
+
+// showProgress prints status() on stderr once a second while on a
+// terminal, and returns the function that stops it.
+func (a *app) showProgress(status func() string) func() {
+	f, ok := a.stderr.(*os.File)
+	if a.json || !ok || !term.IsTerminal(int(f.Fd())) {
+		return func() {}
+	}
+	start := time.Now()
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				fmt.Fprint(f, "\r\033[K")
+				return
+			case <-t.C:
+				fmt.Fprintf(f, "\r\033[K[%s] %s", time.Since(start).Round(time.Second), status())
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
+}
+
+// size formats a byte count for people.
+func size(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func (a *app) backupsCommand() *cobra.Command {
+	var f repoFlags
+	cmd := &cobra.Command{
+		Use:     "backups",
+		Short:   "List the backups in the repository",
+		Example: "  umbra backups\n  umbra backups --json | jq '.[-1].id'",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			repo, done, err := a.openRepo(cmd.Context(), &f)
+			if err != nil {
+				return err
+			}
+			defer done()
+			all, err := repo.Manifests(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if a.json {
+				if all == nil {
+					all = []repository.ManifestEntry{}
+				}
+				return a.printJSON(all)
+			}
+			if len(all) == 0 {
+				fmt.Fprintln(a.stdout, "No backups yet.")
+				return nil
+			}
+			tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tTIME\tHOST\tFILES\tSIZE\tADDED\tPATHS")
+			for _, e := range all {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", e.ID.Short(), e.Time.Local().Format(time.DateTime), e.Host,
+					e.Stats.Files, size(e.Stats.Bytes), size(e.Stats.BytesAdded), strings.Join(e.Paths, " "))
+			}
+			return tw.Flush()
+		},
+	}
+	f.register(cmd.Flags())
+	return cmd
+}
+
+func (a *app) lsCommand() *cobra.Command {
+	var f repoFlags
+	cmd := &cobra.Command{
+		Use:     "ls ID [PATH]",
+		Short:   "List the files of a backup",
+		Long:    "List every file of backup ID (an id, a unique prefix, or \"latest\"), or only those under PATH.",
+		Example: "  umbra ls latest /etc\n  umbra ls 3f9a2c1b --json",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) < 1 || len(args) > 2 {
+				return usagef("ls takes a backup id and an optional path")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			repo, done, err := a.openRepo(cmd.Context(), &f)
+			if err != nil {
+				return err
+			}
+			defer done()
+			e, err := repo.FindManifest(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			under := "/"
+			if len(args) == 2 {
+				under = filepath.Clean(args[1])
+			}
+			type entry struct {
+				Path string `json:"path"`
+				repository.Node
+			}
+			var list []entry
+			var walk func(id repository.ID, dir string) error
+			walk = func(id repository.ID, dir string) error {
+				t, err := repo.LoadTree(cmd.Context(), id)
+				if err != nil {
+					return err
+				}
+				for _, n := range t.Nodes {
+					p := filepath.Join(dir, string(n.Name))
+					if p == under || strings.HasPrefix(p, strings.TrimSuffix(under, "/")+"/") {
+						list = append(list, entry{p, n})
+					}
+					if n.Subtree != nil && (strings.HasPrefix(under, p) || strings.HasPrefix(p, under)) {
+						if err := walk(*n.Subtree, p); err != nil {
+							return err
+						}
+					}
+				}
+				return nil
+			}
+			if err := walk(e.Tree, "/"); err != nil {
+				return err
+			}
+			if a.json {
+				for i := range list {
+					list[i].Content = nil // ids are of no use to a script
+				}
+				if list == nil {
+					list = []entry{}
+				}
+				return a.printJSON(list)
+			}
+			for _, x := range list {
+				fmt.Fprintf(a.stdout, "%s %8s %-8s %10d %s %s\n", modeString(x.Node), x.User, x.Group, x.Size,
+					time.Unix(0, x.MTime).Local().Format("2006-01-02 15:04"), x.Path)
+			}
+			return nil
+		},
+	}
+	f.register(cmd.Flags())
+	return cmd
+}
+
+func modeString(n repository.Node) string {
+	kinds := map[repository.NodeType]string{repository.NodeDir: "d", repository.NodeSymlink: "l", repository.NodeFifo: "p",
+		repository.NodeDev: "b", repository.NodeCharDev: "c", repository.NodeSocket: "s"}
+	k, ok := kinds[n.Type]
+	if !ok {
+		k = "-"
+	}
+	return k + os.FileMode(n.Mode & 0o777).String()[1:]
+}
+
+func (a *app) restoreCommand() *cobra.Command {
+	var (
+		f        repoFlags
+		target   string
+		includes []string
+	)
+	cmd := &cobra.Command{
+		Use:   "restore ID --target DIR [--include PATTERN]...",
+		Short: "Restore files from a backup",
+		Long: `Restore backup ID (an id, a unique prefix, or "latest") under DIR: a file
+backed up as /srv/app/x comes back as DIR/srv/app/x, with its content (holes
+as holes), owner, mode, modification time, xattrs and ACLs, and hard links.
+Restore never overwrites: DIR must not hold the same files.
+
+--include restores only paths matching a shell pattern (repeatable); a
+matching directory brings everything below it.`,
+		Example: "  umbra restore latest --target /tmp/restore\n  umbra restore 3f9a2c1b --target /tmp/r --include '/etc/ssh/*'",
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if target == "" {
+				return usagef("--target DIR is required: restore writes under a directory, never over live data")
+			}
+			repo, done, err := a.openRepo(cmd.Context(), &f)
+			if err != nil {
+				return err
+			}
+			defer done()
+			e, err := repo.FindManifest(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			prog := &restore.Progress{}
+			stop := a.showProgress(func() string {
+				return fmt.Sprintf("%d files, %s of %s", prog.Files.Load(), size(prog.Bytes.Load()), size(e.Stats.Bytes))
+			})
+			start := time.Now()
+			stats, err := restore.Run(cmd.Context(), repo, e.Tree, target, restore.Options{Include: includes, Progress: prog})
+			stop()
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(map[string]any{"id": e.ID, "target": target, "stats": stats})
+			}
+			fmt.Fprintf(a.stdout, "Restored %d files, %d directories, %s from %s to %s in %s.\n",
+				stats.Files, stats.Dirs, size(stats.Bytes), e.ID.Short(), target, time.Since(start).Round(time.Millisecond))
+			return nil
+		},
+	}
+	f.register(cmd.Flags())
+	cmd.Flags().StringVarP(&target, "target", "t", "", "directory to restore under")
+	cmd.Flags().StringArrayVar(&includes, "include", nil, "restore only paths matching this pattern (repeatable)")
+	return cmd
+}
+
+func (a *app) checkCommand() *cobra.Command {
+	var (
+		f        repoFlags
+		readData bool
+	)
+	cmd := &cobra.Command{
+		Use:   "check [--read-data]",
+		Short: "Verify the repository",
+		Long: `Verify that every indexed pack exists and every backup's trees are intact and
+name only stored data. With --read-data, read every pack and authenticate
+every blob: damage is found and the backups it affects are named; backups
+that do not use a damaged pack still restore. Exit status 1 if anything is
+wrong.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			repo, done, err := a.openRepo(cmd.Context(), &f)
+			if err != nil {
+				return err
+			}
+			defer done()
+			var read, total int
+			stop := a.showProgress(func() string { return fmt.Sprintf("%d of %d packs read", read, total) })
+			rep, err := repo.Check(cmd.Context(), readData, func(d, t int) { read, total = d, t })
+			stop()
+			if err != nil {
+				return err
+			}
+			if a.json {
+				if err := a.printJSON(rep); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintf(a.stdout, "%d backups, %d trees, %d blobs in %d packs", rep.Backups, rep.Trees, rep.Blobs, rep.Packs)
+				if readData {
+					fmt.Fprintf(a.stdout, " (%d read)", rep.PacksRead)
+				}
+				fmt.Fprintln(a.stdout, ".")
+				for _, n := range rep.Notes {
+					fmt.Fprintf(a.stdout, "note: %s\n", n)
+				}
+				for _, e := range rep.Errors {
+					fmt.Fprintf(a.stdout, "error: %s\n", e)
+				}
+				for _, id := range rep.AffectedBackups {
+					fmt.Fprintf(a.stdout, "damaged backup: %s\n", id)
+				}
+			}
+			if !rep.OK() {
+				err := fmt.Errorf("the repository has %d errors; %d backups are affected", len(rep.Errors), len(rep.AffectedBackups))
+				if a.json {
+					return &reportedError{err}
+				}
+				return err
+			}
+			if !a.json {
+				fmt.Fprintln(a.stdout, "No errors.")
+			}
+			return nil
+		},
+	}
+	f.register(cmd.Flags())
+	cmd.Flags().BoolVar(&readData, "read-data", false, "also read and authenticate every pack")
+	return cmd
+}

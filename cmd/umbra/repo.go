@@ -1,0 +1,264 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"golang.org/x/term"
+
+	"github.com/umbra-backup/umbra/internal/backend"
+	"github.com/umbra-backup/umbra/internal/backend/local"
+	"github.com/umbra-backup/umbra/internal/repository"
+)
+
+// defaultRepo is the repository used when neither --repo nor UMBRA_REPO
+// names one: a local directory, in Debian's place for backups.
+const defaultRepo = "/var/backups/umbra"
+
+// repoFlags are the flags of every command that opens a repository.
+type repoFlags struct {
+	repo string
+}
+
+func (f *repoFlags) register(fs *pflag.FlagSet) {
+	fs.StringVarP(&f.repo, "repo", "r", "", "repository: a directory, or s3:https://host/bucket/prefix (default $UMBRA_REPO or "+defaultRepo+")")
+}
+
+func (f *repoFlags) location() string {
+	switch {
+	case f.repo != "":
+		return f.repo
+	case os.Getenv("UMBRA_REPO") != "":
+		return os.Getenv("UMBRA_REPO")
+	}
+	return defaultRepo
+}
+
+// openBackend opens (or, for init, creates) the backend at the location.
+func (a *app) openBackend(ctx context.Context, f *repoFlags, create bool) (backend.Backend, error) {
+	loc := f.location()
+	if strings.HasPrefix(loc, "s3:") {
+		return openS3(ctx, loc, create)
+	}
+	if create {
+		return local.Create(loc)
+	}
+	be, err := local.Open(loc)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no repository at %s; create one with umbra init --repo %s, or point --repo / UMBRA_REPO at yours", loc, loc)
+	}
+	return be, err
+}
+
+// password reads the repository password from UMBRA_PASSWORD,
+// UMBRA_PASSWORD_FILE or, on a terminal, a prompt.
+func (a *app) password(prompt string, confirm bool) (string, error) {
+	return secret("UMBRA_PASSWORD", prompt, confirm)
+}
+
+// newPassword reads a password to add from UMBRA_NEW_PASSWORD,
+// UMBRA_NEW_PASSWORD_FILE or a prompt.
+func newPassword() (string, error) {
+	return secret("UMBRA_NEW_PASSWORD", "New password: ", true)
+}
+
+// secret reads a password from the variable env, the file named by
+// env_FILE, or the terminal.
+func secret(env, prompt string, confirm bool) (string, error) {
+	if p := os.Getenv(env); p != "" {
+		return p, nil
+	}
+	if file := os.Getenv(env + "_FILE"); file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("%s_FILE: %w", env, err)
+		}
+		p := strings.TrimRight(string(b), "\r\n")
+		if p == "" {
+			return "", fmt.Errorf("%s_FILE %s is empty", env, file)
+		}
+		return p, nil
+	}
+	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+	if err != nil || !term.IsTerminal(int(tty.Fd())) {
+		return "", fmt.Errorf("no password: set %s or %s_FILE, or run on a terminal", env, env)
+	}
+	defer tty.Close()
+	read := func(prompt string) (string, error) {
+		fmt.Fprint(tty, prompt)
+		b, err := term.ReadPassword(int(tty.Fd()))
+		fmt.Fprintln(tty)
+		return string(b), err
+	}
+	p, err := read(prompt)
+	if err != nil {
+		return "", err
+	}
+	if confirm {
+		again, err := read("Enter it again: ")
+		if err != nil {
+			return "", err
+		}
+		if again != p {
+			return "", errors.New("the passwords differ")
+		}
+	}
+	if p == "" {
+		return "", errors.New("empty password")
+	}
+	return p, nil
+}
+
+// openRepo opens the repository the flags name.
+func (a *app) openRepo(ctx context.Context, f *repoFlags) (*repository.Repository, func(), error) {
+	be, err := a.openBackend(ctx, f, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	pw, err := a.password("Password for "+be.Location()+": ", false)
+	if err != nil {
+		be.Close()
+		return nil, nil, err
+	}
+	repo, err := repository.Open(ctx, be, pw)
+	if err != nil {
+		be.Close()
+		return nil, nil, err
+	}
+	return repo, func() { repo.Close(); be.Close() }, nil
+}
+
+func (a *app) initCommand() *cobra.Command {
+	var f repoFlags
+	var blockSize int
+	cmd := &cobra.Command{
+		Use:   "init [--repo LOCATION]",
+		Short: "Create a repository",
+		Long: `Create an encrypted, deduplicating repository in an empty directory (made if
+missing) or S3 bucket. The password comes from UMBRA_PASSWORD,
+UMBRA_PASSWORD_FILE or a prompt. Keep it safe: without a password that opens
+one of the repository's keys, nothing in it can be read (umbra key add makes
+a second one).`,
+		Example: "  umbra init --repo /srv/backup\n  UMBRA_REPO=s3:https://minio.example:9000/backups umbra init",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := repository.DefaultConfig()
+			if blockSize != 0 {
+				cfg.Chunker.BlockSize = blockSize
+			}
+			be, err := a.openBackend(cmd.Context(), &f, true)
+			if err != nil {
+				return err
+			}
+			defer be.Close()
+			pw, err := a.password("Password for the new repository: ", true)
+			if err != nil {
+				return err
+			}
+			repo, err := repository.Init(cmd.Context(), be, pw, repository.Options{Config: cfg})
+			if err != nil {
+				return err
+			}
+			defer repo.Close()
+			if a.json {
+				return a.printJSON(map[string]any{"id": repo.Config().ID, "location": be.Location(), "config": repo.Config()})
+			}
+			fmt.Fprintf(a.stdout, "Created repository %s at %s.\nKeep the password safe: without it nothing in the repository can be read.\n", repo.Config().ID[:8], be.Location())
+			return nil
+		},
+	}
+	f.register(cmd.Flags())
+	cmd.Flags().IntVar(&blockSize, "block-size", 0, "fixed chunk size for database and image files, a power of two (default 16384)")
+	return cmd
+}
+
+func (a *app) keyCommand() *cobra.Command {
+	var f repoFlags
+	cmd := &cobra.Command{
+		Use:   "key",
+		Short: "Add, list and remove the repository's passwords",
+		Long: `Each key is the repository's master key sealed with one password. Any key
+opens the repository; umbra key add asks for the new password in
+UMBRA_NEW_PASSWORD, UMBRA_NEW_PASSWORD_FILE or at a prompt.`,
+	}
+	f.register(cmd.PersistentFlags())
+	add := &cobra.Command{
+		Use:   "add",
+		Short: "Add a password",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			repo, done, err := a.openRepo(cmd.Context(), &f)
+			if err != nil {
+				return err
+			}
+			defer done()
+			pw, err := newPassword()
+			if err != nil {
+				return err
+			}
+			id, err := repo.AddKey(cmd.Context(), pw)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(map[string]string{"id": id})
+			}
+			fmt.Fprintf(a.stdout, "Added key %s.\n", id[:8])
+			return nil
+		},
+	}
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List keys",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			repo, done, err := a.openRepo(cmd.Context(), &f)
+			if err != nil {
+				return err
+			}
+			defer done()
+			keys, err := repo.Keys(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(keys)
+			}
+			for _, k := range keys {
+				cur := " "
+				if k.Current {
+					cur = "*"
+				}
+				fmt.Fprintf(a.stdout, "%s %s  %s  %s@%s\n", cur, k.ID[:8], k.Created.Local().Format("2006-01-02 15:04:05"), k.User, k.Host)
+			}
+			return nil
+		},
+	}
+	remove := &cobra.Command{
+		Use:   "remove ID",
+		Short: "Remove a key (not the one in use)",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			repo, done, err := a.openRepo(cmd.Context(), &f)
+			if err != nil {
+				return err
+			}
+			defer done()
+			if err := repo.RemoveKey(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(map[string]string{"removed": args[0]})
+			}
+			fmt.Fprintf(a.stdout, "Removed key %s.\n", args[0])
+			return nil
+		},
+	}
+	cmd.AddCommand(add, list, remove)
+	return cmd
+}
