@@ -1,0 +1,322 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/umbra-backup/umbra/internal/testenv"
+)
+
+// repoEnv is the environment of umbra runs against one repository.
+func repoEnv(repo string) []string {
+	return []string{"UMBRA_REPO=" + repo, "UMBRA_PASSWORD=correct horse"}
+}
+
+func umbraRepo(t *testing.T, repo string, args ...string) result {
+	t.Helper()
+	return umbraRun(t, t.TempDir(), repoEnv(repo), args...)
+}
+
+func mustRepo(t *testing.T, repo string, args ...string) result {
+	t.Helper()
+	res := umbraRepo(t, repo, args...)
+	if res.code != 0 {
+		t.Fatalf("umbra %v: exit %d: %s%s", args, res.code, res.stdout, res.stderr)
+	}
+	return res
+}
+
+type backupJSON struct {
+	ID    string `json:"id"`
+	Stats struct {
+		Bytes      int64 `json:"bytes"`
+		BytesRead  int64 `json:"bytes_read"`
+		BytesAdded int64 `json:"bytes_added"`
+	} `json:"stats"`
+	Warnings []string `json:"warnings"`
+}
+
+func backupOf(t *testing.T, repo string, paths ...string) backupJSON {
+	t.Helper()
+	res := mustRepo(t, repo, append([]string{"backup", "--json"}, paths...)...)
+	var b backupJSON
+	if err := json.Unmarshal([]byte(res.stdout), &b); err != nil {
+		t.Fatalf("backup --json: %v\n%s", err, res.stdout)
+	}
+	return b
+}
+
+func newRepoDir(t *testing.T) string {
+	t.Helper()
+	repo := filepath.Join(t.TempDir(), "repo")
+	mustRepo(t, repo, "init")
+	return repo
+}
+
+// TestBackupRestoreRoundTrip: a generated tree with every kind of file and
+// metadata, and a real one, come back identical; a second backup of
+// unchanged data adds under 1%.
+func TestBackupRestoreRoundTrip(t *testing.T) {
+	gen := filepath.Join(t.TempDir(), "gen")
+	testenv.MakeTree(t, gen)
+	real := "/usr/share/doc"
+	if _, err := os.Stat(real); err != nil {
+		t.Skipf("no %s on this machine", real)
+	}
+	repo := newRepoDir(t)
+	first := backupOf(t, repo, gen, real)
+	second := backupOf(t, repo, gen, real)
+	if second.Stats.BytesRead != 0 || float64(second.Stats.BytesAdded) > 0.01*float64(first.Stats.Bytes) {
+		t.Errorf("unchanged backup read %d and added %d bytes of %d; want nothing read and under 1%% added",
+			second.Stats.BytesRead, second.Stats.BytesAdded, first.Stats.Bytes)
+	}
+	target := t.TempDir()
+	mustRepo(t, repo, "restore", second.ID[:8], "--target", target)
+	testenv.CompareTrees(t, gen, filepath.Join(target, gen))
+	testenv.CompareTrees(t, real, filepath.Join(target, real))
+
+	ls := mustRepo(t, repo, "ls", "latest", filepath.Join(gen, "sub"))
+	if !strings.Contains(ls.stdout, filepath.Join(gen, "sub", "deeper", "file")) || strings.Contains(ls.stdout, "random.bin") {
+		t.Errorf("ls under a path:\n%s", ls.stdout)
+	}
+}
+
+func TestWrongPassword(t *testing.T) {
+	repo := newRepoDir(t)
+	res := umbraRun(t, t.TempDir(), []string{"UMBRA_REPO=" + repo, "UMBRA_PASSWORD=wrong"}, "backups")
+	if res.code != 1 || !strings.Contains(res.stderr, "wrong password") {
+		t.Errorf("wrong password: exit %d, %q", res.code, res.stderr)
+	}
+	res = umbraRun(t, t.TempDir(), []string{"UMBRA_REPO=" + filepath.Join(t.TempDir(), "none"), "UMBRA_PASSWORD=x"}, "backups")
+	if res.code != 1 || !strings.Contains(res.stderr, "umbra init") {
+		t.Errorf("missing repository: exit %d, %q", res.code, res.stderr)
+	}
+}
+
+// TestNoPlaintextInRepository: no file content or file name of the backup
+// appears in any file of the repository.
+func TestNoPlaintextInRepository(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "very-secret-directory-name")
+	content := bytes.Repeat([]byte("PLAINTEXT-MARKER-1234567890 "), 1000)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "confidential-file-name.txt"), content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	repo := newRepoDir(t)
+	backupOf(t, repo, dir)
+	err := filepath.WalkDir(repo, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for _, needle := range []string{"PLAINTEXT-MARKER", "very-secret-directory-name", "confidential-file-name"} {
+			if bytes.Contains(b, []byte(needle)) {
+				t.Errorf("%s holds %q in plaintext", p, needle)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCheckReadDataNamesDamagedBackups: a flipped byte in a pack is found
+// by check --read-data, which names the backup using it; the other backup
+// still restores.
+func TestCheckReadDataNamesDamagedBackups(t *testing.T) {
+	a, b := filepath.Join(t.TempDir(), "a"), filepath.Join(t.TempDir(), "b")
+	for _, d := range []string{a, b} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "f"), testenv.Random(t, 3<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	repo := newRepoDir(t)
+	ba := backupOf(t, repo, a)
+	packsBefore := packFiles(t, repo)
+	bb := backupOf(t, repo, b)
+	var newPack string
+	for p := range packFiles(t, repo) {
+		if !packsBefore[p] {
+			if fi, _ := os.Stat(p); fi.Size() > 1<<20 {
+				newPack = p // b's data pack
+			}
+		}
+	}
+	if newPack == "" {
+		t.Fatal("no data pack for the second backup")
+	}
+	data, err := os.ReadFile(newPack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0x01
+	if err := os.WriteFile(newPack, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res := umbraRepo(t, repo, "check", "--read-data")
+	if res.code != 1 || !strings.Contains(res.stdout, "damaged backup: "+bb.ID) || strings.Contains(res.stdout, ba.ID) {
+		t.Errorf("check --read-data: exit %d, want 1 naming %s only:\n%s", res.code, bb.ID[:8], res.stdout)
+	}
+	target := t.TempDir()
+	mustRepo(t, repo, "restore", ba.ID, "--target", target)
+	testenv.CompareTrees(t, a, filepath.Join(target, a))
+}
+
+func packFiles(t *testing.T, repo string) map[string]bool {
+	t.Helper()
+	out := map[string]bool{}
+	_ = filepath.WalkDir(filepath.Join(repo, "data"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			out[p] = true
+		}
+		return err
+	})
+	return out
+}
+
+// TestUnreadableFileWarns: a file the backup cannot read is reported, the
+// backup goes on and is recorded, and the exit status is 3.
+func TestUnreadableFileWarns(t *testing.T) {
+	testenv.NeedRoot(t) // to run umbra as another user
+	// Not t.TempDir: its parent is closed to other users.
+	dir, err := os.MkdirTemp("", "umbra-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(dir, "data")
+	if err := os.Mkdir(data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(data, "readable"), []byte("ok"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(data, "secret"), []byte("no"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	repo := filepath.Join(dir, "repo")
+	if err := os.Chown(dir, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	// The test binary's directory is root's; nobody runs a copy.
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "umbra")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	asNobody := func(args ...string) (string, int) {
+		cmd := exec.Command(bin, append([]string{"--state-dir", filepath.Join(dir, "state"), "--config", "/dev/null"}, args...)...)
+		cmd.Env = append(append(os.Environ(), asUmbraEnv+"=1"), repoEnv(repo)...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		var exit *exec.ExitError
+		switch {
+		case errors.As(err, &exit):
+			return string(out), exit.ExitCode()
+		case err != nil:
+			t.Fatalf("run umbra as nobody: %v", err)
+		}
+		return string(out), 0
+	}
+	if out, code := asNobody("init"); code != 0 {
+		t.Fatalf("init as nobody: %d %s", code, out)
+	}
+	out, code := asNobody("backup", data)
+	if code != 3 || !strings.Contains(out, "secret") || !strings.Contains(out, "permission denied") {
+		t.Fatalf("backup with an unreadable file: exit %d, want 3 with a warning naming it:\n%s", code, out)
+	}
+	if out, _ := asNobody("ls", "latest"); !strings.Contains(out, "readable") || strings.Contains(out, "secret") {
+		t.Errorf("the backup should hold the readable file only:\n%s", out)
+	}
+}
+
+// TestConcurrentBackups: two processes backing up into one repository at
+// once both succeed, and the repository checks clean.
+func TestConcurrentBackups(t *testing.T) {
+	repo := newRepoDir(t)
+	var dirs []string
+	for range 2 {
+		d := filepath.Join(t.TempDir(), "d")
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "f"), testenv.Random(t, 20<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		dirs = append(dirs, d)
+	}
+	var wg sync.WaitGroup
+	results := make([]result, 2)
+	for i, d := range dirs {
+		wg.Go(func() { results[i] = umbraRepo(t, repo, "backup", d) })
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.code != 0 {
+			t.Errorf("backup %d: exit %d: %s", i, r.code, r.stderr)
+		}
+	}
+	mustRepo(t, repo, "check", "--read-data")
+	if res := mustRepo(t, repo, "backups", "--json"); strings.Count(res.stdout, `"tree"`) != 2 {
+		t.Errorf("want 2 backups:\n%s", res.stdout)
+	}
+}
+
+// TestKillDuringBackup: kill -9 at random moments during a backup; the
+// repository still checks clean and every earlier backup restores.
+func TestKillDuringBackup(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 8 {
+		if err := os.WriteFile(filepath.Join(src, string(rune('a'+i))), testenv.Random(t, 8<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	repo := newRepoDir(t)
+	small := filepath.Join(t.TempDir(), "small")
+	testenv.MakeTree(t, small)
+	good := backupOf(t, repo, small)
+	for i := range 4 {
+		cmd := umbraCmd(t, t.TempDir(), repoEnv(repo), "backup", "--force", src)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(50+testenv.RandomInt(400)) * time.Millisecond)
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+		res := umbraRepo(t, repo, "check", "--read-data")
+		if res.code != 0 {
+			t.Fatalf("round %d: check after kill -9: exit %d\n%s%s", i, res.code, res.stdout, res.stderr)
+		}
+	}
+	target := t.TempDir()
+	mustRepo(t, repo, "restore", good.ID, "--target", target)
+	testenv.CompareTrees(t, small, filepath.Join(target, small))
+}
