@@ -21,6 +21,14 @@ if [ -n "$unformatted" ]; then
 	echo "gofmt needed on: $unformatted" >&2
 	exit 1
 fi
+# MinIO, pinned, built into $GOPATH/bin (about two minutes, once) for the S3
+# backend's tests, which start private servers with it and skip without it.
+minio_version=v0.0.0-20260212201848-7aac2a2c5b7c
+minio_bin="$(go env GOPATH)/bin/minio"
+if [ "$(go version -m "$minio_bin" 2>/dev/null | awk '$1 == "mod" && $2 == "github.com/minio/minio" { print $3 }')" != "$minio_version" ]; then
+	echo "installing minio $minio_version" >&2
+	go install "github.com/minio/minio@$minio_version"
+fi
 # Core packages with the race detector; the CLI's end-to-end tests run the
 # binary in separate processes, where the detector adds time but no insight.
 go test -race -count=1 ./internal/...
