@@ -17,12 +17,15 @@ import (
 type Backend struct {
 	mu    sync.Mutex
 	files map[backend.Handle][]byte
+	times map[backend.Handle]time.Time
 }
 
 var _ backend.Backend = (*Backend)(nil)
 
 // New returns an empty backend.
-func New() *Backend { return &Backend{files: map[backend.Handle][]byte{}} }
+func New() *Backend {
+	return &Backend{files: map[backend.Handle][]byte{}, times: map[backend.Handle]time.Time{}}
+}
 
 // Location names it.
 func (b *Backend) Location() string { return "mem:" }
@@ -32,6 +35,9 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, size int64, rd io.
 	if err := h.Valid(); err != nil {
 		return err
 	}
+	if h.Type == backend.TypeConfig && h.Name != "config" {
+		return fmt.Errorf("save %s: the config file is named config", h)
+	}
 	data, err := io.ReadAll(io.LimitReader(rd, size+1))
 	if err != nil {
 		return fmt.Errorf("save %s: %w", h, err)
@@ -39,12 +45,16 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, size int64, rd io.
 	if int64(len(data)) != size {
 		return fmt.Errorf("save %s: read %d bytes, want %d", h, len(data), size)
 	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("save %s: %w", h, err)
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if _, ok := b.files[h]; ok && h.Type != backend.TypeLock {
 		return fmt.Errorf("save %s: %w", h, fs.ErrExist)
 	}
 	b.files[h] = data
+	b.times[h] = time.Now()
 	return nil
 }
 
@@ -55,6 +65,9 @@ func (b *Backend) Load(ctx context.Context, h backend.Handle, offset, length int
 	b.mu.Unlock()
 	if !ok {
 		return nil, fmt.Errorf("load %s: %w", h, fs.ErrNotExist)
+	}
+	if offset < 0 || length < 0 {
+		return nil, fmt.Errorf("load %s: invalid range offset %d length %d", h, offset, length)
 	}
 	if offset > int64(len(data)) || (length > 0 && offset+length > int64(len(data))) {
 		return nil, fmt.Errorf("load %s: range %d+%d beyond %d bytes: %w", h, offset, length, len(data), io.ErrUnexpectedEOF)
@@ -74,7 +87,7 @@ func (b *Backend) Stat(ctx context.Context, h backend.Handle) (backend.FileInfo,
 	if !ok {
 		return backend.FileInfo{}, fmt.Errorf("stat %s: %w", h, fs.ErrNotExist)
 	}
-	return backend.FileInfo{Handle: h, Size: int64(len(data)), ModTime: time.Now()}, nil
+	return backend.FileInfo{Handle: h, Size: int64(len(data)), ModTime: b.times[h]}, nil
 }
 
 // Remove deletes h.
@@ -85,16 +98,20 @@ func (b *Backend) Remove(ctx context.Context, h backend.Handle) error {
 		return fmt.Errorf("remove %s: %w", h, fs.ErrNotExist)
 	}
 	delete(b.files, h)
+	delete(b.times, h)
 	return nil
 }
 
 // List calls fn for every file of type t.
 func (b *Backend) List(ctx context.Context, t backend.Type, fn func(backend.FileInfo) error) error {
+	if err := (backend.Handle{Type: t, Name: "x"}).Valid(); err != nil {
+		return err
+	}
 	b.mu.Lock()
 	var infos []backend.FileInfo
 	for h, data := range b.files {
 		if h.Type == t {
-			infos = append(infos, backend.FileInfo{Handle: h, Size: int64(len(data))})
+			infos = append(infos, backend.FileInfo{Handle: h, Size: int64(len(data)), ModTime: b.times[h]})
 		}
 	}
 	b.mu.Unlock()
