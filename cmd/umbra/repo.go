@@ -26,7 +26,7 @@ type repoFlags struct {
 }
 
 func (f *repoFlags) register(fs *pflag.FlagSet) {
-	fs.StringVarP(&f.repo, "repo", "r", "", "repository: a directory, or s3:https://host/bucket/prefix (default $UMBRA_REPO or "+defaultRepo+")")
+	fs.StringVarP(&f.repo, "repo", "r", "", "repository: a directory, or s3:https://host/bucket/prefix with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY set (default $UMBRA_REPO or "+defaultRepo+")")
 }
 
 func (f *repoFlags) location() string {

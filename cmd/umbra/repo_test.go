@@ -17,17 +17,39 @@ import (
 	"github.com/umbra-backup/umbra/internal/testenv"
 )
 
-// repoEnv is the environment of umbra runs against one repository.
-func repoEnv(repo string) []string {
-	return []string{"UMBRA_REPO=" + repo, "UMBRA_PASSWORD=correct horse"}
+// testRepo is a repository location and the environment to reach it.
+type testRepo struct {
+	loc string
+	env []string
 }
 
-func umbraRepo(t *testing.T, repo string, args ...string) result {
+func (r testRepo) environ() []string {
+	return append([]string{"UMBRA_REPO=" + r.loc, "UMBRA_PASSWORD=correct horse"}, r.env...)
+}
+
+// forEachBackend runs test against a fresh local repository and a fresh
+// repository in a private MinIO server.
+func forEachBackend(t *testing.T, test func(t *testing.T, repo testRepo)) {
+	t.Run("local", func(t *testing.T) {
+		test(t, newRepoDir(t))
+	})
+	t.Run("s3", func(t *testing.T) {
+		endpoint, key, secret := testenv.MinIO(t)
+		repo := testRepo{
+			loc: "s3:http://" + endpoint + "/umbra-test/repo",
+			env: []string{"AWS_ACCESS_KEY_ID=" + key, "AWS_SECRET_ACCESS_KEY=" + secret},
+		}
+		mustRepo(t, repo, "init")
+		test(t, repo)
+	})
+}
+
+func umbraRepo(t *testing.T, repo testRepo, args ...string) result {
 	t.Helper()
-	return umbraRun(t, t.TempDir(), repoEnv(repo), args...)
+	return umbraRun(t, t.TempDir(), repo.environ(), args...)
 }
 
-func mustRepo(t *testing.T, repo string, args ...string) result {
+func mustRepo(t *testing.T, repo testRepo, args ...string) result {
 	t.Helper()
 	res := umbraRepo(t, repo, args...)
 	if res.code != 0 {
@@ -46,7 +68,7 @@ type backupJSON struct {
 	Warnings []string `json:"warnings"`
 }
 
-func backupOf(t *testing.T, repo string, paths ...string) backupJSON {
+func backupOf(t *testing.T, repo testRepo, paths ...string) backupJSON {
 	t.Helper()
 	res := mustRepo(t, repo, append([]string{"backup", "--json"}, paths...)...)
 	var b backupJSON
@@ -56,9 +78,9 @@ func backupOf(t *testing.T, repo string, paths ...string) backupJSON {
 	return b
 }
 
-func newRepoDir(t *testing.T) string {
+func newRepoDir(t *testing.T) testRepo {
 	t.Helper()
-	repo := filepath.Join(t.TempDir(), "repo")
+	repo := testRepo{loc: filepath.Join(t.TempDir(), "repo")}
 	mustRepo(t, repo, "init")
 	return repo
 }
@@ -67,13 +89,16 @@ func newRepoDir(t *testing.T) string {
 // metadata, and a real one, come back identical; a second backup of
 // unchanged data adds under 1%.
 func TestBackupRestoreRoundTrip(t *testing.T) {
+	forEachBackend(t, testRoundTrip)
+}
+
+func testRoundTrip(t *testing.T, repo testRepo) {
 	gen := filepath.Join(t.TempDir(), "gen")
 	testenv.MakeTree(t, gen)
 	real := "/usr/share/doc"
 	if _, err := os.Stat(real); err != nil {
 		t.Skipf("no %s on this machine", real)
 	}
-	repo := newRepoDir(t)
 	first := backupOf(t, repo, gen, real)
 	second := backupOf(t, repo, gen, real)
 	if second.Stats.BytesRead != 0 || float64(second.Stats.BytesAdded) > 0.01*float64(first.Stats.Bytes) {
@@ -92,12 +117,13 @@ func TestBackupRestoreRoundTrip(t *testing.T) {
 }
 
 func TestWrongPassword(t *testing.T) {
-	repo := newRepoDir(t)
-	res := umbraRun(t, t.TempDir(), []string{"UMBRA_REPO=" + repo, "UMBRA_PASSWORD=wrong"}, "backups")
-	if res.code != 1 || !strings.Contains(res.stderr, "wrong password") {
-		t.Errorf("wrong password: exit %d, %q", res.code, res.stderr)
-	}
-	res = umbraRun(t, t.TempDir(), []string{"UMBRA_REPO=" + filepath.Join(t.TempDir(), "none"), "UMBRA_PASSWORD=x"}, "backups")
+	forEachBackend(t, func(t *testing.T, repo testRepo) {
+		res := umbraRun(t, t.TempDir(), append(repo.env, "UMBRA_REPO="+repo.loc, "UMBRA_PASSWORD=wrong"), "backups")
+		if res.code != 1 || !strings.Contains(res.stderr, "wrong password") {
+			t.Errorf("wrong password: exit %d, %q", res.code, res.stderr)
+		}
+	})
+	res := umbraRun(t, t.TempDir(), []string{"UMBRA_REPO=" + filepath.Join(t.TempDir(), "none"), "UMBRA_PASSWORD=x"}, "backups")
 	if res.code != 1 || !strings.Contains(res.stderr, "umbra init") {
 		t.Errorf("missing repository: exit %d, %q", res.code, res.stderr)
 	}
@@ -116,7 +142,7 @@ func TestNoPlaintextInRepository(t *testing.T) {
 	}
 	repo := newRepoDir(t)
 	backupOf(t, repo, dir)
-	err := filepath.WalkDir(repo, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(repo.loc, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
@@ -181,10 +207,10 @@ func TestCheckReadDataNamesDamagedBackups(t *testing.T) {
 	testenv.CompareTrees(t, a, filepath.Join(target, a))
 }
 
-func packFiles(t *testing.T, repo string) map[string]bool {
+func packFiles(t *testing.T, repo testRepo) map[string]bool {
 	t.Helper()
 	out := map[string]bool{}
-	_ = filepath.WalkDir(filepath.Join(repo, "data"), func(p string, d fs.DirEntry, err error) error {
+	_ = filepath.WalkDir(filepath.Join(repo.loc, "data"), func(p string, d fs.DirEntry, err error) error {
 		if err == nil && !d.IsDir() {
 			out[p] = true
 		}
@@ -216,7 +242,7 @@ func TestUnreadableFileWarns(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(data, "secret"), []byte("no"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	repo := filepath.Join(dir, "repo")
+	repo := testRepo{loc: filepath.Join(dir, "repo")}
 	if err := os.Chown(dir, 65534, 65534); err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +257,7 @@ func TestUnreadableFileWarns(t *testing.T) {
 	}
 	asNobody := func(args ...string) (string, int) {
 		cmd := exec.Command(bin, append([]string{"--state-dir", filepath.Join(dir, "state"), "--config", "/dev/null"}, args...)...)
-		cmd.Env = append(append(os.Environ(), asUmbraEnv+"=1"), repoEnv(repo)...)
+		cmd.Env = append(append(os.Environ(), asUmbraEnv+"=1"), repo.environ()...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 		out, err := cmd.CombinedOutput()
 		var exit *exec.ExitError
@@ -258,7 +284,10 @@ func TestUnreadableFileWarns(t *testing.T) {
 // TestConcurrentBackups: two processes backing up into one repository at
 // once both succeed, and the repository checks clean.
 func TestConcurrentBackups(t *testing.T) {
-	repo := newRepoDir(t)
+	forEachBackend(t, testConcurrentBackups)
+}
+
+func testConcurrentBackups(t *testing.T, repo testRepo) {
 	var dirs []string
 	for range 2 {
 		d := filepath.Join(t.TempDir(), "d")
@@ -290,6 +319,10 @@ func TestConcurrentBackups(t *testing.T) {
 // TestKillDuringBackup: kill -9 at random moments during a backup; the
 // repository still checks clean and every earlier backup restores.
 func TestKillDuringBackup(t *testing.T) {
+	forEachBackend(t, testKillDuringBackup)
+}
+
+func testKillDuringBackup(t *testing.T, repo testRepo) {
 	src := filepath.Join(t.TempDir(), "src")
 	if err := os.MkdirAll(src, 0o755); err != nil {
 		t.Fatal(err)
@@ -299,12 +332,11 @@ func TestKillDuringBackup(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	repo := newRepoDir(t)
 	small := filepath.Join(t.TempDir(), "small")
 	testenv.MakeTree(t, small)
 	good := backupOf(t, repo, small)
 	for i := range 4 {
-		cmd := umbraCmd(t, t.TempDir(), repoEnv(repo), "backup", "--force", src)
+		cmd := umbraCmd(t, t.TempDir(), repo.environ(), "backup", "--force", src)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
