@@ -67,7 +67,7 @@ warnings (some files could not be read).`,
 	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log each phase to stderr")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
 	root.AddCommand(a.initCommand(), a.backupCommand(), a.backupsCommand(), a.lsCommand(), a.restoreCommand(),
-		a.checkCommand(), a.keyCommand(),
+		a.checkCommand(), a.forgetCommand(), a.pruneCommand(), a.keyCommand(),
 		a.shadowCommand(), a.writersCommand(), a.providersCommand(), a.guardCommand(), configHelp())
 	return root
 }

@@ -65,6 +65,12 @@ backup goes on; it then exits with status 3, "completed with warnings".`,
 				return err
 			}
 			defer done()
+			// Shared: backups run side by side; prune waits for them.
+			lock, err := repo.Lock(ctx, false, "backup")
+			if err != nil {
+				return err
+			}
+			defer lock.Unlock(ctx)
 			if host == "" {
 				host, _ = os.Hostname()
 			}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -351,4 +352,118 @@ func testKillDuringBackup(t *testing.T, repo testRepo) {
 	target := t.TempDir()
 	mustRepo(t, repo, "restore", good.ID, "--target", target)
 	testenv.CompareTrees(t, small, filepath.Join(target, small))
+}
+
+// TestForgetAndPrune: a keep policy removes the backups it does not keep,
+// prune frees their data, and what is kept still restores.
+func TestForgetAndPrune(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, repo testRepo) {
+		dir := filepath.Join(t.TempDir(), "d")
+		var ids []string
+		for i := range 3 {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "f"), testenv.Random(t, 2<<20+i), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, backupOf(t, repo, dir).ID)
+		}
+		res := mustRepo(t, repo, "forget", "--keep-last", "1", "--dry-run")
+		if strings.Count(res.stdout, "would remove") != 2 {
+			t.Errorf("dry run:\n%s", res.stdout)
+		}
+		res = mustRepo(t, repo, "forget", "--keep-last", "1", "--prune", "--json")
+		var out struct {
+			Removed int `json:"removed"`
+			Prune   struct {
+				BytesFreed int64 `json:"bytes_freed"`
+			} `json:"prune"`
+		}
+		if err := json.Unmarshal([]byte(res.stdout), &out); err != nil {
+			t.Fatal(err)
+		}
+		if out.Removed != 2 || out.Prune.BytesFreed < 4<<20 {
+			t.Errorf("forget --keep-last 1 --prune: removed %d, freed %d; want 2 and the two old files' data", out.Removed, out.Prune.BytesFreed)
+		}
+		mustRepo(t, repo, "check", "--read-data")
+		target := t.TempDir()
+		mustRepo(t, repo, "restore", ids[2][:8], "--target", target)
+		testenv.CompareTrees(t, dir, filepath.Join(target, dir))
+		if res := umbraRepo(t, repo, "forget"); res.code != 2 {
+			t.Errorf("forget with no policy: exit %d, want 2", res.code)
+		}
+	})
+}
+
+// TestKillDuringPrune: kill -9 at random moments during prune; the
+// repository checks clean and every backup still restores.
+func TestKillDuringPrune(t *testing.T) {
+	repo := newRepoDir(t)
+	dir := filepath.Join(t.TempDir(), "d")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var keep string
+	for range 6 {
+		for j := range 4 {
+			if err := os.WriteFile(filepath.Join(dir, fmt.Sprint(j)), testenv.Random(t, 4<<20), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		keep = backupOf(t, repo, dir).ID
+	}
+	mustRepo(t, repo, "forget", "--keep-last", "1")
+	for i := range 4 {
+		cmd := umbraCmd(t, t.TempDir(), repo.environ(), "prune")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(20+testenv.RandomInt(200)) * time.Millisecond)
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+		if res := umbraRepo(t, repo, "check", "--read-data"); res.code != 0 {
+			t.Fatalf("round %d: check after kill -9 of prune: exit %d\n%s%s", i, res.code, res.stdout, res.stderr)
+		}
+	}
+	mustRepo(t, repo, "prune") // the stale lock of the killed prune does not block
+	target := t.TempDir()
+	mustRepo(t, repo, "restore", keep, "--target", target)
+	testenv.CompareTrees(t, dir, filepath.Join(target, dir))
+}
+
+// TestPruneRefusesBesideBackup: prune fails clearly while a backup holds
+// its lock.
+func TestPruneRefusesBesideBackup(t *testing.T) {
+	repo := newRepoDir(t)
+	big := filepath.Join(t.TempDir(), "big")
+	if err := os.MkdirAll(big, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for j := range 16 {
+		if err := os.WriteFile(filepath.Join(big, fmt.Sprint(j)), testenv.Random(t, 8<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := umbraCmd(t, t.TempDir(), repo.environ(), "backup", big)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	// Wait until the backup's lock is there.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if entries, _ := os.ReadDir(filepath.Join(repo.loc, "locks")); len(entries) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the backup took no lock")
+		}
+	}
+	res := umbraRepo(t, repo, "prune")
+	if res.code != 1 || !strings.Contains(res.stderr, "locked") || !strings.Contains(res.stderr, "backup") {
+		t.Errorf("prune beside a backup: exit %d, %q; want a refusal naming the backup's lock", res.code, res.stderr)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("the backup failed: %v", err)
+	}
 }

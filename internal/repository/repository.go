@@ -241,14 +241,9 @@ func (r *Repository) upload(ctx context.Context, p *packBuilder) error {
 }
 
 func (r *Repository) savePack(ctx context.Context, p *packBuilder) error {
-	data, err := p.finish(r.key.Encrypt)
+	id, err := r.storePack(ctx, p)
 	if err != nil {
 		return err
-	}
-	id := hashID(data)
-	h := backend.Handle{Type: backend.TypePack, Name: id.String()}
-	if err := r.be.Save(ctx, h, int64(len(data)), bytes.NewReader(data)); err != nil && !errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("save pack %s: %w", id.Short(), err)
 	}
 	r.idx.addPack(id, p.entries)
 	r.mu.Lock()

@@ -138,6 +138,19 @@ func (b *Backend) Files() map[backend.Handle][]byte {
 	return out
 }
 
+// Clone returns an independent copy, for tests that replay a crash from
+// the same starting state.
+func (b *Backend) Clone() *Backend {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c := New()
+	for h, d := range b.files {
+		c.files[h] = d
+		c.times[h] = b.times[h]
+	}
+	return c
+}
+
 // Put replaces a file's bytes, for damage tests.
 func (b *Backend) Put(h backend.Handle, data []byte) {
 	b.mu.Lock()

@@ -1,0 +1,207 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/umbra-backup/umbra/internal/backend"
+	"github.com/umbra-backup/umbra/internal/repository"
+	"github.com/umbra-backup/umbra/internal/retention"
+)
+
+func (a *app) forgetCommand() *cobra.Command {
+	var (
+		f      repoFlags
+		policy retention.Policy
+		host   string
+		dryRun bool
+		prune  bool
+	)
+	cmd := &cobra.Command{
+		Use:   "forget [ID...] [--keep-last N] [--keep-daily N]... [--prune]",
+		Short: "Remove backups by id or by a keep policy",
+		Long: `Remove the backups named, or every backup a keep policy does not keep.
+Policies apply to each group of backups with the same host and paths: keep
+the last N, and the newest backup in each of the last N hours, days, ISO
+weeks, months and years that have one (-1 keeps all of that kind). Times are
+in local time.
+
+Forget removes only the records; the data they alone use stays until
+"umbra prune" (or --prune) removes it.`,
+		Example: `  umbra forget --keep-last 3 --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --prune
+  umbra forget --dry-run --keep-daily 7
+  umbra forget 3f9a2c1b`,
+		RunE: func(cmd *cobra.Command, ids []string) error {
+			ctx := cmd.Context()
+			if len(ids) == 0 && policy.Empty() {
+				return usagef("name backups to forget or give a keep policy (--keep-last, --keep-daily, …): an empty policy would remove every backup")
+			}
+			if len(ids) > 0 && !policy.Empty() {
+				return usagef("give backup ids or a keep policy, not both")
+			}
+			repo, done, err := a.openRepo(ctx, &f)
+			if err != nil {
+				return err
+			}
+			defer done()
+			lock, err := repo.Lock(ctx, false, "forget")
+			if err != nil {
+				return err
+			}
+			defer lock.Unlock(ctx)
+
+			type verdict struct {
+				ID      repository.ID `json:"id"`
+				Time    time.Time     `json:"time"`
+				Host    string        `json:"host"`
+				Paths   []string      `json:"paths"`
+				Keep    bool          `json:"keep"`
+				Reasons []string      `json:"reasons,omitempty"`
+			}
+			var verdicts []verdict
+			if len(ids) > 0 {
+				for _, ref := range ids {
+					e, err := repo.FindManifest(ctx, ref)
+					if err != nil {
+						return err
+					}
+					verdicts = append(verdicts, verdict{ID: e.ID, Time: e.Time, Host: e.Host, Paths: e.Paths})
+				}
+			} else {
+				all, err := repo.Manifests(ctx)
+				if err != nil {
+					return err
+				}
+				groups := map[string][]repository.ManifestEntry{}
+				var order []string
+				for _, e := range all {
+					if host != "" && e.Host != host {
+						continue
+					}
+					key := e.Host + "\x00" + strings.Join(e.Paths, "\x00")
+					if _, ok := groups[key]; !ok {
+						order = append(order, key)
+					}
+					groups[key] = append(groups[key], e)
+				}
+				for _, key := range order {
+					byID := map[string]repository.ManifestEntry{}
+					var items []retention.Item
+					for _, e := range groups[key] {
+						byID[e.ID.String()] = e
+						items = append(items, retention.Item{ID: e.ID.String(), Time: e.Time})
+					}
+					for _, d := range retention.Apply(items, policy, time.Local) {
+						e := byID[d.ID]
+						verdicts = append(verdicts, verdict{ID: e.ID, Time: e.Time, Host: e.Host, Paths: e.Paths, Keep: d.Keep, Reasons: d.Reasons})
+					}
+				}
+			}
+			removed := 0
+			var errs []error
+			for _, v := range verdicts {
+				if v.Keep || dryRun {
+					continue
+				}
+				h := backend.Handle{Type: backend.TypeManifest, Name: v.ID.String()}
+				if err := repo.Backend().Remove(ctx, h); err != nil {
+					errs = append(errs, fmt.Errorf("forget %s: %w", v.ID.Short(), err))
+					continue
+				}
+				removed++
+			}
+			var pruned *repository.PruneReport
+			if prune && !dryRun && len(errs) == 0 {
+				lock.Unlock(ctx) // prune takes the exclusive lock
+				if pruned, err = repo.Prune(ctx, repository.PruneOptions{}); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			if a.json {
+				if verdicts == nil {
+					verdicts = []verdict{}
+				}
+				if err := a.printJSON(map[string]any{"backups": verdicts, "removed": removed, "dry_run": dryRun, "prune": pruned}); err != nil {
+					return err
+				}
+			} else {
+				for _, v := range verdicts {
+					what := "remove"
+					if v.Keep {
+						what = "keep  "
+					} else if dryRun {
+						what = "would remove"
+					}
+					fmt.Fprintf(a.stdout, "%s %s  %s  %s  %s  %s\n", what, v.ID.Short(), v.Time.Local().Format(time.DateTime),
+						v.Host, strings.Join(v.Paths, " "), strings.Join(v.Reasons, ", "))
+				}
+				fmt.Fprintf(a.stdout, "%d backups removed.\n", removed)
+				if pruned != nil {
+					a.printPrune(pruned)
+				}
+			}
+			return errors.Join(errs...)
+		},
+	}
+	f.register(cmd.Flags())
+	fl := cmd.Flags()
+	fl.IntVar(&policy.Last, "keep-last", 0, "keep the last N backups")
+	fl.IntVar(&policy.Hourly, "keep-hourly", 0, "keep the newest backup of each of the last N hours")
+	fl.IntVar(&policy.Daily, "keep-daily", 0, "keep the newest backup of each of the last N days")
+	fl.IntVar(&policy.Weekly, "keep-weekly", 0, "keep the newest backup of each of the last N weeks")
+	fl.IntVar(&policy.Monthly, "keep-monthly", 0, "keep the newest backup of each of the last N months")
+	fl.IntVar(&policy.Yearly, "keep-yearly", 0, "keep the newest backup of each of the last N years")
+	fl.StringVar(&host, "host", "", "only consider backups of this host")
+	fl.BoolVarP(&dryRun, "dry-run", "n", false, "show what would be removed, remove nothing")
+	fl.BoolVar(&prune, "prune", false, "prune the repository afterwards")
+	return cmd
+}
+
+func (a *app) pruneCommand() *cobra.Command {
+	var (
+		f      repoFlags
+		dryRun bool
+	)
+	cmd := &cobra.Command{
+		Use:   "prune [--dry-run]",
+		Short: "Remove data no backup uses",
+		Long: `Remove the data no backup uses any more: packs nothing uses are deleted, packs
+mostly unused are rewritten with only their used blobs, and packs left by
+interrupted backups go. Prune takes the repository's exclusive lock: it
+refuses to run while a backup runs, and backups wait for it. It is safe to
+interrupt: the repository stays consistent at every step.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			repo, done, err := a.openRepo(cmd.Context(), &f)
+			if err != nil {
+				return err
+			}
+			defer done()
+			rep, err := repo.Prune(cmd.Context(), repository.PruneOptions{DryRun: dryRun})
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(rep)
+			}
+			a.printPrune(rep)
+			return nil
+		},
+	}
+	f.register(cmd.Flags())
+	cmd.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "show what would be removed, remove nothing")
+	return cmd
+}
+
+func (a *app) printPrune(rep *repository.PruneReport) {
+	verb := "Freed"
+	if rep.DryRun {
+		verb = "Would free"
+	}
+	fmt.Fprintf(a.stdout, "%s %s: %d packs deleted, %d rewritten into %d, %d left by interrupted backups; %d kept for %d backups.\n",
+		verb, size(rep.BytesFreed), rep.PacksDeleted, rep.PacksRepacked, rep.PacksWritten, rep.PacksOrphan, rep.PacksKept, rep.Backups)
+}
