@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -81,18 +82,23 @@ backup goes on; it then exits with status 3, "completed with warnings".`,
 			slices.Sort(recorded)
 			var parentID *repository.ID
 			var parentTree *repository.ID
-			if !force {
-				pe, err := findParent(ctx, repo, parent, host, recorded)
-				if err != nil {
-					return err
-				}
-				if pe != nil {
-					parentID, parentTree = &pe.ID, &pe.Tree
-				}
+			pe, err := findParent(ctx, repo, parent, host, recorded)
+			if err != nil {
+				return err
+			}
+			if pe != nil && !force {
+				parentID, parentTree = &pe.ID, &pe.Tree
 			}
 			prog := &archive.Progress{}
-			stop := a.showProgress(func() string {
-				return fmt.Sprintf("%d files, %s read, %s added", prog.Files.Load(), size(prog.BytesRead.Load()), size(prog.BytesAdded.Load()))
+			var expected int64 // the last backup's size, for an ETA
+			if pe != nil {
+				expected = pe.Stats.Bytes
+			}
+			stop := a.showProgress(func(elapsed time.Duration) string {
+				seen := prog.Bytes.Load()
+				return fmt.Sprintf("%d files, %s seen, %s read (%s/s), %s added%s", prog.Files.Load(), size(seen),
+					size(prog.BytesRead.Load()), size(rate(prog.BytesRead.Load(), elapsed)), size(prog.BytesAdded.Load()),
+					eta(seen, expected, elapsed))
 			})
 			start := time.Now()
 			res, err := archive.Run(ctx, repo, sources, archive.Options{Parent: parentTree, Progress: prog})
@@ -167,9 +173,27 @@ func findParent(ctx context.Context, repo *repository.Repository, ref, host stri
 	return nil, nil
 }
 
-// showProgress prints status() on stderr once a second while on a
+// rate is n per second over d.
+func rate(n int64, d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64(float64(n) / d.Seconds())
+}
+
+// eta estimates the time left from progress done of total, or says nothing
+// when the total is unknown.
+func eta(done, total int64, elapsed time.Duration) string {
+	if total <= 0 || done <= 0 || done >= total {
+		return ""
+	}
+	left := time.Duration(float64(elapsed) * float64(total-done) / float64(done))
+	return fmt.Sprintf(", ETA %s", left.Round(time.Second))
+}
+
+// showProgress prints status(elapsed) on stderr once a second while on a
 // terminal, and returns the function that stops it.
-func (a *app) showProgress(status func() string) func() {
+func (a *app) showProgress(status func(elapsed time.Duration) string) func() {
 	f, ok := a.stderr.(*os.File)
 	if a.json || !ok || !term.IsTerminal(int(f.Fd())) {
 		return func() {}
@@ -187,7 +211,8 @@ func (a *app) showProgress(status func() string) func() {
 				fmt.Fprint(f, "\r\033[K")
 				return
 			case <-t.C:
-				fmt.Fprintf(f, "\r\033[K[%s] %s", time.Since(start).Round(time.Second), status())
+				elapsed := time.Since(start)
+				fmt.Fprintf(f, "\r\033[K[%s] %s", elapsed.Round(time.Second), status(elapsed))
 			}
 		}
 	}()
@@ -364,8 +389,10 @@ matching directory brings everything below it.`,
 				return err
 			}
 			prog := &restore.Progress{}
-			stop := a.showProgress(func() string {
-				return fmt.Sprintf("%d files, %s of %s", prog.Files.Load(), size(prog.Bytes.Load()), size(e.Stats.Bytes))
+			stop := a.showProgress(func(elapsed time.Duration) string {
+				done := prog.Bytes.Load()
+				return fmt.Sprintf("%d files, %s of %s (%s/s)%s", prog.Files.Load(), size(done), size(e.Stats.Bytes),
+					size(rate(done, elapsed)), eta(done, e.Stats.Bytes, elapsed))
 			})
 			start := time.Now()
 			stats, err := restore.Run(cmd.Context(), repo, e.Tree, target, restore.Options{Include: includes, Progress: prog})
@@ -408,8 +435,17 @@ wrong.`,
 			}
 			defer done()
 			var read, total int
-			stop := a.showProgress(func() string { return fmt.Sprintf("%d of %d packs read", read, total) })
-			rep, err := repo.Check(cmd.Context(), readData, func(d, t int) { read, total = d, t })
+			var mu sync.Mutex
+			stop := a.showProgress(func(elapsed time.Duration) string {
+				mu.Lock()
+				defer mu.Unlock()
+				return fmt.Sprintf("%d of %d packs read%s", read, total, eta(int64(read), int64(total), elapsed))
+			})
+			rep, err := repo.Check(cmd.Context(), readData, func(d, t int) {
+				mu.Lock()
+				read, total = d, t
+				mu.Unlock()
+			})
 			stop()
 			if err != nil {
 				return err
