@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds umbra (installing its runtime packages first when run as root) and
-# runs it with the arguments given: scripts/umbra.sh shadow create /data
+# runs it with the arguments given: scripts/umbra.sh backup /etc
+# A backup into the default local repository creates it the first time.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 if [ "$(id -u)" -eq 0 ]; then
@@ -8,4 +9,8 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 mkdir -p "$root/bin"
 (cd "$root" && go build -o bin/umbra ./cmd/umbra)
+# A backup into a repository that does not exist yet creates it first.
+if [ "${1:-}" = backup ] && [ -z "${UMBRA_REPO:-}" ] && [ ! -e /var/backups/umbra/config ]; then
+	"$root/bin/umbra" init
+fi
 exec "$root/bin/umbra" "$@"
