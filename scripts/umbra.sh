@@ -10,7 +10,11 @@ fi
 mkdir -p "$root/bin"
 (cd "$root" && go build -o bin/umbra ./cmd/umbra)
 # A backup into a repository that does not exist yet creates it first.
-if [ "${1:-}" = backup ] && [ -z "${UMBRA_REPO:-}" ] && [ ! -e /var/backups/umbra/config ]; then
+default_repo=yes
+for arg in "$@"; do
+	case "$arg" in --repo | --repo=* | -r) default_repo=no ;; esac
+done
+if [ "${1:-}" = backup ] && [ "$default_repo" = yes ] && [ -z "${UMBRA_REPO:-}" ] && [ ! -e /var/backups/umbra/config ]; then
 	"$root/bin/umbra" init
 fi
 exec "$root/bin/umbra" "$@"
