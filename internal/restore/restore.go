@@ -123,6 +123,14 @@ func (r *restorer) restoreTree(ctx context.Context, id repository.ID, dir string
 
 func (r *restorer) restoreNode(ctx context.Context, n *repository.Node, path string, included bool) error {
 	dst := filepath.Join(r.target, path)
+	err := r.restoreEntry(ctx, n, path, dst, included)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s exists already; restore never overwrites: choose an empty --target", dst)
+	}
+	return err
+}
+
+func (r *restorer) restoreEntry(ctx context.Context, n *repository.Node, path, dst string, included bool) error {
 	switch n.Type {
 	case repository.NodeDir:
 		if err := os.Mkdir(dst, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {

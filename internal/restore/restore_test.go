@@ -137,3 +137,30 @@ func TestInclude(t *testing.T) {
 		t.Errorf("a file outside --include was restored (%v)", err)
 	}
 }
+
+func TestRestoreNeverOverwrites(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "data")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "f"), []byte("backed up"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	repo := newRepo(t)
+	res := backup(t, repo, nil, src)
+	target := t.TempDir()
+	live := filepath.Join(target, src, "f")
+	if err := os.MkdirAll(filepath.Dir(live), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(live, []byte("precious"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := restore.Run(t.Context(), repo, res.Tree, target, restore.Options{})
+	if err == nil || !strings.Contains(err.Error(), "never overwrites") {
+		t.Fatalf("restore over an existing file: got %v, want a refusal naming the fix", err)
+	}
+	if b, _ := os.ReadFile(live); string(b) != "precious" {
+		t.Errorf("the existing file now holds %q", b)
+	}
+}
