@@ -66,6 +66,9 @@ type archiver struct {
 	progress *Progress
 	names    names
 	files    chan func() // file reads, run by the file readers
+	// cdcBuffers are the chunkers' read buffers (2 × the largest chunk),
+	// reused across files.
+	cdcBuffers sync.Pool
 
 	mu       sync.Mutex
 	warnings []string
@@ -90,6 +93,8 @@ func Run(ctx context.Context, repo *repository.Repository, sources []Source, opt
 	if a.progress == nil {
 		a.progress = &Progress{}
 	}
+	bufSize := 2 * repo.Config().Chunker.MaxSize
+	a.cdcBuffers.New = func() any { b := make([]byte, bufSize); return &b }
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() { a.worker(ctx, a.jobs) })

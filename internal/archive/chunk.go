@@ -9,7 +9,8 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/jotfs/fastcdc-go"
+	chunkers "github.com/PlakarKorp/go-cdc-chunkers"
+	_ "github.com/PlakarKorp/go-cdc-chunkers/chunkers/fastcdc" // registers "fastcdc-v1.0.0"
 
 	"github.com/umbra-backup/umbra/internal/repository"
 )
@@ -171,24 +172,34 @@ func (a *archiver) readWhole(f *os.File, submit func([]byte, []int) error) error
 	return submit(data, []int{len(data)})
 }
 
+// cdcAlgorithm is FastCDC with masks computed for the configured sizes and
+// a gear table derived from the repository's secret chunker key. (An
+// earlier library XORed its seed into a package-wide table on every new
+// chunker, so chunk boundaries depended on how many files came before.)
+const cdcAlgorithm = "fastcdc-v1.0.0"
+
 func (a *archiver) readCDC(f *os.File, p repository.ChunkerParams, submit func([]byte, []int) error) error {
-	c, err := fastcdc.NewChunker(f, fastcdc.Options{
-		MinSize: p.MinSize, AverageSize: p.AvgSize, MaxSize: p.MaxSize, Seed: a.repo.ChunkerSeed(),
-	})
+	buf := a.cdcBuffers.Get().(*[]byte)
+	defer a.cdcBuffers.Put(buf)
+	c, err := chunkers.NewChunkerBuffer(cdcAlgorithm, f, &chunkers.ChunkerOpts{
+		MinSize: p.MinSize, NormalSize: p.AvgSize, MaxSize: p.MaxSize, Key: a.repo.ChunkerKey(),
+	}, *buf)
 	if err != nil {
 		return err
 	}
 	for {
 		chunk, err := c.Next()
+		if len(chunk) > 0 {
+			a.progress.BytesRead.Add(int64(len(chunk)))
+			data := append([]byte(nil), chunk...) // chunk is the chunker's buffer
+			if serr := submit(data, []int{len(data)}); serr != nil {
+				return serr
+			}
+		}
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
-			return err
-		}
-		a.progress.BytesRead.Add(int64(chunk.Length))
-		data := append([]byte(nil), chunk.Data...) // Next reuses its buffer
-		if err := submit(data, []int{len(data)}); err != nil {
 			return err
 		}
 	}

@@ -22,27 +22,23 @@ type MasterKey struct {
 	// MAC keys the BLAKE3 hash that gives a chunk its id, so that ids
 	// reveal nothing about content to anyone without the key.
 	MAC []byte `json:"mac"`
-	// ChunkerSeed alters the content-defined chunker's gear table, against
+	// Chunker keys the content-defined chunker's gear table, against
 	// guessing file contents from chunk sizes.
-	ChunkerSeed uint64 `json:"chunker_seed"`
+	Chunker []byte `json:"chunker"`
 }
 
 func newMasterKey() (*MasterKey, error) {
-	k := &MasterKey{Encrypt: make([]byte, chacha20poly1305.KeySize), MAC: make([]byte, 32)}
-	var seed [8]byte
-	for _, b := range [][]byte{k.Encrypt, k.MAC, seed[:]} {
+	k := &MasterKey{Encrypt: make([]byte, chacha20poly1305.KeySize), MAC: make([]byte, 32), Chunker: make([]byte, 32)}
+	for _, b := range [][]byte{k.Encrypt, k.MAC, k.Chunker} {
 		if _, err := rand.Read(b); err != nil {
 			return nil, err
 		}
-	}
-	for _, b := range seed {
-		k.ChunkerSeed = k.ChunkerSeed<<8 | uint64(b)
 	}
 	return k, nil
 }
 
 func (k *MasterKey) valid() error {
-	if len(k.Encrypt) != chacha20poly1305.KeySize || len(k.MAC) != 32 {
+	if len(k.Encrypt) != chacha20poly1305.KeySize || len(k.MAC) != 32 || len(k.Chunker) != 32 {
 		return errors.New("master key has the wrong size")
 	}
 	return nil

@@ -141,8 +141,8 @@ func newRepository(be backend.Backend, cfg Config, mk *MasterKey, keyName string
 // Config returns the repository's configuration.
 func (r *Repository) Config() Config { return r.cfg }
 
-// ChunkerSeed is the secret seed for the content-defined chunker.
-func (r *Repository) ChunkerSeed() uint64 { return r.key.ChunkerSeed }
+// ChunkerKey is the secret key of the content-defined chunker.
+func (r *Repository) ChunkerKey() []byte { return r.key.Chunker }
 
 // Backend is where the repository's files are.
 func (r *Repository) Backend() backend.Backend { return r.be }
