@@ -21,8 +21,10 @@ import (
 // password given.
 var ErrWrongPassword = errors.New("wrong password: no key of this repository opens with it")
 
-// KDFParams are argon2id's costs. The defaults take about half a second and
-// 64 MiB here: slow for a guesser, quick for a backup.
+// KDFParams are argon2id's costs. The defaults take about a third of a
+// second and 32 MiB here: slow for a guesser (above OWASP's argon2id
+// minimums), quick and light for a backup, whose peak memory it would
+// otherwise set.
 type KDFParams struct {
 	Time    uint32 `json:"time"`
 	Memory  uint32 `json:"memory_kib"`
@@ -30,7 +32,7 @@ type KDFParams struct {
 }
 
 // DefaultKDF is used for new keys.
-var DefaultKDF = KDFParams{Time: 3, Memory: 64 * 1024, Threads: 2}
+var DefaultKDF = KDFParams{Time: 4, Memory: 32 * 1024, Threads: 2}
 
 // keyFile is a stored key: the master key, sealed with a key derived from
 // a password.

@@ -72,6 +72,16 @@ type packBuilder struct {
 	entries []PackedBlob
 }
 
+// newPackBuilder sizes the buffer for a full pack up front: grown by
+// doubling, a 16 MiB pack would hold a 32 MiB buffer.
+func newPackBuilder(t BlobType, packSize int) *packBuilder {
+	p := &packBuilder{typ: t}
+	if t == DataBlob {
+		p.buf.Grow(packSize + 4<<20) // the last blob may overshoot by a chunk
+	}
+	return p
+}
+
 func (p *packBuilder) add(e PackedBlob, sealed []byte) {
 	e.Offset = uint32(p.buf.Len())
 	e.Length = uint32(len(sealed))

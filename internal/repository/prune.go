@@ -140,7 +140,7 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneReport
 			sealed := data[e.Offset : e.Offset+e.Length]
 			b := builders[e.Type]
 			if b == nil {
-				b = &packBuilder{typ: e.Type}
+				b = newPackBuilder(e.Type, r.cfg.PackSize)
 				builders[e.Type] = b
 			}
 			b.add(e, sealed)

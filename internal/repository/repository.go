@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -111,6 +112,9 @@ func Open(ctx context.Context, be backend.Backend, password string) (*Repository
 	if err != nil {
 		return nil, err
 	}
+	// argon2id's work area (64 MiB) is garbage now; give it back rather
+	// than carry it as heap headroom through a whole backup.
+	debug.FreeOSMemory()
 	r, err := newRepository(be, cfg, mk, name, DefaultKDF)
 	if err != nil {
 		return nil, err
@@ -201,7 +205,7 @@ func (r *Repository) SaveBlob(ctx context.Context, t BlobType, data []byte) (ID,
 	r.mu.Lock()
 	p := r.packers[t]
 	if p == nil {
-		p = &packBuilder{typ: t}
+		p = newPackBuilder(t, r.cfg.PackSize)
 		r.packers[t] = p
 	}
 	p.add(e, sealed)
