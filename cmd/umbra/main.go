@@ -11,7 +11,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"syscall"
 )
 
@@ -30,7 +32,42 @@ func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(50)
 	}
+	if path := os.Getenv("UMBRA_CPUPROFILE"); path != "" {
+		stop, err := profileCPU(path)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "umbra: UMBRA_CPUPROFILE: %v\n", err)
+			os.Exit(exitFail)
+		}
+		code := run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
+	}
+	if path := os.Getenv("UMBRA_MEMPROFILE"); path != "" {
+		// Sample the heap at its largest: every allocation of 512 KiB or
+		// more is recorded, and the profile keeps what was allocated.
+		runtime.MemProfileRate = 512 << 10
+		code := run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+		if f, err := os.Create(path); err == nil {
+			_ = pprof.Lookup("allocs").WriteTo(f, 0)
+			f.Close()
+		}
+		os.Exit(code)
+	}
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// profileCPU writes a CPU profile to path until stop is called
+// (UMBRA_CPUPROFILE, for performance work: go tool pprof bin/umbra path).
+func profileCPU(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {

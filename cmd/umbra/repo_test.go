@@ -467,3 +467,48 @@ func TestPruneRefusesBesideBackup(t *testing.T) {
 		t.Errorf("the backup failed: %v", err)
 	}
 }
+
+// TestChangingFileWarns: a file written to while the backup reads it is
+// reported, the backup is recorded, and the exit status is 3.
+func TestChangingFileWarns(t *testing.T) {
+	dir := t.TempDir()
+	busy := filepath.Join(dir, "busy.log")
+	if err := os.WriteFile(busy, testenv.Random(t, 64<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "quiet"), []byte("q"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(busy, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	stop := make(chan struct{})
+	writing := make(chan struct{})
+	go func() {
+		defer close(writing)
+		page := make([]byte, 4096)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := f.WriteAt(page, int64(i%(16<<10))*4096); err != nil {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	repo := newRepoDir(t)
+	res := umbraRepo(t, repo, "backup", dir)
+	close(stop)
+	<-writing
+	if res.code != 3 || !strings.Contains(res.stderr, "busy.log changed while it was read") {
+		t.Fatalf("backup of a file being written: exit %d, want 3 with a warning naming it:\n%s", res.code, res.stderr)
+	}
+	if ls := mustRepo(t, repo, "ls", "latest", dir); !strings.Contains(ls.stdout, "busy.log") || !strings.Contains(ls.stdout, "quiet") {
+		t.Errorf("the backup should hold both files:\n%s", ls.stdout)
+	}
+}

@@ -67,8 +67,9 @@ type archiver struct {
 	names    names
 	files    chan func() // file reads, run by the file readers
 	// cdcBuffers are the chunkers' read buffers (2 × the largest chunk),
-	// reused across files.
+	// reused across files; buffers (batchSize) carry data to the workers.
 	cdcBuffers sync.Pool
+	buffers    sync.Pool
 
 	mu       sync.Mutex
 	warnings []string
@@ -95,6 +96,7 @@ func Run(ctx context.Context, repo *repository.Repository, sources []Source, opt
 	}
 	bufSize := 2 * repo.Config().Chunker.MaxSize
 	a.cdcBuffers.New = func() any { b := make([]byte, bufSize); return &b }
+	a.buffers.New = func() any { b := make([]byte, batchSize); return &b }
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() { a.worker(ctx, a.jobs) })

@@ -54,6 +54,8 @@ type job struct {
 	// as repository.ZeroChunk: its length is known from the block size.
 	blocks bool
 	res    chan jobResult
+	// release, if set, returns data's buffer for reuse once stored.
+	release func()
 }
 
 type jobResult struct {
@@ -82,6 +84,9 @@ func (a *archiver) worker(ctx context.Context, jobs <-chan job) {
 			res.ids = append(res.ids, id)
 			res.added += added
 		}
+		if j.release != nil {
+			j.release()
+		}
 		j.res <- res
 	}
 }
@@ -102,11 +107,14 @@ func (a *archiver) readContent(ctx context.Context, f *os.File, name string, siz
 		blockSize = params.BlockSize
 	}
 	var pending []chan jobResult
-	submit := func(data []byte, cuts []int) error {
+	submit := func(data []byte, cuts []int, release func()) error {
 		res := make(chan jobResult, 1)
 		select {
-		case a.jobs <- job{data: data, cuts: cuts, blocks: blockSize > 0, res: res}:
+		case a.jobs <- job{data: data, cuts: cuts, blocks: blockSize > 0, res: res, release: release}:
 		case <-ctx.Done():
+			if release != nil {
+				release()
+			}
 			return ctx.Err()
 		}
 		n += int64(len(data))
@@ -136,9 +144,10 @@ func (a *archiver) readContent(ctx context.Context, f *os.File, name string, siz
 	return ids, blockSize, n, errors.Join(err, collect())
 }
 
-func (a *archiver) readBlocks(f *os.File, blockSize int, submit func([]byte, []int) error) error {
+func (a *archiver) readBlocks(f *os.File, blockSize int, submit func([]byte, []int, func()) error) error {
 	for {
-		buf := make([]byte, batchSize)
+		p := a.buffers.Get().(*[]byte)
+		buf := (*p)[:batchSize]
 		n, err := io.ReadFull(f, buf)
 		if n > 0 {
 			a.progress.BytesRead.Add(int64(n))
@@ -150,9 +159,11 @@ func (a *archiver) readBlocks(f *os.File, blockSize int, submit func([]byte, []i
 				}
 				cuts = append(cuts, end)
 			}
-			if serr := submit(buf[:n], cuts); serr != nil {
+			if serr := submit(buf[:n], cuts, func() { a.buffers.Put(p) }); serr != nil {
 				return serr
 			}
+		} else {
+			a.buffers.Put(p)
 		}
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil
@@ -163,13 +174,13 @@ func (a *archiver) readBlocks(f *os.File, blockSize int, submit func([]byte, []i
 	}
 }
 
-func (a *archiver) readWhole(f *os.File, submit func([]byte, []int) error) error {
+func (a *archiver) readWhole(f *os.File, submit func([]byte, []int, func()) error) error {
 	data, err := io.ReadAll(f)
 	if err != nil {
 		return err
 	}
 	a.progress.BytesRead.Add(int64(len(data)))
-	return submit(data, []int{len(data)})
+	return submit(data, []int{len(data)}, nil)
 }
 
 // cdcAlgorithm is FastCDC with masks computed for the configured sizes and
@@ -178,7 +189,7 @@ func (a *archiver) readWhole(f *os.File, submit func([]byte, []int) error) error
 // chunker, so chunk boundaries depended on how many files came before.)
 const cdcAlgorithm = "fastcdc-v1.0.0"
 
-func (a *archiver) readCDC(f *os.File, p repository.ChunkerParams, submit func([]byte, []int) error) error {
+func (a *archiver) readCDC(f *os.File, p repository.ChunkerParams, submit func([]byte, []int, func()) error) error {
 	buf := a.cdcBuffers.Get().(*[]byte)
 	defer a.cdcBuffers.Put(buf)
 	c, err := chunkers.NewChunkerBuffer(cdcAlgorithm, f, &chunkers.ChunkerOpts{
@@ -191,8 +202,16 @@ func (a *archiver) readCDC(f *os.File, p repository.ChunkerParams, submit func([
 		chunk, err := c.Next()
 		if len(chunk) > 0 {
 			a.progress.BytesRead.Add(int64(len(chunk)))
-			data := append([]byte(nil), chunk...) // chunk is the chunker's buffer
-			if serr := submit(data, []int{len(data)}); serr != nil {
+			// chunk is the chunker's buffer: copy it for the worker.
+			var release func()
+			var data []byte
+			if len(chunk) <= batchSize {
+				bp := a.buffers.Get().(*[]byte)
+				data, release = append((*bp)[:0], chunk...), func() { a.buffers.Put(bp) }
+			} else {
+				data = append([]byte(nil), chunk...)
+			}
+			if serr := submit(data, []int{len(data)}, release); serr != nil {
 				return serr
 			}
 		}

@@ -1,10 +1,14 @@
 package repository
 
 import (
-	"bytes"
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+
+	"github.com/zeebo/blake3"
 )
 
 // BlobType says what a blob holds; data and trees live in separate packs.
@@ -66,47 +70,79 @@ func readEntry(b []byte) PackedBlob {
 //	blob… ‖ seal(header entries) ‖ uint32 LE length of the sealed header
 //
 // so that a pack describes itself and an index can be rebuilt from packs.
+// The pack grows in an unlinked temporary file, not in memory: a backup
+// holds one pack filling and others uploading, tens of MiB each.
 type packBuilder struct {
 	typ     BlobType
-	buf     bytes.Buffer
+	f       *os.File // unlinked: gone with the process, whatever happens
+	w       *bufio.Writer
+	hash    *blake3.Hasher
+	n       int
 	entries []PackedBlob
+	err     error
 }
 
-// newPackBuilder sizes the buffer for a full pack up front: grown by
-// doubling, a 16 MiB pack would hold a 32 MiB buffer.
-func newPackBuilder(t BlobType, packSize int) *packBuilder {
-	p := &packBuilder{typ: t}
-	if t == DataBlob {
-		p.buf.Grow(packSize + 4<<20) // the last blob may overshoot by a chunk
+func newPackBuilder(t BlobType) (*packBuilder, error) {
+	f, err := os.CreateTemp("", "umbra-pack-")
+	if err != nil {
+		return nil, fmt.Errorf("temporary pack file: %w; set TMPDIR to a directory with room", err)
 	}
-	return p
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &packBuilder{typ: t, f: f, w: bufio.NewWriterSize(f, 256<<10), hash: blake3.New()}, nil
 }
 
+func (p *packBuilder) write(b []byte) {
+	if p.err != nil {
+		return
+	}
+	if _, err := p.w.Write(b); err != nil {
+		p.err = fmt.Errorf("temporary pack file: %w", err)
+		return
+	}
+	p.hash.Write(b)
+	p.n += len(b)
+}
+
+// add appends a sealed blob (copying it).
 func (p *packBuilder) add(e PackedBlob, sealed []byte) {
-	e.Offset = uint32(p.buf.Len())
+	e.Offset = uint32(p.n)
 	e.Length = uint32(len(sealed))
-	p.buf.Write(sealed)
+	p.write(sealed)
 	p.entries = append(p.entries, e)
 }
 
-func (p *packBuilder) size() int { return p.buf.Len() }
+func (p *packBuilder) size() int { return p.n }
 
-// finish appends the sealed header and returns the pack's bytes.
-func (p *packBuilder) finish(key []byte) ([]byte, error) {
+// finish appends the sealed header and returns the pack's id, size and a
+// reader of its bytes; close releases the temporary file.
+func (p *packBuilder) finish(key []byte) (id ID, size int64, rd io.ReadSeeker, err error) {
 	hdr := make([]byte, 0, len(p.entries)*headerEntrySize)
 	for _, e := range p.entries {
 		hdr = appendEntry(hdr, e)
 	}
 	sealed, err := seal(key, nil, hdr)
 	if err != nil {
-		return nil, err
+		return id, 0, nil, err
 	}
-	p.buf.Write(sealed)
-	var n [4]byte
-	binary.LittleEndian.PutUint32(n[:], uint32(len(sealed)))
-	p.buf.Write(n[:])
-	return p.buf.Bytes(), nil
+	p.write(sealed)
+	p.write(binary.LittleEndian.AppendUint32(nil, uint32(len(sealed))))
+	if p.err == nil {
+		p.err = p.w.Flush()
+	}
+	if p.err != nil {
+		return id, 0, nil, p.err
+	}
+	p.hash.Sum(id[:0])
+	if _, err := p.f.Seek(0, io.SeekStart); err != nil {
+		return id, 0, nil, err
+	}
+	return id, int64(p.n), p.f, nil
 }
+
+func (p *packBuilder) close() { p.f.Close() }
 
 // readPackHeader decodes a pack's header from its trailing bytes.
 func readPackHeader(key, tail []byte, packSize int64) ([]PackedBlob, error) {

@@ -1,7 +1,6 @@
 package repository
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -122,8 +121,14 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneReport
 
 	// 1. Copy the used blobs of mostly unused packs into new packs.
 	builders := map[BlobType]*packBuilder{}
+	defer func() {
+		for _, b := range builders {
+			b.close()
+		}
+	}()
 	var written []indexedPack
 	finish := func(b *packBuilder) error {
+		defer b.close()
 		id, err := r.storePack(ctx, b)
 		if err != nil {
 			return err
@@ -140,7 +145,9 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneReport
 			sealed := data[e.Offset : e.Offset+e.Length]
 			b := builders[e.Type]
 			if b == nil {
-				b = newPackBuilder(e.Type, r.cfg.PackSize)
+				if b, err = newPackBuilder(e.Type); err != nil {
+					return nil, err
+				}
 				builders[e.Type] = b
 			}
 			b.add(e, sealed)
@@ -152,7 +159,8 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneReport
 			}
 		}
 	}
-	for _, b := range builders {
+	for t, b := range builders {
+		delete(builders, t)
 		if err := finish(b); err != nil {
 			return nil, err
 		}
@@ -280,13 +288,12 @@ func (r *Repository) loadPack(ctx context.Context, id ID) ([]byte, error) {
 
 // storePack finishes and stores a pack and returns its id.
 func (r *Repository) storePack(ctx context.Context, p *packBuilder) (ID, error) {
-	data, err := p.finish(r.key.Encrypt)
+	id, size, rd, err := p.finish(r.key.Encrypt)
 	if err != nil {
 		return ID{}, err
 	}
-	id := hashID(data)
 	h := backend.Handle{Type: backend.TypePack, Name: id.String()}
-	if err := r.be.Save(ctx, h, int64(len(data)), bytes.NewReader(data)); err != nil && !errors.Is(err, fs.ErrExist) {
+	if err := r.be.Save(ctx, h, size, rd); err != nil && !errors.Is(err, fs.ErrExist) {
 		return ID{}, fmt.Errorf("save pack %s: %w", id.Short(), err)
 	}
 	return id, nil

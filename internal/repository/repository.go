@@ -38,6 +38,7 @@ type Repository struct {
 	uploads  sync.WaitGroup
 	slots    chan struct{} // bounds concurrent uploads, and so memory
 	err      error         // first upload failure; every later call fails
+	scratch  sync.Pool     // *[]byte for compressing and sealing
 }
 
 // Options tune Init.
@@ -193,11 +194,15 @@ func (r *Repository) SaveBlob(ctx context.Context, t BlobType, data []byte) (ID,
 
 	e := PackedBlob{Type: t, ID: id, RawLen: uint32(len(data))}
 	payload := data
+	// Both scratch buffers are reused: fresh ones cost zeroing and
+	// garbage-collector headroom for every chunk.
+	scratch := r.getBuf(2*len(data) + Overhead)
+	defer r.putBuf(scratch)
 	// zstd only when it pays: at least 1/32 smaller.
-	if c := r.enc.EncodeAll(data, make([]byte, 0, len(data))); len(c) < len(data)-len(data)/32 {
+	if c := r.enc.EncodeAll(data, (*scratch)[:0]); len(c) < len(data)-len(data)/32 {
 		payload, e.Flags = c, flagZstd
 	}
-	sealed, err := seal(r.key.Encrypt, make([]byte, 0, len(payload)+Overhead), payload)
+	sealed, err := seal(r.key.Encrypt, (*scratch)[len(payload):len(payload)], payload)
 	if err != nil {
 		return id, 0, err
 	}
@@ -205,10 +210,13 @@ func (r *Repository) SaveBlob(ctx context.Context, t BlobType, data []byte) (ID,
 	r.mu.Lock()
 	p := r.packers[t]
 	if p == nil {
-		p = newPackBuilder(t, r.cfg.PackSize)
+		if p, err = newPackBuilder(t); err != nil {
+			r.mu.Unlock()
+			return id, 0, err
+		}
 		r.packers[t] = p
 	}
-	p.add(e, sealed)
+	p.add(e, sealed) // copies sealed
 	var full *packBuilder
 	if p.size() >= r.cfg.PackSize {
 		full = p
@@ -245,6 +253,7 @@ func (r *Repository) upload(ctx context.Context, p *packBuilder) error {
 }
 
 func (r *Repository) savePack(ctx context.Context, p *packBuilder) error {
+	defer p.close()
 	id, err := r.storePack(ctx, p)
 	if err != nil {
 		return err
@@ -407,6 +416,17 @@ func (r *Repository) openBlob(id ID, flags uint8, rawLen uint32, sealed []byte, 
 	}
 	return plain, nil
 }
+
+// getBuf returns a scratch buffer for compressing and sealing one blob.
+func (r *Repository) getBuf(n int) *[]byte {
+	if b, ok := r.scratch.Get().(*[]byte); ok && cap(*b) >= n {
+		return b
+	}
+	b := make([]byte, 0, n)
+	return &b
+}
+
+func (r *Repository) putBuf(b *[]byte) { r.scratch.Put(b) }
 
 // ErrBlobMissing means no index knows the blob.
 var ErrBlobMissing = errors.New("not in the repository's index")

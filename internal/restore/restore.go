@@ -196,33 +196,52 @@ func (r *restorer) hardLink(n *repository.Node, dst string) (bool, error) {
 	return true, os.Link(first, dst)
 }
 
-// restoreFile writes the content, leaving zero chunks as holes.
+// restoreFile writes the content, leaving zero chunks as holes. Chunks are
+// loaded in batches by pack, on several goroutines, and written at their
+// offsets as they come.
 func (r *restorer) restoreFile(ctx context.Context, n *repository.Node, dst string) error {
 	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
+	offsets := map[repository.ID][]int64{} // a chunk may repeat in a file
+	var ids []repository.ID
 	var off int64
 	for _, id := range n.Content {
-		if id == repository.ZeroChunk && n.BlockSize > 0 {
-			off += min(int64(n.BlockSize), n.Size-off)
-			continue
+		length := int64(n.BlockSize)
+		if n.BlockSize == 0 {
+			l, ok := r.repo.BlobLen(id)
+			if !ok {
+				f.Close()
+				return fmt.Errorf("chunk %s: %w", id.Short(), repository.ErrBlobMissing)
+			}
+			length = int64(l)
 		}
-		data, err := r.repo.LoadBlob(ctx, id)
-		if err != nil {
-			f.Close()
-			return err
+		length = min(length, n.Size-off)
+		if !(id == repository.ZeroChunk && n.BlockSize > 0) {
+			if _, ok := offsets[id]; !ok {
+				ids = append(ids, id)
+			}
+			offsets[id] = append(offsets[id], off)
 		}
-		if err := writeSparse(f, data, off); err != nil {
-			f.Close()
-			return err
-		}
-		off += int64(len(data))
-		r.progress.Bytes.Add(int64(len(data)))
+		off += length
 	}
 	if off != n.Size {
 		f.Close()
 		return fmt.Errorf("content is %d bytes, the backup says %d", off, n.Size)
+	}
+	err = r.repo.LoadBlobs(ctx, ids, func(id repository.ID, data []byte) error {
+		for _, at := range offsets[id] {
+			if err := writeSparse(f, data, at); err != nil {
+				return err
+			}
+		}
+		r.progress.Bytes.Add(int64(len(data) * len(offsets[id])))
+		return nil
+	})
+	if err != nil {
+		f.Close()
+		return err
 	}
 	// Truncate makes the trailing holes; writing nothing there keeps them.
 	if err := f.Truncate(n.Size); err != nil {

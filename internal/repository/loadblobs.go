@@ -1,0 +1,130 @@
+package repository
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"runtime"
+	"sort"
+	"sync"
+
+	"github.com/umbra-backup/umbra/internal/backend"
+)
+
+// Range reads: blobs of one pack closer than maxGap are read in one
+// request, up to maxRange bytes. Fewer, larger reads matter on a local
+// disk and much more on an object store.
+const (
+	maxGap   = 256 << 10
+	maxRange = 8 << 20
+)
+
+// BlobLen is the plaintext length of a stored blob, from the index.
+func (r *Repository) BlobLen(id ID) (int, bool) {
+	_, loc, ok := r.idx.lookup(id)
+	return int(loc.rawLen), ok
+}
+
+type blobRange struct {
+	pack  ID
+	start int64
+	end   int64
+	blobs []rangeBlob
+}
+
+type rangeBlob struct {
+	id  ID
+	loc location
+}
+
+// LoadBlobs loads every blob of ids, each once, and calls fn with its
+// verified plaintext. Blobs in one pack are read together, in ranges;
+// ranges are read and decrypted on a worker per core, so fn is called
+// from several goroutines at once and must be safe for that. The first
+// error stops the work and is returned.
+func (r *Repository) LoadBlobs(ctx context.Context, ids []ID, fn func(id ID, data []byte) error) error {
+	byPack := map[ID][]rangeBlob{}
+	seen := map[ID]bool{}
+	for _, id := range ids {
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		pack, loc, ok := r.idx.lookup(id)
+		if !ok {
+			return fmt.Errorf("blob %s: %w", id.Short(), ErrBlobMissing)
+		}
+		byPack[pack] = append(byPack[pack], rangeBlob{id, loc})
+	}
+	var ranges []blobRange
+	for pack, blobs := range byPack {
+		sort.Slice(blobs, func(i, j int) bool { return blobs[i].loc.offset < blobs[j].loc.offset })
+		var cur *blobRange
+		for _, b := range blobs {
+			start, end := int64(b.loc.offset), int64(b.loc.offset)+int64(b.loc.length)
+			if cur == nil || start-cur.end > maxGap || end-cur.start > maxRange {
+				ranges = append(ranges, blobRange{pack: pack, start: start})
+				cur = &ranges[len(ranges)-1]
+			}
+			cur.end = max(cur.end, end)
+			cur.blobs = append(cur.blobs, b)
+		}
+	}
+	// Packs in order, then offsets: reads go forward through each file.
+	sort.Slice(ranges, func(i, j int) bool {
+		if ranges[i].pack != ranges[j].pack {
+			return ranges[i].pack.String() < ranges[j].pack.String()
+		}
+		return ranges[i].start < ranges[j].start
+	})
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	work := make(chan blobRange)
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Go(func() {
+			for rg := range work {
+				if err := r.loadRange(ctx, rg, fn); err != nil {
+					cancel(err)
+				}
+			}
+		})
+	}
+	for _, rg := range ranges {
+		select {
+		case work <- rg:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	close(work)
+	wg.Wait()
+	return context.Cause(ctx)
+}
+
+func (r *Repository) loadRange(ctx context.Context, rg blobRange, fn func(ID, []byte) error) error {
+	rd, err := r.be.Load(ctx, backend.Handle{Type: backend.TypePack, Name: rg.pack.String()}, rg.start, rg.end-rg.start)
+	if err != nil {
+		return fmt.Errorf("pack %s: %w", rg.pack.Short(), err)
+	}
+	buf := make([]byte, rg.end-rg.start)
+	_, err = io.ReadFull(rd, buf)
+	rd.Close()
+	if err != nil {
+		return fmt.Errorf("pack %s: %w", rg.pack.Short(), err)
+	}
+	for _, b := range rg.blobs {
+		off := int64(b.loc.offset) - rg.start
+		plain, err := r.openBlob(b.id, b.loc.flags, b.loc.rawLen, buf[off:off+int64(b.loc.length)], rg.pack)
+		if err != nil {
+			return err
+		}
+		if err := fn(b.id, plain); err != nil {
+			return err
+		}
+	}
+	return nil
+}
