@@ -78,6 +78,9 @@ func (r *Repository) LoadBlobs(ctx context.Context, ids []ID, fn func(id ID, dat
 		return ranges[i].start < ranges[j].start
 	})
 
+	if len(ranges) == 1 { // most files: no workers to start
+		return r.loadRange(ctx, ranges[0], fn)
+	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	work := make(chan blobRange)

@@ -48,6 +48,9 @@ type restorer struct {
 	include  []string
 	progress *Progress
 	isRoot   bool
+	// files bounds the files restored at once: with many small files the
+	// time goes to creating them and setting their metadata, not to data.
+	files chan struct{}
 
 	mu    sync.Mutex
 	links map[[2]uint64]string // (device, inode) → first restored path
@@ -67,7 +70,7 @@ func Run(ctx context.Context, repo *repository.Repository, root repository.ID, t
 		return Stats{}, err
 	}
 	r := &restorer{repo: repo, target: target, include: opts.Include, progress: opts.Progress,
-		isRoot: os.Geteuid() == 0, links: map[[2]uint64]string{}}
+		isRoot: os.Geteuid() == 0, links: map[[2]uint64]string{}, files: make(chan struct{}, 4)}
 	if r.progress == nil {
 		r.progress = &Progress{}
 	}
@@ -99,14 +102,27 @@ func (r *restorer) wanted(path string) (self, below bool) {
 	return false, below
 }
 
+// restoreTree restores a directory's entries. Regular files go to the file
+// workers; everything else, and files with hard links (a link needs its
+// target to exist), is done in order. It returns once every entry is done,
+// so the caller can then set the directory's own times.
 func (r *restorer) restoreTree(ctx context.Context, id repository.ID, dir string) error {
 	tree, err := r.repo.LoadTree(ctx, id)
 	if err != nil {
 		return err
 	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	fail := func(err error) {
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+	}
 	for i := range tree.Nodes {
 		if err := ctx.Err(); err != nil {
-			return err
+			fail(err)
+			break
 		}
 		n := &tree.Nodes[i]
 		path := filepath.Join(dir, string(n.Name))
@@ -114,11 +130,23 @@ func (r *restorer) restoreTree(ctx context.Context, id repository.ID, dir string
 		if !self && !(below && n.Type == repository.NodeDir) {
 			continue
 		}
+		if n.Type == repository.NodeFile && n.Links < 2 {
+			r.files <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-r.files }()
+				if err := r.restoreNode(ctx, n, path, self); err != nil {
+					fail(err)
+				}
+			})
+			continue
+		}
 		if err := r.restoreNode(ctx, n, path, self); err != nil {
-			return err
+			fail(err)
+			break
 		}
 	}
-	return nil
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func (r *restorer) restoreNode(ctx context.Context, n *repository.Node, path string, included bool) error {
