@@ -20,8 +20,10 @@ package backend
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"strings"
 	"time"
 )
@@ -50,14 +52,34 @@ type Handle struct {
 
 func (h Handle) String() string { return string(h.Type) + "/" + h.Name }
 
+// Valid reports whether t is a known type.
+func (t Type) Valid() error {
+	switch t {
+	case TypeConfig, TypeKey, TypePack, TypeIndex, TypeManifest, TypeLock:
+		return nil
+	}
+	return fmt.Errorf("backend: unknown file type %q", t)
+}
+
+// ListConfig is List for TypeConfig, whose only file is "config": fn gets
+// it if it exists. stat is the backend's Stat.
+func ListConfig(ctx context.Context, stat func(context.Context, Handle) (FileInfo, error), fn func(FileInfo) error) error {
+	fi, err := stat(ctx, Handle{Type: TypeConfig, Name: "config"})
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list %s: %w", TypeConfig, err)
+	}
+	return fn(fi)
+}
+
 // Valid reports whether h can name a file: a known type and a name of
 // lowercase letters, digits, '-' and '.', at most 128 bytes, not starting
 // with '.'.
 func (h Handle) Valid() error {
-	switch h.Type {
-	case TypeConfig, TypeKey, TypePack, TypeIndex, TypeManifest, TypeLock:
-	default:
-		return fmt.Errorf("backend: unknown file type %q", h.Type)
+	if err := h.Type.Valid(); err != nil {
+		return err
 	}
 	if h.Name == "" || len(h.Name) > 128 || strings.HasPrefix(h.Name, ".") ||
 		strings.Trim(h.Name, "abcdefghijklmnopqrstuvwxyz0123456789-.") != "" {

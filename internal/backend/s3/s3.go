@@ -580,18 +580,11 @@ func (b *Backend) Remove(ctx context.Context, h backend.Handle) error {
 // List calls fn for every file of type t, skipping objects whose keys the
 // layout does not produce.
 func (b *Backend) List(ctx context.Context, t backend.Type, fn func(backend.FileInfo) error) error {
-	if err := (backend.Handle{Type: t, Name: "x"}).Valid(); err != nil {
+	if err := t.Valid(); err != nil {
 		return err
 	}
 	if t == backend.TypeConfig {
-		fi, err := b.Stat(ctx, backend.Handle{Type: t, Name: "config"})
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("list %s: %w", t, err)
-		}
-		return fn(fi)
+		return backend.ListConfig(ctx, b.Stat, fn)
 	}
 	// Stops the listing when fn fails.
 	ctx, cancel := context.WithCancel(ctx)
