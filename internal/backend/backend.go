@@ -76,7 +76,7 @@ func ListConfig(ctx context.Context, stat func(context.Context, Handle) (FileInf
 
 // Valid reports whether h can name a file: a known type and a name of
 // lowercase letters, digits, '-' and '.', at most 128 bytes, not starting
-// with '.'.
+// with '.'; the config file is named "config".
 func (h Handle) Valid() error {
 	if err := h.Type.Valid(); err != nil {
 		return err
@@ -85,7 +85,24 @@ func (h Handle) Valid() error {
 		strings.Trim(h.Name, "abcdefghijklmnopqrstuvwxyz0123456789-.") != "" {
 		return fmt.Errorf("backend: invalid file name %q", h.Name)
 	}
+	if h.Type == TypeConfig && h.Name != "config" {
+		return fmt.Errorf("backend: invalid config file name %q: the config file is named \"config\"", h.Name)
+	}
 	return nil
+}
+
+// Path is where h lives relative to the repository's root, '/'-separated,
+// the same for every backend so that a repository can be copied between a
+// directory and a bucket: config, keys/<name>, data/<first two chars>/<name>
+// (packs fan out over 256 directories), index/<name>, … h must be valid.
+func (h Handle) Path() string {
+	switch h.Type {
+	case TypeConfig:
+		return "config"
+	case TypePack:
+		return string(h.Type) + "/" + h.Name[:min(2, len(h.Name))] + "/" + h.Name
+	}
+	return string(h.Type) + "/" + h.Name
 }
 
 // FileInfo describes a stored file.

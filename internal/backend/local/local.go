@@ -146,39 +146,13 @@ func (b *Backend) Location() string { return b.dir }
 
 // path returns where h lives. h must be valid.
 func (b *Backend) path(h backend.Handle) string {
-	switch h.Type {
-	case backend.TypeConfig:
-		return filepath.Join(b.dir, "config")
-	case backend.TypePack:
-		return filepath.Join(b.dir, string(h.Type), fanOut(h.Name), h.Name)
-	default:
-		return filepath.Join(b.dir, string(h.Type), h.Name)
-	}
-}
-
-// fanOut is the name of the data subdirectory holding pack name.
-func fanOut(name string) string {
-	if len(name) < 2 {
-		return name
-	}
-	return name[:2]
-}
-
-// check validates h; TypeConfig names the single file "config".
-func check(h backend.Handle) error {
-	if err := h.Valid(); err != nil {
-		return err
-	}
-	if h.Type == backend.TypeConfig && h.Name != "config" {
-		return fmt.Errorf("backend: invalid config file name %q: the config file is named \"config\"", h.Name)
-	}
-	return nil
+	return filepath.Join(b.dir, filepath.FromSlash(h.Path()))
 }
 
 // Save stores exactly size bytes from rd as h. If rd yields fewer or more
 // bytes, or fails, Save returns an error and leaves nothing behind.
 func (b *Backend) Save(ctx context.Context, h backend.Handle, size int64, rd io.Reader) (err error) {
-	if err := check(h); err != nil {
+	if err := h.Valid(); err != nil {
 		return err
 	}
 	if size < 0 {
@@ -351,7 +325,7 @@ func syncDir(dir string) error {
 // io.ErrUnexpectedEOF; an offset equal to the size with length 0 gives an
 // empty reader.
 func (b *Backend) Load(ctx context.Context, h backend.Handle, offset, length int64) (io.ReadCloser, error) {
-	if err := check(h); err != nil {
+	if err := h.Valid(); err != nil {
 		return nil, err
 	}
 	if offset < 0 || length < 0 {
@@ -389,7 +363,7 @@ func (s *section) Close() error { return s.f.Close() }
 
 // Stat describes h.
 func (b *Backend) Stat(ctx context.Context, h backend.Handle) (backend.FileInfo, error) {
-	if err := check(h); err != nil {
+	if err := h.Valid(); err != nil {
 		return backend.FileInfo{}, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -404,7 +378,7 @@ func (b *Backend) Stat(ctx context.Context, h backend.Handle) (backend.FileInfo,
 
 // Remove deletes h.
 func (b *Backend) Remove(ctx context.Context, h backend.Handle) error {
-	if err := check(h); err != nil {
+	if err := h.Valid(); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {

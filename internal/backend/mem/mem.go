@@ -35,9 +35,6 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, size int64, rd io.
 	if err := h.Valid(); err != nil {
 		return err
 	}
-	if h.Type == backend.TypeConfig && h.Name != "config" {
-		return fmt.Errorf("save %s: the config file is named config", h)
-	}
 	data, err := io.ReadAll(io.LimitReader(rd, size+1))
 	if err != nil {
 		return fmt.Errorf("save %s: %w", h, err)

@@ -303,33 +303,7 @@ func (b *Backend) dirKey(t backend.Type) string {
 
 // key returns h's object key. h must be valid.
 func (b *Backend) key(h backend.Handle) string {
-	switch h.Type {
-	case backend.TypeConfig:
-		return b.dirKey("") + "config"
-	case backend.TypePack:
-		return b.dirKey(h.Type) + fanOut(h.Name) + "/" + h.Name
-	default:
-		return b.dirKey(h.Type) + h.Name
-	}
-}
-
-// fanOut is the data subdirectory of pack name, as in the local backend.
-func fanOut(name string) string {
-	if len(name) < 2 {
-		return name
-	}
-	return name[:2]
-}
-
-// check validates h; TypeConfig names the single file "config".
-func check(h backend.Handle) error {
-	if err := h.Valid(); err != nil {
-		return err
-	}
-	if h.Type == backend.TypeConfig && h.Name != "config" {
-		return fmt.Errorf("backend: invalid config file name %q: the config file is named \"config\"", h.Name)
-	}
-	return nil
+	return b.dirKey("") + h.Path()
 }
 
 // fail wraps the error of op on h, mapping a missing object to
@@ -345,7 +319,7 @@ func (b *Backend) fail(op string, h backend.Handle, err error) error {
 // Save stores exactly size bytes from rd as h. If rd yields fewer or more
 // bytes, or fails, Save returns an error and nothing is stored.
 func (b *Backend) Save(ctx context.Context, h backend.Handle, size int64, rd io.Reader) error {
-	if err := check(h); err != nil {
+	if err := h.Valid(); err != nil {
 		return err
 	}
 	if size < 0 {
@@ -488,7 +462,7 @@ func ends(rd io.Reader, size int64) error {
 // error wrapping io.ErrUnexpectedEOF; an offset equal to the size with
 // length 0 gives an empty reader.
 func (b *Backend) Load(ctx context.Context, h backend.Handle, offset, length int64) (io.ReadCloser, error) {
-	if err := check(h); err != nil {
+	if err := h.Valid(); err != nil {
 		return nil, err
 	}
 	if offset < 0 || length < 0 {
@@ -552,7 +526,7 @@ func (b *Backend) pastEnd(ctx context.Context, h backend.Handle, offset, length 
 
 // Stat describes h.
 func (b *Backend) Stat(ctx context.Context, h backend.Handle) (backend.FileInfo, error) {
-	if err := check(h); err != nil {
+	if err := h.Valid(); err != nil {
 		return backend.FileInfo{}, err
 	}
 	info, err := b.client.StatObject(ctx, b.cfg.Bucket, b.key(h), minio.StatObjectOptions{})
