@@ -2,7 +2,10 @@
 # Installs what umbra and its tests need from Debian's packages (as root).
 # Idempotent: packages already present are skipped quickly.
 set -euo pipefail
-packages=(btrfs-progs xfsprogs e2fsprogs util-linux sqlite3)
+# Database servers for the writers' tests: PostgreSQL (with pgbench),
+# MariaDB (with mariadb-backup), Redis.
+packages=(btrfs-progs xfsprogs e2fsprogs util-linux sqlite3
+	postgresql postgresql-contrib mariadb-server mariadb-backup mariadb-client redis-server redis-tools)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -152,6 +152,10 @@ func ParseSpec(s string) (Spec, error) {
 		if _, dup := opts[k]; dup {
 			return bad(fmt.Sprintf("%s given twice", k))
 		}
+		if k == "password" {
+			// Anyone can read a command line with ps.
+			return Spec{}, fmt.Errorf("writer spec %s: a password on the command line is visible to every user in ps; use password_file=PATH, the writer's section in the configuration file, or the client's environment variable (PGPASSWORD, MYSQL_PWD, REDISCLI_AUTH)", typ)
+		}
 		opts[k] = v
 	}
 	spec, err := newSpec(opts)

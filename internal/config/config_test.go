@@ -105,3 +105,13 @@ func TestLoadMissing(t *testing.T) {
 		t.Error("missing explicit file: got nil error")
 	}
 }
+
+func TestParseSpecRefusesPassword(t *testing.T) {
+	_, err := ParseSpec("postgres:host=/run/postgresql,password=hunter2")
+	if err == nil || !strings.Contains(err.Error(), "visible to every user in ps") || !strings.Contains(err.Error(), "password_file") {
+		t.Fatalf("ParseSpec with password=: got %v, want a refusal naming password_file", err)
+	}
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("the error repeats the password: %v", err)
+	}
+}

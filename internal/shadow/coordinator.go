@@ -94,6 +94,7 @@ func New(providers []provider.Provider, store *Store, opts Options) *Coordinator
 // phase failed) is returned with the set as far as it got.
 func (c *Coordinator) Create(ctx context.Context, wrs []writer.Writer, paths []string) (set *Set, err error) {
 	set = &Set{ID: newID(time.Now()), Status: StatusCreating, Type: c.opts.Type, PID: os.Getpid(), Created: time.Now().UTC()}
+	set.Scratch = c.store.ScratchDir(set.ID)
 	run := &creation{c: c, set: set, wrs: wrs, log: c.opts.Log.With("set", set.ID)}
 	defer func() {
 		if r := recover(); r != nil {
@@ -226,7 +227,7 @@ func (r *creation) unlock() {
 
 func (r *creation) identify(ctx context.Context) error {
 	r.metadata = map[string]writer.Metadata{}
-	return r.eachWriter(ctx, writer.PhaseIdentify, r.c.opts.PhaseLimit, func(ctx context.Context, wr writer.Writer) error {
+	if err := r.eachWriter(ctx, writer.PhaseIdentify, r.c.opts.PhaseLimit, func(ctx context.Context, wr writer.Writer) error {
 		md, err := wr.Identify(ctx)
 		if err != nil {
 			return err
@@ -238,7 +239,19 @@ func (r *creation) identify(ctx context.Context) error {
 		r.metadata[wr.Name()] = md
 		r.mu.Unlock()
 		return nil
-	})
+	}); err != nil {
+		return err
+	}
+	// A writer whose logs another tool owns makes the whole set a copy
+	// backup: truncating them would break that tool.
+	for _, wr := range sortedWriters(r.wrs) {
+		if md := r.metadata[wr.Name()]; md.LogsOwnedBy != "" && r.set.Type.Truncates() {
+			r.set.CopyReason = fmt.Sprintf("%s: %s", wr.Name(), md.LogsOwnedBy)
+			r.set.Type = writer.Copy
+			r.log.Info("copy backup: another tool owns the logs", "writer", wr.Name(), "owner", md.LogsOwnedBy)
+		}
+	}
+	return nil
 }
 
 func (r *creation) prepareSnapshot(ctx context.Context, ws writer.Set) error {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -374,4 +376,37 @@ func phaseNames(ps []writer.Phase) []string {
 		out[i] = string(p)
 	}
 	return out
+}
+
+func TestCreateBecomesCopyWhenLogsOwnedElsewhere(t *testing.T) {
+	r := newRig(t, Options{Type: writer.Full})
+	r.writers[1].Metadata.LogsOwnedBy = "archive_command is not umbra's"
+	set, err := r.create(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if set.Type != writer.Copy || !strings.Contains(set.CopyReason, "fake:w1: archive_command") {
+		t.Errorf("set type %s, reason %q; want a copy backup naming fake:w1", set.Type, set.CopyReason)
+	}
+}
+
+func TestScratchGoesWithTheSet(t *testing.T) {
+	r := newRig(t, Options{})
+	set, err := r.create(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := set.writerSet().ScratchFor("fake:w0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "backup_label"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.coord.Delete(t.Context(), set.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(set.Scratch); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("scratch %s after Delete: %v, want it gone", set.Scratch, err)
+	}
 }

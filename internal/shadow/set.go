@@ -42,11 +42,14 @@ const (
 
 // Set is one shadow set, as recorded in the state directory.
 type Set struct {
-	ID      string            `json:"id"`
-	Status  Status            `json:"status"`
-	Type    writer.BackupType `json:"type"`
-	PID     int               `json:"pid"`
-	Created time.Time         `json:"created"`
+	ID     string            `json:"id"`
+	Status Status            `json:"status"`
+	Type   writer.BackupType `json:"type"`
+	// CopyReason says why a set asked for as a truncating backup became a
+	// copy backup: another tool owns a writer's logs.
+	CopyReason string    `json:"copy_reason,omitempty"`
+	PID        int       `json:"pid"`
+	Created    time.Time `json:"created"`
 	// Planned lists the volumes and providers chosen before the commit, so
 	// that clean-up after a crash knows where shadows may be.
 	Planned     []Planned         `json:"planned,omitempty"`
@@ -57,7 +60,9 @@ type Set struct {
 	FreezeEnd   time.Time         `json:"freeze_end,omitzero"`
 	// Exposed lists directories where the set is mounted read-only.
 	Exposed []string `json:"exposed,omitempty"`
-	Error   string   `json:"error,omitempty"`
+	// Scratch holds the files writers hand on; it goes with the set.
+	Scratch string `json:"scratch,omitempty"`
+	Error   string `json:"error,omitempty"`
 }
 
 // Planned is a volume and the provider chosen for it.
@@ -113,7 +118,7 @@ func (s *Set) Volumes() []Volume {
 
 // writerVolumes is the set as writers see it.
 func (s *Set) writerSet() writer.Set {
-	ws := writer.Set{ID: s.ID, Type: s.Type}
+	ws := writer.Set{ID: s.ID, Type: s.Type, Scratch: s.Scratch}
 	for _, v := range s.Volumes() {
 		ws.Volumes = append(ws.Volumes, writer.Volume{Source: v.Source, Snapshot: v.Snapshot})
 	}

@@ -75,8 +75,15 @@ func (s *Store) Sets() ([]*Set, error) {
 	return sets, nil
 }
 
-// RemoveSet forgets a set's record (its shadows must be gone already).
+// ScratchDir is the set's private directory for files writers hand on.
+func (s *Store) ScratchDir(id string) string { return filepath.Join(s.dir, "sets", id+".d") }
+
+// RemoveSet forgets a set's record and its scratch files (its shadows must
+// be gone already).
 func (s *Store) RemoveSet(id string) error {
+	if err := os.RemoveAll(s.ScratchDir(id)); err != nil {
+		return err
+	}
 	err := os.Remove(s.setPath(id))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil

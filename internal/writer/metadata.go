@@ -8,6 +8,11 @@ type Metadata struct {
 	Instance   string      `json:"instance"` // instance name, as Writer.Name
 	Version    string      `json:"version,omitempty"`
 	Components []Component `json:"components"`
+	// LogsOwnedBy is set when another tool owns the application's logs (an
+	// archive_command that is not umbra's, a replica reading the binlog):
+	// it says which, and the set becomes a copy backup that truncates
+	// nothing (DESIGN §1).
+	LogsOwnedBy string `json:"logs_owned_by,omitempty"`
 }
 
 // Kind says what a component holds.

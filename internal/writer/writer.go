@@ -30,6 +30,10 @@ package writer
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 )
 
 // ErrRetryable marks failures that may succeed when tried again.
@@ -85,6 +89,23 @@ type Set struct {
 	ID      string
 	Type    BackupType
 	Volumes []Volume
+	// Scratch is a private directory of the set where writers keep the
+	// files they hand on (a backup label, copied WAL) until the set is
+	// deleted. A writer uses ScratchFor(its name), made on first use.
+	Scratch string
+}
+
+// ScratchFor returns the writer's own scratch directory in the set, creating
+// it (mode 0700) if needed.
+func (s Set) ScratchFor(writerName string) (string, error) {
+	if s.Scratch == "" {
+		return "", errors.New("the set has no scratch directory")
+	}
+	dir := filepath.Join(s.Scratch, strings.NewReplacer("/", "_", ":", "_").Replace(writerName))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("scratch directory: %w", err)
+	}
+	return dir, nil
 }
 
 // Volume maps a source directory to where its shadow copy can be read.
