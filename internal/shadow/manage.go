@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/umbra-backup/umbra/internal/provider"
+	"github.com/umbra-backup/umbra/internal/writer"
 )
 
 // List returns every set, oldest first. A set still "creating" whose creator
@@ -184,4 +187,51 @@ func (c *Coordinator) ready(id string) (*Set, error) {
 		return nil, fmt.Errorf("set %s is %s, not ready", id, set.Status)
 	}
 	return set, nil
+}
+
+// CompleteCopy tells the set's writers that the requester has read every
+// shadow copy (writer.CopyCompleter) and adds the files they hand on then to
+// the set's reports. wrs are the writers Create was given, still holding
+// their sessions. On failure the caller aborts the writers.
+func (c *Coordinator) CompleteCopy(ctx context.Context, set *Set, wrs []writer.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.PhaseLimit)
+	defer cancel()
+	ws := set.writerSet()
+	var mu sync.Mutex
+	var names []string
+	var calls []func(context.Context) error
+	for _, wr := range wrs {
+		cc, ok := wr.(writer.CopyCompleter)
+		if !ok {
+			continue
+		}
+		names = append(names, wr.Name())
+		calls = append(calls, func(ctx context.Context) error {
+			rep, err := cc.CopyComplete(ctx, ws)
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for i := range set.Writers {
+				if set.Writers[i].Name == wr.Name() {
+					set.Writers[i].Report = mergeReports(set.Writers[i].Report, rep)
+				}
+			}
+			return nil
+		})
+	}
+	if err := parallel(ctx, writer.PhaseCopyComplete, names, calls, nil); err != nil {
+		return err
+	}
+	return c.store.SaveSet(set)
+}
+
+func mergeReports(a, b writer.Report) writer.Report {
+	if len(b.Positions) > 0 && a.Positions == nil {
+		a.Positions = map[string]string{}
+	}
+	maps.Copy(a.Positions, b.Positions)
+	a.Files = append(a.Files, b.Files...)
+	return a
 }

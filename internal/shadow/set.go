@@ -103,6 +103,7 @@ type Volume struct {
 	Snapshot string `json:"snapshot"`
 	Provider string `json:"provider"`
 	Mount    string `json:"mount"`
+	Live     bool   `json:"live,omitempty"` // no copy: Snapshot is the live directory
 }
 
 // Volumes lists every shadowed directory of the set.
@@ -110,7 +111,7 @@ func (s *Set) Volumes() []Volume {
 	var vs []Volume
 	for _, sh := range s.Shadows {
 		for _, r := range sh.Roots {
-			vs = append(vs, Volume{Source: r.Source, Snapshot: r.Snapshot, Provider: sh.Provider, Mount: sh.Volume.Mount})
+			vs = append(vs, Volume{Source: r.Source, Snapshot: r.Snapshot, Provider: sh.Provider, Mount: sh.Volume.Mount, Live: r.Snapshot == r.Source})
 		}
 	}
 	return vs
@@ -120,7 +121,7 @@ func (s *Set) Volumes() []Volume {
 func (s *Set) writerSet() writer.Set {
 	ws := writer.Set{ID: s.ID, Type: s.Type, Scratch: s.Scratch}
 	for _, v := range s.Volumes() {
-		ws.Volumes = append(ws.Volumes, writer.Volume{Source: v.Source, Snapshot: v.Snapshot})
+		ws.Volumes = append(ws.Volumes, writer.Volume{Source: v.Source, Snapshot: v.Snapshot, Live: v.Live})
 	}
 	return ws
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"testing"
@@ -142,6 +143,24 @@ func Chown(t testing.TB, path string, uid, gid int) {
 	out, err := exec.Command("chown", "-R", fmt.Sprintf("%d:%d", uid, gid), path).CombinedOutput()
 	if err != nil {
 		t.Fatalf("chown %s: %v\n%s", path, err, out)
+	}
+}
+
+// Traversable lets other users (a server running as its own system user)
+// reach dir: it adds search permission to dir's ancestors, which t.TempDir
+// makes private.
+func Traversable(t testing.TB, dir string) {
+	t.Helper()
+	for d := filepath.Dir(dir); d != "/" && d != "."; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm()&0o001 == 0 {
+			if err := os.Chmod(d, fi.Mode().Perm()|0o011); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 }
 

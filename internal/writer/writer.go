@@ -7,7 +7,7 @@
 // snapshot set, each at most once:
 //
 //	Identify → PrepareBackup → PrepareSnapshot → Freeze → (providers commit) →
-//	Thaw → PostSnapshot → … → BackupComplete
+//	Thaw → PostSnapshot → (requester reads) → CopyComplete → BackupComplete
 //
 // Abort may come at any point after Identify, including while a phase of the
 // same writer is still running on another goroutine (it then gets a context
@@ -51,6 +51,7 @@ const (
 	PhaseCommit          Phase = "commit"
 	PhaseThaw            Phase = "thaw"
 	PhasePostSnapshot    Phase = "post-snapshot"
+	PhaseCopyComplete    Phase = "copy-complete"
 	PhaseBackupComplete  Phase = "backup-complete"
 	PhaseAbort           Phase = "abort"
 	PhasePreRestore      Phase = "pre-restore"
@@ -112,6 +113,20 @@ func (s Set) ScratchFor(writerName string) (string, error) {
 type Volume struct {
 	Source   string // directory on the live system
 	Snapshot string // the same directory in the shadow copy
+	// Live says there is no copy: Snapshot is the live directory, read
+	// by the requester while the application goes on (DESIGN §3).
+	Live bool
+}
+
+// LiveFor reports whether path lies on a volume of the set that is read
+// live.
+func (s Set) LiveFor(path string) bool {
+	for _, v := range s.Volumes {
+		if v.Live && (path == v.Source || strings.HasPrefix(path, strings.TrimSuffix(v.Source, "/")+"/")) {
+			return true
+		}
+	}
+	return false
 }
 
 // BackupPreparer checks preconditions (archiving on, credentials, versions).
@@ -158,6 +173,15 @@ type PostSnapshotter interface {
 type Report struct {
 	Positions map[string]string `json:"positions,omitempty"`
 	Files     []HandOn          `json:"files,omitempty"`
+}
+
+// CopyCompleter is a writer whose hand-on files can only be made once the
+// requester has read the set: PostgreSQL must stay in backup mode while a
+// volume is read live, and pg_backup_stop then gives the label and the
+// WAL. The requester calls CopyComplete after reading every shadow copy and
+// before it writes the manifest; the report is added to PostSnapshot's.
+type CopyCompleter interface {
+	CopyComplete(ctx context.Context, set Set) (Report, error)
 }
 
 // HandOn is a file the writer produced for the backup (a backup label, WAL),

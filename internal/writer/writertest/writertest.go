@@ -58,7 +58,7 @@ func Run(t *testing.T, newWriter func(t *testing.T) writer.Writer) {
 	t.Run("FullSequence", func(t *testing.T) {
 		wr := newWriter(t)
 		md := identify(t, wr)
-		set := newSet()
+		set := newSet(t)
 		runPrefix(t, wr, set, writer.PhaseFreeze)
 		if f, ok := wr.(writer.Freezer); ok {
 			call(t, wr, writer.PhaseThaw, func(ctx context.Context) error { return f.Thaw(ctx, set) })
@@ -82,7 +82,7 @@ func Run(t *testing.T, newWriter func(t *testing.T) writer.Writer) {
 	for _, last := range []writer.Phase{writer.PhaseIdentify, writer.PhasePrepareSnapshot, writer.PhaseFreeze} {
 		t.Run("AbortAfter/"+string(last), func(t *testing.T) {
 			wr := newWriter(t)
-			set := newSet()
+			set := newSet(t)
 			identify(t, wr)
 			runPrefix(t, wr, set, last)
 			abortTwice(t, wr, set)
@@ -94,7 +94,7 @@ func Run(t *testing.T, newWriter func(t *testing.T) writer.Writer) {
 		if _, ok := first.(writer.Freezer); !ok {
 			t.Skip("writer does not freeze")
 		}
-		set := newSet()
+		set := newSet(t)
 		identify(t, first)
 		runPrefix(t, first, set, writer.PhaseFreeze)
 		abortTwice(t, first, set)
@@ -112,7 +112,9 @@ func Run(t *testing.T, newWriter func(t *testing.T) writer.Writer) {
 	})
 }
 
-func newSet() writer.Set { return writer.Set{ID: "test-set", Type: writer.Full} }
+func newSet(t *testing.T) writer.Set {
+	return writer.Set{ID: "test-set", Type: writer.Full, Scratch: t.TempDir()}
+}
 
 func identify(t *testing.T, wr writer.Writer) writer.Metadata {
 	t.Helper()

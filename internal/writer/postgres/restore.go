@@ -1,0 +1,295 @@
+package postgres
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/umbra-backup/umbra/internal/writer"
+)
+
+// restoreOptions say how the server is stopped and started at restore.
+type restoreOptions struct{ service, start, stop string }
+
+// restoreCommandLine goes into the restored postgresql.auto.conf: archive
+// recovery (recovery.signal) insists on a restore_command, and the
+// backup's WAL is already in pg_wal, so there is nothing to fetch. It is
+// reset once recovery is over.
+const restoreCommandLine = "restore_command = 'false' # umbra restore: the backup's WAL is in pg_wal\n"
+
+// PreRestore stops the server and moves its data directory, tablespaces and
+// separate pg_wal aside (to NAME.umbra-before-restore-TIME), so that the
+// restore writes into empty places and nothing live is lost. Restoring to
+// a target directory touches nothing live.
+func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
+	if r.Target != "" {
+		return nil
+	}
+	dataDir, err := dataDirOf(r.Metadata)
+	if err != nil {
+		return fmt.Errorf("postgres writer %q: pre-restore: %w", w.name, err)
+	}
+	if err := w.stopServer(ctx, dataDir); err != nil {
+		return err
+	}
+	suffix := ".umbra-before-restore-" + time.Now().UTC().Format("20060102T150405Z")
+	for _, c := range r.Metadata.Components {
+		for _, p := range c.Paths {
+			if err := os.Rename(p, p+suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("postgres writer %q: pre-restore: move %s aside: %w; if it is a mount point, empty it yourself and restore again", w.name, p, err)
+			}
+		}
+	}
+	return nil
+}
+
+// dataDirOf finds the data directory in a backup's metadata.
+func dataDirOf(md writer.Metadata) (string, error) {
+	for _, c := range md.Components {
+		if c.Name == "data" && len(c.Paths) == 1 {
+			return c.Paths[0], nil
+		}
+	}
+	return "", errors.New("the backup's metadata has no data component")
+}
+
+// stopServer stops the server running on dataDir, if any: with the stop
+// command or systemd unit when configured, else a fast shutdown (SIGINT)
+// of the postmaster named in postmaster.pid.
+func (w *Writer) stopServer(ctx context.Context, dataDir string) error {
+	pid := postmasterPID(dataDir)
+	if pid == 0 {
+		return nil
+	}
+	var err error
+	switch {
+	case w.restore.stop != "":
+		err = runShell(ctx, w.restore.stop)
+	case w.restore.service != "":
+		err = runCommand(ctx, "systemctl", "stop", w.restore.service)
+	default:
+		err = syscall.Kill(pid, syscall.SIGINT)
+	}
+	if err != nil {
+		return fmt.Errorf("postgres writer %q: stop the server (pid %d): %w", w.name, pid, err)
+	}
+	for syscall.Kill(pid, 0) == nil {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("postgres writer %q: the server (pid %d) did not stop: %w: %w", w.name, pid, ctx.Err(), writer.ErrRetryable)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// postmasterPID returns the pid in dataDir/postmaster.pid if that process
+// is alive, else 0.
+func postmasterPID(dataDir string) int {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return 0
+	}
+	return pid
+}
+
+// PostRestore makes the restored data directory ready to recover (the
+// directories base backups leave out, recovery.signal, a restore_command)
+// and, restoring in place, starts the server and waits until recovery is
+// over and it accepts connections.
+func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
+	dataDir, err := dataDirOf(r.Metadata)
+	if err != nil {
+		return fmt.Errorf("postgres writer %q: post-restore: %w", w.name, err)
+	}
+	root := filepath.Join(r.Target, dataDir)
+	if err := Prepare(root); err != nil {
+		return fmt.Errorf("postgres writer %q: post-restore: %w", w.name, err)
+	}
+	if r.More || r.Target != "" {
+		return nil
+	}
+	if err := w.startServer(ctx, root); err != nil {
+		return err
+	}
+	return w.awaitRecovery(ctx)
+}
+
+// Prepare readies a data directory restored from a backup (files plus the
+// writer's backup_label and WAL) for archive recovery.
+func Prepare(dataDir string) error {
+	if _, err := os.Stat(filepath.Join(dataDir, "backup_label")); err != nil {
+		return fmt.Errorf("%s has no backup_label: it was not restored with the files the writer hands on (%w)", dataDir, err)
+	}
+	fi, err := os.Stat(dataDir)
+	if err != nil {
+		return err
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	mk := func(p string) error {
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			return err
+		}
+		return os.Lchown(p, int(st.Uid), int(st.Gid))
+	}
+	for _, d := range append(excludedContents, "pg_wal/archive_status") {
+		if err := mk(filepath.Join(dataDir, d)); err != nil {
+			return err
+		}
+	}
+	for _, f := range []string{"postmaster.pid", "postmaster.opts"} {
+		if err := os.Remove(filepath.Join(dataDir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	auto := filepath.Join(dataDir, "postgresql.auto.conf")
+	conf, err := os.ReadFile(auto)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if !bytes.Contains(conf, []byte("restore_command")) {
+		if err := appendFile(auto, restoreCommandLine, int(st.Uid), int(st.Gid)); err != nil {
+			return err
+		}
+	}
+	return appendFile(filepath.Join(dataDir, "recovery.signal"), "", int(st.Uid), int(st.Gid))
+}
+
+func appendFile(path, text string, uid, gid int) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(text)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Lchown(path, uid, gid)
+}
+
+// startServer starts the server with the start command or systemd unit
+// when configured, else with pg_ctl as the data directory's owner.
+func (w *Writer) startServer(ctx context.Context, dataDir string) error {
+	var err error
+	switch {
+	case w.restore.start != "":
+		err = runShell(ctx, w.restore.start)
+	case w.restore.service != "":
+		err = runCommand(ctx, "systemctl", "start", w.restore.service)
+	default:
+		err = pgCtlStart(ctx, dataDir)
+	}
+	if err != nil {
+		return fmt.Errorf("postgres writer %q: start the server: %w", w.name, err)
+	}
+	return nil
+}
+
+// pgCtlStart runs pg_ctl start for a data directory that holds its own
+// postgresql.conf (Debian's clusters keep theirs in /etc: those need
+// service=).
+func pgCtlStart(ctx context.Context, dataDir string) error {
+	if _, err := os.Stat(filepath.Join(dataDir, "postgresql.conf")); err != nil {
+		return fmt.Errorf("%s has no postgresql.conf, so umbra cannot start it with pg_ctl; configure the writer with service=UNIT (such as postgresql@15-main) or start=COMMAND", dataDir)
+	}
+	major, err := os.ReadFile(filepath.Join(dataDir, "PG_VERSION"))
+	if err != nil {
+		return err
+	}
+	pgCtl := filepath.Join("/usr/lib/postgresql", strings.TrimSpace(string(major)), "bin", "pg_ctl")
+	if _, err := os.Stat(pgCtl); err != nil {
+		return fmt.Errorf("no pg_ctl for PostgreSQL %s at %s; install that server version or configure start=COMMAND", strings.TrimSpace(string(major)), pgCtl)
+	}
+	fi, err := os.Stat(dataDir)
+	if err != nil {
+		return err
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	logFile := filepath.Join(dataDir, "umbra-restore.log")
+	cmd := exec.CommandContext(ctx, pgCtl, "start", "-D", dataDir, "-l", logFile, "-w", "-t", "86400")
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: st.Uid, Gid: st.Gid}, Setsid: true}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		tail, _ := os.ReadFile(logFile)
+		return fmt.Errorf("pg_ctl start: %w\n%s%s", err, out, lastLines(tail, 20))
+	}
+	return nil
+}
+
+// awaitRecovery waits until the server accepts connections and has left
+// recovery, then resets the restore_command PostRestore put in.
+func (w *Writer) awaitRecovery(ctx context.Context) error {
+	var last error
+	for {
+		last = w.recovered(ctx)
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("postgres writer %q: the restored server did not finish recovery: %v: %w", w.name, last, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (w *Writer) recovered(ctx context.Context) error {
+	conn, err := w.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var inRecovery bool
+	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil {
+		return err
+	}
+	if inRecovery {
+		return errors.New("still in recovery")
+	}
+	var cmd string
+	if err := conn.QueryRow(ctx, "SELECT current_setting('restore_command')").Scan(&cmd); err != nil {
+		return err
+	}
+	if cmd == "false" {
+		if _, err := conn.Exec(ctx, "ALTER SYSTEM RESET restore_command"); err != nil {
+			return err
+		}
+		if _, err := conn.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func runShell(ctx context.Context, command string) error {
+	return runCommand(ctx, "/bin/sh", "-c", command)
+}
+
+func runCommand(ctx context.Context, name string, args ...string) error {
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+func lastLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
