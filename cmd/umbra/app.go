@@ -21,6 +21,7 @@ import (
 	"github.com/umbra-backup/umbra/internal/provider/reflink"
 	"github.com/umbra-backup/umbra/internal/shadow"
 	"github.com/umbra-backup/umbra/internal/writer"
+	"github.com/umbra-backup/umbra/internal/writer/postgres"
 	"github.com/umbra-backup/umbra/internal/writer/script"
 	"github.com/umbra-backup/umbra/internal/writer/sqlite"
 )
@@ -110,6 +111,9 @@ func writerKinds() map[string]func(name string, opts map[string]string) (writer.
 	return map[string]func(string, map[string]string) (writer.Writer, error){
 		"sqlite": func(name string, opts map[string]string) (writer.Writer, error) { return sqlite.New(name, opts) },
 		"script": func(name string, opts map[string]string) (writer.Writer, error) { return script.New(name, opts) },
+		"postgres": func(name string, opts map[string]string) (writer.Writer, error) {
+			return postgres.New(name, opts)
+		},
 	}
 }
 

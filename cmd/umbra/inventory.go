@@ -67,6 +67,9 @@ last set failed) and its last result.`,
 					if v.Metadata.Version != "" {
 						fmt.Fprintf(a.stdout, "  Version: %s\n", v.Metadata.Version)
 					}
+					if v.Metadata.LogsOwnedBy != "" {
+						fmt.Fprintf(a.stdout, "  Copy backups only: %s; umbra truncates none of its logs\n", v.Metadata.LogsOwnedBy)
+					}
 					for _, c := range v.Metadata.Components {
 						fmt.Fprintf(a.stdout, "  Component %s (%s, needs a %s copy): %s\n", c.Name, c.Kind, c.Needs, strings.Join(c.Paths, " "))
 						if c.Logs.Truncates != "" {

@@ -50,7 +50,17 @@ with each component's consistency:
 Any failure, time-out or signal aborts the set: every writer is thawed and
 every shadow deleted.
 
+Files a writer hands on (PostgreSQL's backup_label and WAL) are kept with the
+set and deleted with it. A PostgreSQL component on a volume with no copy
+(live) is consistent only while a backup reads it: in a set made here it is
+marked "none"; use umbra backup for it.
+
+Passwords never go on the command line (ps shows it to every user): give
+password_file=PATH, put the writer in the configuration file, or set the
+client's variable (PGPASSWORD, MYSQL_PWD, REDISCLI_AUTH).
+
 A writer SPEC is TYPE:KEY=VALUE[,KEY=VALUE...]:
+  postgres:host=/run/postgresql,port=5432,user=postgres[,name=main]
   sqlite:path=/data/app.db[,name=app]
   script:freeze=CMD,thaw=CMD[,prepare=CMD,post=CMD,abort=CMD,paths=DIR:DIR,timeout=30s]`,
 		Example: `  umbra shadow create --writer sqlite:path=/srv/app/app.db /srv/app
@@ -84,6 +94,9 @@ A writer SPEC is TYPE:KEY=VALUE[,KEY=VALUE...]:
 			}
 			start := time.Now()
 			set, err := coord.Create(cmd.Context(), wrs, paths)
+			if err == nil {
+				err = coord.Settle(cmd.Context(), set, wrs)
+			}
 			return a.reportCreate(set, time.Since(start), err)
 		},
 	}

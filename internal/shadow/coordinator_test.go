@@ -48,8 +48,12 @@ func (p *fakeProvider) Create(ctx context.Context, req provider.Request) (provid
 		p.made = map[string]bool{}
 	}
 	p.made[req.SetID+req.Volume.Mount] = true
+	snap := req.Volume.Mount + "/.snap"
+	if p.copy == provider.CopyNone {
+		snap = req.Volume.Mount // a live "shadow" is the volume itself
+	}
 	return provider.Shadow{Provider: p.name, SetID: req.SetID, Volume: req.Volume,
-		Roots: []provider.Root{{Source: req.Volume.Mount, Snapshot: req.Volume.Mount + "/.snap"}}}, nil
+		Roots: []provider.Root{{Source: req.Volume.Mount, Snapshot: snap}}}, nil
 }
 
 func (p *fakeProvider) Delete(_ context.Context, sh provider.Shadow) error {
@@ -408,5 +412,51 @@ func TestScratchGoesWithTheSet(t *testing.T) {
 	}
 	if _, err := os.Stat(set.Scratch); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("scratch %s after Delete: %v, want it gone", set.Scratch, err)
+	}
+}
+
+// copyCompleter is a fake that hands on a file at CopyComplete.
+type copyCompleter struct {
+	*writertest.Fake
+	calls int
+}
+
+func (c *copyCompleter) CopyComplete(context.Context, writer.Set) (writer.Report, error) {
+	c.calls++
+	return writer.Report{Files: []writer.HandOn{{Component: "data", Path: "label", Source: "/x"}}}, nil
+}
+
+func TestSettle(t *testing.T) {
+	for _, copy := range []provider.Copy{provider.CopyAtomic, provider.CopyNone} {
+		t.Run(string(copy), func(t *testing.T) {
+			r := newRig(t, Options{})
+			r.prov.copy = copy
+			cc := &copyCompleter{Fake: r.writers[0]}
+			r.writers[0].Metadata.Components[0].Needs = writer.NeedLive
+			wrs := []writer.Writer{cc, r.writers[1]}
+			r.writers[1].Metadata.Components[0].Needs = writer.NeedLive
+			set, err := r.coord.Create(t.Context(), wrs, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r.coord.Settle(t.Context(), set, wrs); err != nil {
+				t.Fatal(err)
+			}
+			got := set.Writers[0]
+			if cc.calls != 1 || len(got.Report.Files) != 1 {
+				t.Errorf("CopyComplete called %d times, report %+v; want once, with its file", cc.calls, got.Report)
+			}
+			want := Application
+			if copy == provider.CopyNone {
+				want = None // read live after the writer let go
+			}
+			if got.Components[0].Consistency != want || set.Writers[1].Consistency != Application {
+				t.Errorf("consistency %s (other writer %s), want %s (application)", got.Components[0].Consistency, set.Writers[1].Consistency, want)
+			}
+			saved, err := r.store.LoadSet(set.ID)
+			if err != nil || len(saved.Writers[0].Report.Files) != 1 {
+				t.Errorf("stored set lacks the hand-on file: %+v, %v", saved, err)
+			}
+		})
 	}
 }

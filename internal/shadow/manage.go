@@ -235,3 +235,43 @@ func mergeReports(a, b writer.Report) writer.Report {
 	a.Files = append(a.Files, b.Files...)
 	return a
 }
+
+// Settle ends a set that no requester reads (umbra shadow create): the
+// writers complete at once. A component on a live volume of a writer that
+// needed the copy to happen first (writer.CopyCompleter) is then marked
+// consistency none: whoever reads it later reads it after the writer let
+// go. On failure the writers are aborted and the set deleted.
+func (c *Coordinator) Settle(ctx context.Context, set *Set, wrs []writer.Writer) error {
+	ws := set.writerSet()
+	for _, wr := range wrs {
+		if _, ok := wr.(writer.CopyCompleter); !ok {
+			continue
+		}
+		for i := range set.Writers {
+			res := &set.Writers[i]
+			if res.Name != wr.Name() {
+				continue
+			}
+			for j := range res.Components {
+				for _, p := range res.Components[j].Paths {
+					if ws.LiveFor(p) {
+						res.Components[j].Consistency = None
+						res.Consistency = None
+					}
+				}
+			}
+		}
+	}
+	err := c.CompleteCopy(ctx, set, wrs)
+	if err == nil {
+		return nil
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.PhaseLimit)
+	defer cancel()
+	for _, wr := range wrs {
+		if a, ok := wr.(writer.Aborter); ok {
+			err = errors.Join(err, a.Abort(actx, ws))
+		}
+	}
+	return errors.Join(err, c.Delete(actx, set.ID))
+}
