@@ -16,6 +16,7 @@ import (
 	"github.com/umbra-backup/umbra/internal/provider/live"
 	"github.com/umbra-backup/umbra/internal/provider/reflink"
 	"github.com/umbra-backup/umbra/internal/shadow"
+	"github.com/umbra-backup/umbra/internal/shadow/shadowtest"
 	"github.com/umbra-backup/umbra/internal/testenv"
 	"github.com/umbra-backup/umbra/internal/writer"
 	"github.com/umbra-backup/umbra/internal/writer/writertest"
@@ -93,7 +94,7 @@ func TestSnapshotUnderPgbench(t *testing.T) {
 	assertNoBackupLeft(t, pg)
 
 	copyDir := filepath.Join(fs.Mount, "copy")
-	materialize(t, set, func(p string) string { return copyDir + strings.TrimPrefix(p, data) })
+	shadowtest.Read(t, set, wr.Name(), func(p string) string { return copyDir + strings.TrimPrefix(p, data) })
 	load.Stop()
 	if err := Prepare(copyDir); err != nil {
 		t.Fatal(err)
@@ -138,7 +139,7 @@ func TestThreeVolumesRestoreInPlace(t *testing.T) {
 	// Read the set, as the requester does, while the load goes on.
 	staging := t.TempDir()
 	stage := func(p string) string { return filepath.Join(staging, p) }
-	copyComponents(t, set, stage)
+	shadowtest.CopyComponents(t, set, wr.Name(), stage)
 	if err := coord.CompleteCopy(t.Context(), set, []writer.Writer{wr}); err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +163,7 @@ func TestThreeVolumesRestoreInPlace(t *testing.T) {
 			run(t, "cp", "-a", stage(p), p)
 		}
 	}
-	handOn(t, set, func(p string) string { return p })
+	shadowtest.HandOn(t, set, wr.Name(), func(p string) string { return p })
 	t.Cleanup(func() { pgCtl(t, data, "stop", "-m", "immediate") })
 	if err := wr.PostRestore(ctx, writer.Restore{Metadata: md}); err != nil {
 		t.Fatal(err)
@@ -360,78 +361,6 @@ func createSet(t *testing.T, coord *shadow.Coordinator, wrs ...writer.Writer) *s
 	return set
 }
 
-// snapshotOf finds where path can be read in the set.
-func snapshotOf(t *testing.T, set *shadow.Set, path string) string {
-	t.Helper()
-	for _, v := range set.Volumes() {
-		if rel, err := filepath.Rel(v.Source, path); err == nil && !strings.HasPrefix(rel, "..") {
-			return filepath.Join(v.Snapshot, rel)
-		}
-	}
-	t.Fatalf("%s is in no volume of the set", path)
-	return ""
-}
-
-// copyComponents copies each component of the set's only writer from its
-// shadow copy to to(path), leaving out what the component excludes, as a
-// requester does.
-func copyComponents(t *testing.T, set *shadow.Set, to func(string) string) {
-	t.Helper()
-	for _, c := range set.Writers[0].Metadata.Components {
-		for _, p := range c.Paths {
-			dst := to(p)
-			if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			run(t, "cp", "-a", "--reflink=auto", snapshotOf(t, set, p), dst)
-			err := filepath.Walk(dst, func(q string, _ os.FileInfo, err error) error {
-				if err != nil {
-					return err
-				}
-				if q != dst && writer.Excluded(c.Excludes, p+strings.TrimPrefix(q, dst)) {
-					if err := os.RemoveAll(q); err != nil {
-						return err
-					}
-					return filepath.SkipDir
-				}
-				return nil
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-}
-
-// handOn puts the files the writer handed on under the data directory at
-// to(datadir), owned by that directory's owner.
-func handOn(t *testing.T, set *shadow.Set, to func(string) string) {
-	t.Helper()
-	res := set.Writers[0]
-	dataDir, err := dataDirOf(res.Metadata)
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := to(dataDir)
-	names := []string{}
-	for _, f := range res.Report.Files {
-		if f.Component != "data" {
-			t.Fatalf("hand-on %+v for component %s, want data", f, f.Component)
-		}
-		dst := filepath.Join(root, f.Path)
-		run(t, "cp", f.Source, dst)
-		run(t, "chown", "--reference="+root, dst)
-		names = append(names, f.Path)
-	}
-	t.Logf("handed on: %s", strings.Join(names, " "))
-}
-
-func materialize(t *testing.T, set *shadow.Set, to func(string) string) {
-	t.Helper()
-	copyComponents(t, set, to)
-	handOn(t, set, to)
-}
-
 func pgCtl(t *testing.T, dataDir string, args ...string) {
 	uid, gid := testenv.SystemUser(t, "postgres")
 	cmd := exec.Command(filepath.Join(testenv.PostgresBin(t), "pg_ctl"), append([]string{"-D", dataDir}, args...)...)
@@ -445,4 +374,29 @@ func run(t *testing.T, name string, args ...string) {
 	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
+}
+
+// TestDedicatedRole runs a backup as the least-privileged role that
+// docs/writers.md tells operators to create.
+func TestDedicatedRole(t *testing.T) {
+	pg := testenv.InitPostgres(t, filepath.Join(t.TempDir(), "data"), testenv.PostgresOptions{})
+	pg.Exec(t, "CREATE ROLE umbra LOGIN REPLICATION")
+	pg.Exec(t, "GRANT pg_read_all_settings TO umbra")
+	pg.Exec(t, "GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean), pg_backup_stop(boolean) TO umbra")
+	wr := newWriter(t, pg, "user=umbra")
+	set := writer.Set{ID: "role-test", Type: writer.Full, Scratch: t.TempDir()}
+	if err := wr.PrepareBackup(t.Context(), set); err != nil {
+		t.Fatal(err)
+	}
+	if err := wr.PrepareSnapshot(t.Context(), set); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := wr.PostSnapshot(t.Context(), set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Files) < 2 {
+		t.Errorf("report %+v: want the label and WAL", rep)
+	}
+	assertNoBackupLeft(t, pg)
 }
