@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/pierrec/lz4/v4"
 
 	"github.com/umbra-backup/umbra/internal/backend"
 )
@@ -198,10 +199,8 @@ func (r *Repository) SaveBlob(ctx context.Context, t BlobType, data []byte) (ID,
 	// garbage-collector headroom for every chunk.
 	scratch := r.getBuf(2*len(data) + Overhead)
 	defer r.putBuf(scratch)
-	// zstd only when it pays: at least 1/32 smaller.
-	if c := r.enc.EncodeAll(data, (*scratch)[:0]); len(c) < len(data)-len(data)/32 {
-		payload, e.Flags = c, flagZstd
-	}
+	// Compressed only when it pays: at least 1/32 smaller.
+	payload, e.Flags = compress(r.enc, data, *scratch)
 	sealed, err := seal(r.key.Encrypt, (*scratch)[len(payload):len(payload)], payload)
 	if err != nil {
 		return id, 0, err
@@ -406,15 +405,46 @@ func (r *Repository) openBlob(id ID, flags uint8, rawLen uint32, sealed []byte, 
 	if err != nil {
 		return nil, fmt.Errorf("blob %s in pack %s: %w", id.Short(), pack.Short(), err)
 	}
-	if flags&flagZstd != 0 {
-		if plain, err = r.dec.DecodeAll(plain, make([]byte, 0, rawLen)); err != nil {
-			return nil, fmt.Errorf("blob %s in pack %s: decompress: %w", id.Short(), pack.Short(), err)
-		}
+	if plain, err = r.decompress(flags, rawLen, plain); err != nil {
+		return nil, fmt.Errorf("blob %s in pack %s: decompress: %w", id.Short(), pack.Short(), err)
 	}
 	if r.key.blobID(plain) != id {
 		return nil, fmt.Errorf("blob %s in pack %s: content does not match its id: %w", id.Short(), pack.Short(), ErrAuth)
 	}
 	return plain, nil
+}
+
+// compress returns data compressed into scratch (capacity at least
+// 2*len(data)) and its flag, or data itself and 0 when compression saves
+// less than 1/32.
+func compress(enc *zstd.Encoder, data, scratch []byte) ([]byte, uint8) {
+	if len(data) <= lz4Max {
+		n, err := lz4.CompressBlock(data, scratch[:cap(scratch)], nil)
+		if err == nil && n > 0 && n < len(data)-len(data)/32 {
+			return scratch[:n], flagLZ4
+		}
+		return data, 0
+	}
+	if c := enc.EncodeAll(data, scratch[:0]); len(c) < len(data)-len(data)/32 {
+		return c, flagZstd
+	}
+	return data, 0
+}
+
+// decompress undoes compress.
+func (r *Repository) decompress(flags uint8, rawLen uint32, payload []byte) ([]byte, error) {
+	switch {
+	case flags&flagZstd != 0:
+		return r.dec.DecodeAll(payload, make([]byte, 0, rawLen))
+	case flags&flagLZ4 != 0:
+		out := make([]byte, rawLen)
+		n, err := lz4.UncompressBlock(payload, out)
+		if err == nil && n != int(rawLen) {
+			err = fmt.Errorf("lz4: %d bytes, want %d", n, rawLen)
+		}
+		return out, err
+	}
+	return payload, nil
 }
 
 // getBuf returns a scratch buffer for compressing and sealing one blob.

@@ -297,3 +297,38 @@ func TestCheckFindsDamageAndAffectedBackups(t *testing.T) {
 		t.Errorf("undamaged backup: %v", err)
 	}
 }
+
+// TestCompressionBySize: small blobs (database blocks) use LZ4, larger ones
+// zstd, incompressible ones neither; all come back intact.
+func TestCompressionBySize(t *testing.T) {
+	r, be := newRepo(t)
+	ctx := t.Context()
+	text := bytes.Repeat([]byte("row 42, balance 1000, name alice; "), 40000)
+	tests := []struct {
+		data []byte
+		flag uint8
+	}{
+		{text[:16<<10], flagLZ4},
+		{text[:lz4Max], flagLZ4},
+		{text[:lz4Max+1], flagZstd},
+		{text[:1<<20], flagZstd},
+		{random(t, 16<<10), 0},
+	}
+	for _, tt := range tests {
+		id, _, err := r.SaveBlob(ctx, DataBlob, tt.data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		r2 := reopen(t, be, "secret")
+		if _, loc, _ := r2.idx.lookup(id); loc.flags != tt.flag {
+			t.Errorf("%d-byte blob stored with flags %d, want %d", len(tt.data), loc.flags, tt.flag)
+		}
+		got, err := r2.LoadBlob(ctx, id)
+		if err != nil || !bytes.Equal(got, tt.data) {
+			t.Errorf("%d-byte blob: got %d bytes back (%v), want it intact", len(tt.data), len(got), err)
+		}
+	}
+}
