@@ -221,7 +221,10 @@ type Restorer interface {
 
 // Restore describes one restore of a writer's components.
 type Restore struct {
-	Metadata   Metadata
+	Metadata Metadata
+	// Report is what the writer handed on when the backup was made
+	// (positions, such as a key count to compare with).
+	Report     Report
 	Components []string
 	Target     string // directory the files go to; empty means in place
 	More       bool
