@@ -329,7 +329,7 @@ func (a *app) lsCommand() *cobra.Command {
 			}
 			if a.json {
 				for i := range list {
-					list[i].Content = nil // ids are of no use to a script
+					list[i].Content, list[i].ContentLists = nil, nil // ids are of no use to a script
 				}
 				if list == nil {
 					list = []entry{}

@@ -257,7 +257,7 @@ func (a *archiver) archivePath(ctx context.Context, path, name string, parent *r
 		if err := <-done; err != nil {
 			return node, false, err
 		}
-		if node.Content == nil && node.Size > 0 {
+		if !node.HasContent() && node.Size > 0 {
 			return node, false, nil // unreadable: warned
 		}
 	}
@@ -312,7 +312,7 @@ func (a *archiver) archiveDir(ctx context.Context, path string, parent *reposito
 	}
 	kept := tree.Nodes[:0]
 	for i, n := range tree.Nodes {
-		if skip[i] || (n.Type == repository.NodeFile && n.Size > 0 && n.Content == nil) {
+		if skip[i] || (n.Type == repository.NodeFile && n.Size > 0 && !n.HasContent()) {
 			continue
 		}
 		kept = append(kept, n)
@@ -330,7 +330,7 @@ func (a *archiver) submitFile(ctx context.Context, path string, node *repository
 	a.progress.Files.Add(1)
 	a.progress.Bytes.Add(node.Size)
 	if unchanged(node, parent) && a.haveContent(parent) {
-		node.Content, node.BlockSize = parent.Content, parent.BlockSize
+		node.Content, node.ContentLists, node.BlockSize = parent.Content, parent.ContentLists, parent.BlockSize
 		done <- nil
 		return
 	}
@@ -348,8 +348,14 @@ func unchanged(n, parent *repository.Node) bool {
 		parent.MTime == n.MTime && parent.CTime == n.CTime && parent.Inode == n.Inode
 }
 
-// haveContent checks the parent's chunks are still stored (not pruned).
+// haveContent checks the parent's chunks (or content lists) are still
+// stored (not pruned).
 func (a *archiver) haveContent(parent *repository.Node) bool {
+	for _, id := range parent.ContentLists {
+		if !a.repo.HasBlob(id) {
+			return false
+		}
+	}
 	for _, id := range parent.Content {
 		if id != repository.ZeroChunk && !a.repo.HasBlob(id) {
 			return false
@@ -390,9 +396,11 @@ func (a *archiver) readFile(ctx context.Context, path string, node *repository.N
 		a.warn("%s changed while it was read; the backup holds a mix of before and after", path)
 	}
 	// The content is what was read, whatever the size said before.
-	node.Size, node.Content, node.BlockSize = n, ids, blockSize
-	if node.Content == nil {
-		node.Content = []repository.ID{}
+	node.Size, node.BlockSize = n, blockSize
+	added, err := a.repo.SetContent(ctx, node, ids)
+	a.progress.BytesAdded.Add(int64(added))
+	if err != nil {
+		return &repoError{err}
 	}
 	return nil
 }

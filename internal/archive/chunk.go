@@ -43,8 +43,9 @@ var (
 )
 
 // batchSize is how much of a block-like file one job carries: one job per
-// 16 KiB block would cost more in coordination than in hashing.
-const batchSize = 1 << 20
+// 16 KiB block would cost more in coordination than in hashing, and about
+// eight batches are in flight at once, so larger ones cost memory.
+const batchSize = 256 << 10
 
 // job is a piece of a file for the blob workers: data cut at cuts.
 type job struct {

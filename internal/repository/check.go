@@ -67,7 +67,7 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress func(don
 		rep.Notes = append(rep.Notes, fmt.Sprintf("%d packs are in no index (left by an interrupted backup); prune removes them", orphans))
 	}
 	r.idx.mu.RLock()
-	rep.Blobs = len(r.idx.blobs)
+	rep.Blobs = r.idx.blobs.len()
 	r.idx.mu.RUnlock()
 
 	if readData {
@@ -115,16 +115,27 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress func(don
 		}
 		rep.Trees++
 		for _, n := range t.Nodes {
-			for _, c := range n.Content {
-				if c == ZeroChunk && n.BlockSize > 0 {
-					continue
+			for _, l := range n.ContentLists {
+				if p, _, ok := r.idx.lookup(l); ok {
+					packs[p] = true
 				}
-				p, _, ok := r.idx.lookup(c)
-				if !ok {
-					rep.Errors = append(rep.Errors, fmt.Sprintf("file %q: blob %s is missing", n.Name, c.Short()))
-					continue
+			}
+			err := r.ContentParts(ctx, &n, func(part []ID) error {
+				for _, c := range part {
+					if c == ZeroChunk && n.BlockSize > 0 {
+						continue
+					}
+					p, _, ok := r.idx.lookup(c)
+					if !ok {
+						rep.Errors = append(rep.Errors, fmt.Sprintf("file %q: blob %s is missing", n.Name, c.Short()))
+						continue
+					}
+					packs[p] = true
 				}
-				packs[p] = true
+				return nil
+			})
+			if err != nil {
+				rep.Errors = append(rep.Errors, fmt.Sprintf("file %q: %v", n.Name, err))
 			}
 			if n.Subtree != nil {
 				for p := range walk(*n.Subtree) {

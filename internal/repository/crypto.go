@@ -81,6 +81,16 @@ func seal(key, dst, plaintext []byte) ([]byte, error) {
 	return aead.Seal(dst, dst[start:], plaintext, nil), nil
 }
 
+// openInPlace authenticates and decrypts a sealed message over its own
+// ciphertext, so the plaintext aliases sealed.
+func openInPlace(key, sealed []byte) ([]byte, error) {
+	if len(sealed) < Overhead {
+		return nil, fmt.Errorf("sealed data of %d bytes is too short: %w", len(sealed), ErrAuth)
+	}
+	n := chacha20poly1305.NonceSizeX
+	return open(key, sealed[n:n], sealed)
+}
+
 // open authenticates and decrypts a sealed message, appending to dst.
 func open(key, dst, sealed []byte) ([]byte, error) {
 	aead, err := chacha20poly1305.NewX(key)

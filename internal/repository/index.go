@@ -24,11 +24,11 @@ type index struct {
 	mu      sync.RWMutex
 	packs   []ID
 	packNum map[ID]uint32
-	blobs   map[ID]location
+	blobs   blobTable
 }
 
 func newIndex() *index {
-	return &index{packNum: map[ID]uint32{}, blobs: map[ID]location{}}
+	return &index{packNum: map[ID]uint32{}}
 }
 
 func (x *index) addPack(pack ID, entries []PackedBlob) {
@@ -41,16 +41,14 @@ func (x *index) addPack(pack ID, entries []PackedBlob) {
 		x.packNum[pack] = n
 	}
 	for _, e := range entries {
-		if _, dup := x.blobs[e.ID]; !dup {
-			x.blobs[e.ID] = location{pack: n, typ: e.Type, flags: e.Flags, offset: e.Offset, length: e.Length, rawLen: e.RawLen}
-		}
+		x.blobs.add(e.ID, location{pack: n, typ: e.Type, flags: e.Flags, offset: e.Offset, length: e.Length, rawLen: e.RawLen})
 	}
 }
 
 func (x *index) lookup(id ID) (pack ID, loc location, ok bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	loc, ok = x.blobs[id]
+	loc, ok = x.blobs.get(id)
 	if !ok {
 		return ID{}, loc, false
 	}
@@ -60,7 +58,7 @@ func (x *index) lookup(id ID) (pack ID, loc location, ok bool) {
 func (x *index) has(id ID) bool {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	_, ok := x.blobs[id]
+	_, ok := x.blobs.get(id)
 	return ok
 }
 

@@ -16,8 +16,11 @@ import (
 // disk and much more on an object store.
 const (
 	maxGap   = 256 << 10
-	maxRange = 8 << 20
+	maxRange = 4 << 20
 )
+
+// rangeBufs recycles range buffers: a restore reads gigabytes through them.
+var rangeBufs sync.Pool
 
 // BlobLen is the plaintext length of a stored blob, from the index.
 func (r *Repository) BlobLen(id ID) (int, bool) {
@@ -38,10 +41,11 @@ type rangeBlob struct {
 }
 
 // LoadBlobs loads every blob of ids, each once, and calls fn with its
-// verified plaintext. Blobs in one pack are read together, in ranges;
-// ranges are read and decrypted on a worker per core, so fn is called
-// from several goroutines at once and must be safe for that. The first
-// error stops the work and is returned.
+// verified plaintext, which is valid only until fn returns (the buffers are
+// reused). Blobs in one pack are read together, in ranges; ranges are read
+// and decrypted on a worker per core, so fn is called from several
+// goroutines at once and must be safe for that. The first error stops the
+// work and is returned.
 func (r *Repository) LoadBlobs(ctx context.Context, ids []ID, fn func(id ID, data []byte) error) error {
 	byPack := map[ID][]rangeBlob{}
 	seen := map[ID]bool{}
@@ -113,15 +117,22 @@ func (r *Repository) loadRange(ctx context.Context, rg blobRange, fn func(ID, []
 	if err != nil {
 		return fmt.Errorf("pack %s: %w", rg.pack.Short(), err)
 	}
-	buf := make([]byte, rg.end-rg.start)
+	bp, _ := rangeBufs.Get().(*[]byte)
+	if bp == nil || int64(cap(*bp)) < rg.end-rg.start {
+		b := make([]byte, max(rg.end-rg.start, maxRange))
+		bp = &b
+	}
+	defer rangeBufs.Put(bp)
+	buf := (*bp)[:rg.end-rg.start]
 	_, err = io.ReadFull(rd, buf)
 	rd.Close()
 	if err != nil {
 		return fmt.Errorf("pack %s: %w", rg.pack.Short(), err)
 	}
+	var scratch []byte
 	for _, b := range rg.blobs {
 		off := int64(b.loc.offset) - rg.start
-		plain, err := r.openBlob(b.id, b.loc.flags, b.loc.rawLen, buf[off:off+int64(b.loc.length)], rg.pack)
+		plain, err := r.openBlobInto(b.id, b.loc.flags, b.loc.rawLen, buf[off:off+int64(b.loc.length)], rg.pack, &scratch)
 		if err != nil {
 			return err
 		}

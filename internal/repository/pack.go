@@ -18,6 +18,8 @@ type BlobType uint8
 const (
 	DataBlob BlobType = 1
 	TreeBlob BlobType = 2
+	// ListBlob holds part of a large file's chunk ids (Node.ContentLists).
+	ListBlob BlobType = 3
 )
 
 func (t BlobType) String() string {
@@ -26,6 +28,8 @@ func (t BlobType) String() string {
 		return "data"
 	case TreeBlob:
 		return "tree"
+	case ListBlob:
+		return "list"
 	}
 	return fmt.Sprintf("blob-type-%d", t)
 }

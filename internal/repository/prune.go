@@ -251,8 +251,17 @@ func (r *Repository) usedBlobs(ctx context.Context) (map[ID]bool, int, error) {
 			return fmt.Errorf("prune stopped, nothing removed: %w; run umbra check", err)
 		}
 		for _, n := range t.Nodes {
-			for _, c := range n.Content {
-				used[c] = true
+			for _, l := range n.ContentLists {
+				used[l] = true
+			}
+			err := r.ContentParts(ctx, &n, func(part []ID) error {
+				for _, c := range part {
+					used[c] = true
+				}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("prune stopped, nothing removed: %w; run umbra check", err)
 			}
 			if n.Subtree != nil {
 				if err := walk(*n.Subtree); err != nil {

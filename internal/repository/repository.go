@@ -36,10 +36,12 @@ type Repository struct {
 	packers  map[BlobType]*packBuilder
 	unpacked map[ID]BlobType // saved into a packer, pack not yet uploaded
 	indexed  []indexedPack   // uploaded, not yet in an index file
-	uploads  sync.WaitGroup
-	slots    chan struct{} // bounds concurrent uploads, and so memory
-	err      error         // first upload failure; every later call fails
-	scratch  sync.Pool     // *[]byte for compressing and sealing
+	// indexedBlobs counts the entries in indexed.
+	indexedBlobs int
+	uploads      sync.WaitGroup
+	slots        chan struct{} // bounds concurrent uploads, and so memory
+	err          error         // first upload failure; every later call fails
+	scratch      sync.Pool     // *[]byte for compressing and sealing
 }
 
 // Options tune Init.
@@ -128,7 +130,10 @@ func Open(ctx context.Context, be backend.Backend, password string) (*Repository
 }
 
 func newRepository(be backend.Backend, cfg Config, mk *MasterKey, keyName string, kdf KDFParams) (*Repository, error) {
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	// Every input is a whole blob of at most 4 MiB (a chunk) or a small
+	// file, so a window beyond that buys nothing; the encoders' history
+	// buffers are sized by it.
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithWindowSize(4<<20), zstd.WithLowerEncoderMem(true))
 	if err != nil {
 		return nil, err
 	}
@@ -199,8 +204,11 @@ func (r *Repository) SaveBlob(ctx context.Context, t BlobType, data []byte) (ID,
 	// garbage-collector headroom for every chunk.
 	scratch := r.getBuf(2*len(data) + Overhead)
 	defer r.putBuf(scratch)
-	// Compressed only when it pays: at least 1/32 smaller.
-	payload, e.Flags = compress(r.enc, data, *scratch)
+	// Compressed only when it pays: at least 1/32 smaller. Content lists
+	// are ids, random bytes: not worth trying.
+	if t != ListBlob {
+		payload, e.Flags = compress(r.enc, data, *scratch)
+	}
 	sealed, err := seal(r.key.Encrypt, (*scratch)[len(payload):len(payload)], payload)
 	if err != nil {
 		return id, 0, err
@@ -263,7 +271,35 @@ func (r *Repository) savePack(ctx context.Context, p *packBuilder) error {
 		delete(r.unpacked, e.ID)
 	}
 	r.indexed = append(r.indexed, indexedPack{ID: id, Entries: p.entries})
+	r.indexedBlobs += len(p.entries)
+	var full []indexedPack
+	if r.indexedBlobs >= indexFileBlobs {
+		full, r.indexed, r.indexedBlobs = r.indexed, nil, 0
+	}
 	r.mu.Unlock()
+	if full != nil {
+		return r.saveIndex(ctx, full)
+	}
+	return nil
+}
+
+// indexFileBlobs is how many blobs an index file written during a backup
+// holds (about 1.5 MiB): a long backup writes its index as it goes, rather
+// than hold every entry until Flush.
+const indexFileBlobs = 32768
+
+// saveIndex writes an index file for packs already stored; on failure the
+// entries go back to be written by the next Flush.
+func (r *Repository) saveIndex(ctx context.Context, packs []indexedPack) error {
+	if _, err := r.saveSealed(ctx, backend.TypeIndex, encodeIndex(packs), true); err != nil {
+		r.mu.Lock()
+		r.indexed = append(packs, r.indexed...)
+		for _, p := range packs {
+			r.indexedBlobs += len(p.Entries)
+		}
+		r.mu.Unlock()
+		return err
+	}
 	return nil
 }
 
@@ -286,7 +322,7 @@ func (r *Repository) Flush(ctx context.Context) error {
 	r.uploads.Wait()
 	r.mu.Lock()
 	err, packs := r.err, r.indexed
-	r.indexed = nil
+	r.indexed, r.indexedBlobs = nil, 0
 	r.mu.Unlock()
 	if err != nil {
 		return err
@@ -294,10 +330,7 @@ func (r *Repository) Flush(ctx context.Context) error {
 	if len(packs) == 0 {
 		return nil
 	}
-	if _, err := r.saveSealed(ctx, backend.TypeIndex, encodeIndex(packs), true); err != nil {
-		r.mu.Lock()
-		r.indexed = append(packs, r.indexed...)
-		r.mu.Unlock()
+	if err := r.saveIndex(ctx, packs); err != nil {
 		return fmt.Errorf("save index: %w", err)
 	}
 	return nil
@@ -401,11 +434,24 @@ func (r *Repository) LoadBlob(ctx context.Context, id ID) ([]byte, error) {
 }
 
 func (r *Repository) openBlob(id ID, flags uint8, rawLen uint32, sealed []byte, pack ID) ([]byte, error) {
-	plain, err := open(r.key.Encrypt, nil, sealed)
+	return r.openBlobInto(id, flags, rawLen, sealed, pack, nil)
+}
+
+// openBlobInto opens a blob; with scratch, it decrypts over sealed and
+// decompresses into *scratch (grown as needed), so the plaintext aliases
+// one of them and is valid only until they are reused.
+func (r *Repository) openBlobInto(id ID, flags uint8, rawLen uint32, sealed []byte, pack ID, scratch *[]byte) ([]byte, error) {
+	var plain []byte
+	var err error
+	if scratch == nil {
+		plain, err = open(r.key.Encrypt, nil, sealed)
+	} else {
+		plain, err = openInPlace(r.key.Encrypt, sealed)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("blob %s in pack %s: %w", id.Short(), pack.Short(), err)
 	}
-	if plain, err = r.decompress(flags, rawLen, plain); err != nil {
+	if plain, err = r.decompress(flags, rawLen, plain, scratch); err != nil {
 		return nil, fmt.Errorf("blob %s in pack %s: decompress: %w", id.Short(), pack.Short(), err)
 	}
 	if r.key.blobID(plain) != id {
@@ -431,13 +477,24 @@ func compress(enc *zstd.Encoder, data, scratch []byte) ([]byte, uint8) {
 	return data, 0
 }
 
-// decompress undoes compress.
-func (r *Repository) decompress(flags uint8, rawLen uint32, payload []byte) ([]byte, error) {
+// decompress undoes compress, into *scratch when given.
+func (r *Repository) decompress(flags uint8, rawLen uint32, payload []byte, scratch *[]byte) ([]byte, error) {
+	if flags&(flagZstd|flagLZ4) == 0 {
+		return payload, nil
+	}
+	var out []byte
+	if scratch != nil {
+		if cap(*scratch) < int(rawLen) {
+			*scratch = make([]byte, rawLen)
+		}
+		out = (*scratch)[:rawLen]
+	} else {
+		out = make([]byte, rawLen)
+	}
 	switch {
 	case flags&flagZstd != 0:
-		return r.dec.DecodeAll(payload, make([]byte, 0, rawLen))
+		return r.dec.DecodeAll(payload, out[:0])
 	case flags&flagLZ4 != 0:
-		out := make([]byte, rawLen)
 		n, err := lz4.UncompressBlock(payload, out)
 		if err == nil && n != int(rawLen) {
 			err = fmt.Errorf("lz4: %d bytes, want %d", n, rawLen)

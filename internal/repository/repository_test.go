@@ -332,3 +332,42 @@ func TestCompressionBySize(t *testing.T) {
 		}
 	}
 }
+
+// TestIndexWrittenAsItGoes: a backup of many blobs writes index files
+// before Flush, so memory does not hold every entry; all stay findable.
+func TestIndexWrittenAsItGoes(t *testing.T) {
+	r, be := newRepo(t)
+	ctx := t.Context()
+	var ids []ID
+	data := random(t, 1024+indexFileBlobs*2)
+	const n = indexFileBlobs * 3 / 2 // about three 16 MiB packs
+	for i := range n {
+		id, _, err := r.SaveBlob(ctx, DataBlob, data[i:i+1024])
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	r.uploads.Wait()
+	indexFiles := func() int {
+		n := 0
+		for h := range be.Files() {
+			if h.Type == backend.TypeIndex {
+				n++
+			}
+		}
+		return n
+	}
+	if n := indexFiles(); n == 0 {
+		t.Errorf("no index file before Flush after %d blobs", n)
+	}
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r2 := reopen(t, be, "secret")
+	for _, id := range ids {
+		if !r2.HasBlob(id) {
+			t.Fatalf("blob %s lost from the index", id.Short())
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"unicode/utf8"
 )
@@ -46,10 +47,78 @@ type Node struct {
 	Target  Name    `json:"target,omitzero"` // symlink
 	Xattrs  []Xattr `json:"xattrs,omitempty"`
 	Content []ID    `json:"content,omitempty"` // file: chunk ids
+	// ContentLists replaces Content for files of more than 1024 chunks:
+	// list blobs of up to 8192 chunk ids each, so that no tree, and no
+	// process reading one, holds a large file's every id at once.
+	ContentLists []ID `json:"content_lists,omitempty"`
 	// BlockSize is set when the file was cut into fixed blocks; then every
 	// chunk but the last is that long, and ZeroChunk is a block of zeros.
 	BlockSize int `json:"block_size,omitempty"`
 	Subtree   *ID `json:"subtree,omitempty"` // dir
+}
+
+// Content list sizes: files with more than contentInline chunks keep their
+// ids in list blobs of at most contentListLen ids (256 KiB).
+const (
+	contentInline  = 1024
+	contentListLen = 8192
+)
+
+// HasContent reports whether the node's content was stored: a file that
+// could not be read has none.
+func (n *Node) HasContent() bool { return n.Content != nil || n.ContentLists != nil }
+
+// SetContent records a file's chunk ids in n, inline or, for a large file,
+// in list blobs. It returns the bytes the list blobs added.
+func (r *Repository) SetContent(ctx context.Context, n *Node, ids []ID) (int, error) {
+	n.Content, n.ContentLists = ids, nil
+	if ids == nil {
+		n.Content = []ID{}
+	}
+	if len(ids) <= contentInline {
+		return 0, nil
+	}
+	var added int
+	raw := make([]byte, 0, contentListLen*len(ID{}))
+	for part := range slices.Chunk(ids, contentListLen) {
+		raw = raw[:0]
+		for _, id := range part {
+			raw = append(raw, id[:]...)
+		}
+		list, a, err := r.SaveBlob(ctx, ListBlob, raw)
+		if err != nil {
+			return added, err
+		}
+		added += a
+		n.ContentLists = append(n.ContentLists, list)
+	}
+	n.Content = nil
+	return added, nil
+}
+
+// ContentParts calls fn with the node's chunk ids in order, a list blob at
+// a time (or all at once when they are inline).
+func (r *Repository) ContentParts(ctx context.Context, n *Node, fn func(part []ID) error) error {
+	if n.ContentLists == nil {
+		return fn(n.Content)
+	}
+	for _, list := range n.ContentLists {
+		raw, err := r.LoadBlob(ctx, list)
+		if err != nil {
+			return fmt.Errorf("content list: %w", err)
+		}
+		if len(raw)%len(ID{}) != 0 || len(raw) == 0 {
+			return fmt.Errorf("content list %s: %d bytes is not a list of ids", list.Short(), len(raw))
+		}
+		part := make([]ID, len(raw)/len(ID{}))
+		for i := range part {
+			copy(part[i][:], raw[i*len(ID{}):])
+		}
+		if err := fn(part); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Xattr is an extended attribute (ACLs are xattrs too).

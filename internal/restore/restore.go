@@ -232,41 +232,17 @@ func (r *restorer) restoreFile(ctx context.Context, n *repository.Node, dst stri
 	if err != nil {
 		return err
 	}
-	offsets := map[repository.ID][]int64{} // a chunk may repeat in a file
-	var ids []repository.ID
+	// A part at a time (a content list of a large file), so memory stays
+	// bounded whatever the file's size.
 	var off int64
-	for _, id := range n.Content {
-		length := int64(n.BlockSize)
-		if n.BlockSize == 0 {
-			l, ok := r.repo.BlobLen(id)
-			if !ok {
-				f.Close()
-				return fmt.Errorf("chunk %s: %w", id.Short(), repository.ErrBlobMissing)
-			}
-			length = int64(l)
-		}
-		length = min(length, n.Size-off)
-		if !(id == repository.ZeroChunk && n.BlockSize > 0) {
-			if _, ok := offsets[id]; !ok {
-				ids = append(ids, id)
-			}
-			offsets[id] = append(offsets[id], off)
-		}
-		off += length
-	}
-	if off != n.Size {
-		f.Close()
-		return fmt.Errorf("content is %d bytes, the backup says %d", off, n.Size)
-	}
-	err = r.repo.LoadBlobs(ctx, ids, func(id repository.ID, data []byte) error {
-		for _, at := range offsets[id] {
-			if err := writeSparse(f, data, at); err != nil {
-				return err
-			}
-		}
-		r.progress.Bytes.Add(int64(len(data) * len(offsets[id])))
-		return nil
+	err = r.repo.ContentParts(ctx, n, func(part []repository.ID) error {
+		var err error
+		off, err = r.restorePart(ctx, f, n, part, off)
+		return err
 	})
+	if err == nil && off != n.Size {
+		err = fmt.Errorf("content is %d bytes, the backup says %d", off, n.Size)
+	}
 	if err != nil {
 		f.Close()
 		return err
@@ -282,6 +258,41 @@ func (r *restorer) restoreFile(ctx context.Context, n *repository.Node, dst stri
 	r.mu.Unlock()
 	r.progress.Files.Add(1)
 	return f.Close()
+}
+
+// restorePart writes the chunks of part, the first at off, and returns the
+// offset after them.
+func (r *restorer) restorePart(ctx context.Context, f *os.File, n *repository.Node, part []repository.ID, off int64) (int64, error) {
+	offsets := map[repository.ID][]int64{} // a chunk may repeat in a file
+	var ids []repository.ID
+	for _, id := range part {
+		length := int64(n.BlockSize)
+		if n.BlockSize == 0 {
+			l, ok := r.repo.BlobLen(id)
+			if !ok {
+				return off, fmt.Errorf("chunk %s: %w", id.Short(), repository.ErrBlobMissing)
+			}
+			length = int64(l)
+		}
+		length = min(length, n.Size-off)
+		if !(id == repository.ZeroChunk && n.BlockSize > 0) {
+			if _, ok := offsets[id]; !ok {
+				ids = append(ids, id)
+			}
+			offsets[id] = append(offsets[id], off)
+		}
+		off += length
+	}
+	err := r.repo.LoadBlobs(ctx, ids, func(id repository.ID, data []byte) error {
+		for _, at := range offsets[id] {
+			if err := writeSparse(f, data, at); err != nil {
+				return err
+			}
+		}
+		r.progress.Bytes.Add(int64(len(data) * len(offsets[id])))
+		return nil
+	})
+	return off, err
 }
 
 // page is the granularity of holes: runs of zeros in whole, aligned pages

@@ -214,3 +214,64 @@ func TestRestoreNeverOverwrites(t *testing.T) {
 		t.Errorf("the existing file now holds %q", b)
 	}
 }
+
+// TestLargeFileContentLists: a block file of more than 8192 blocks keeps
+// its ids in two content lists; it restores byte for byte (holes too),
+// check finds every chunk, and an unchanged second backup reuses the lists.
+func TestLargeFileContentLists(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "data")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(src, "big.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 130 << 20 // 8320 blocks of 16 KiB: two lists
+	for _, off := range []int64{0, 64 << 20, 128<<20 - 4096, size - 100} {
+		block := testenv.Random(t, 8192)
+		if _, err := f.WriteAt(block[:min(8192, int(size-off))], off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	repo := newRepo(t)
+	first := backup(t, repo, nil, src)
+	tree, err := repo.LoadTree(t.Context(), subtreeAt(t, repo, first.Tree, src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := tree.Find("big.db")
+	if n == nil || len(n.ContentLists) != 2 || n.Content != nil {
+		t.Fatalf("big.db node %+v: want two content lists and no inline content", n)
+	}
+	target := t.TempDir()
+	if _, err := restore.Run(t.Context(), repo, first.Tree, target, restore.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.CompareTrees(t, src, filepath.Join(target, src))
+	rep, err := repo.Check(t.Context(), true, nil)
+	if err != nil || len(rep.Errors) != 0 {
+		t.Fatalf("check: %+v, %v", rep, err)
+	}
+	second := backup(t, repo, &first.Tree, src)
+	if second.Stats.BytesRead != 0 || second.Stats.BytesAdded > 64<<10 {
+		t.Errorf("unchanged large file: read %d, added %d bytes; want nothing read, almost nothing added", second.Stats.BytesRead, second.Stats.BytesAdded)
+	}
+	// Prune keeps what the lists reference: the backup still restores.
+	if _, err := repo.SaveManifest(t.Context(), &repository.Manifest{Tree: second.Tree, Paths: []string{src}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repo.Prune(t.Context(), repository.PruneOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	again := t.TempDir()
+	if _, err := restore.Run(t.Context(), repo, second.Tree, again, restore.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.CompareTrees(t, src, filepath.Join(again, src))
+}
