@@ -335,7 +335,7 @@ func (a *archiver) submitFile(ctx context.Context, path string, node *repository
 		return
 	}
 	a.progress.FilesChanged.Add(1)
-	fn := func() { done <- a.readFile(ctx, path, node) }
+	fn := func() { a.readFile(ctx, path, node, done) }
 	select {
 	case a.files <- fn:
 	case <-ctx.Done():
@@ -364,10 +364,15 @@ func (a *archiver) haveContent(parent *repository.Node) bool {
 	return true
 }
 
-// readFile stores one file's content in node. A file that cannot be read is
-// skipped with a warning; one that changes while read is kept as read, with
-// a warning.
-func (a *archiver) readFile(ctx context.Context, path string, node *repository.Node) error {
+// readFile stores one file's content in node and then sends the outcome
+// to done. A file that cannot be read is skipped with a warning; one that
+// changes while read is kept as read, with a warning. Only failures that
+// end the backup reach done as errors.
+//
+// The file reader returns as soon as the file is read: waiting for the
+// workers to store its last chunks would leave the reader idle, and with
+// many small files the whole backup ran on little more than one core.
+func (a *archiver) readFile(ctx context.Context, path string, node *repository.Node, done chan<- error) {
 	p := path
 	a.progress.CurrentPath.Store(&p)
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOATIME, 0)
@@ -377,10 +382,22 @@ func (a *archiver) readFile(ctx context.Context, path string, node *repository.N
 	if err != nil {
 		a.warn("open %s: %v (skipped)", path, err)
 		node.Content = nil
-		return nil
+		done <- nil
+		return
 	}
-	defer f.Close()
-	ids, blockSize, n, err := a.readContent(ctx, f, filepath.Base(path), node.Size)
+	blockSize, n, collect, readErr := a.readContent(ctx, f, filepath.Base(path), node.Size)
+	var after unix.Stat_t
+	changed := readErr == nil && unix.Fstat(int(f.Fd()), &after) == nil &&
+		(after.Size != node.Size || after.Mtim.Nano() != node.MTime || after.Ctim.Nano() != node.CTime)
+	f.Close()
+	go func() {
+		ids, err := collect()
+		done <- a.finishFile(ctx, path, node, ids, blockSize, n, errors.Join(readErr, err), changed)
+	}()
+}
+
+// finishFile records what readFile stored, or skips the file.
+func (a *archiver) finishFile(ctx context.Context, path string, node *repository.Node, ids []repository.ID, blockSize int, n int64, err error, changed bool) error {
 	if err != nil {
 		var repoErr *repoError
 		if ctx.Err() != nil || errors.As(err, &repoErr) {
@@ -390,9 +407,7 @@ func (a *archiver) readFile(ctx context.Context, path string, node *repository.N
 		node.Content = nil
 		return nil
 	}
-	var after unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &after); err == nil &&
-		(after.Size != node.Size || after.Mtim.Nano() != node.MTime || after.Ctim.Nano() != node.CTime) {
+	if changed {
 		a.warn("%s changed while it was read; the backup holds a mix of before and after", path)
 	}
 	// The content is what was read, whatever the size said before.

@@ -99,10 +99,12 @@ type repoError struct{ err error }
 func (e *repoError) Error() string { return e.err.Error() }
 func (e *repoError) Unwrap() error { return e.err }
 
-// readContent reads and stores f's content, returning its chunk ids, the
-// block size if it used fixed blocks, and the bytes read. Jobs go to the
-// workers in order; their results are collected in the same order.
-func (a *archiver) readContent(ctx context.Context, f *os.File, name string, size int64) (ids []repository.ID, blockSize int, n int64, err error) {
+// readContent reads f and hands its chunks to the workers, in order. It
+// returns once f is read, with the block size if it used fixed blocks, the
+// bytes read, and collect, which waits for the workers and returns the
+// chunk ids in order. collect must be called, even after an error, so
+// that every buffer comes back.
+func (a *archiver) readContent(ctx context.Context, f *os.File, name string, size int64) (blockSize int, n int64, collect func() ([]repository.ID, error), err error) {
 	params := a.repo.Config().Chunker
 	if blockLike(name, size, params.BlockSize) {
 		blockSize = params.BlockSize
@@ -122,7 +124,8 @@ func (a *archiver) readContent(ctx context.Context, f *os.File, name string, siz
 		pending = append(pending, res)
 		return nil
 	}
-	collect := func() error {
+	collect = func() ([]repository.ID, error) {
+		var ids []repository.ID
 		var errs []error
 		for _, res := range pending {
 			r := <-res
@@ -130,8 +133,7 @@ func (a *archiver) readContent(ctx context.Context, f *os.File, name string, siz
 			ids = append(ids, r.ids...)
 			a.progress.BytesAdded.Add(int64(r.added))
 		}
-		pending = nil
-		return errors.Join(errs...)
+		return ids, errors.Join(errs...)
 	}
 
 	switch {
@@ -142,7 +144,7 @@ func (a *archiver) readContent(ctx context.Context, f *os.File, name string, siz
 	default:
 		err = a.readCDC(f, params, submit)
 	}
-	return ids, blockSize, n, errors.Join(err, collect())
+	return blockSize, n, collect, err
 }
 
 func (a *archiver) readBlocks(f *os.File, blockSize int, submit func([]byte, []int, func()) error) error {
