@@ -22,6 +22,7 @@ import (
 	"github.com/umbra-backup/umbra/internal/shadow"
 	"github.com/umbra-backup/umbra/internal/writer"
 	"github.com/umbra-backup/umbra/internal/writer/postgres"
+	"github.com/umbra-backup/umbra/internal/writer/redis"
 	"github.com/umbra-backup/umbra/internal/writer/script"
 	"github.com/umbra-backup/umbra/internal/writer/sqlite"
 )
@@ -114,6 +115,7 @@ func writerKinds() map[string]func(name string, opts map[string]string) (writer.
 		"postgres": func(name string, opts map[string]string) (writer.Writer, error) {
 			return postgres.New(name, opts)
 		},
+		"redis": func(name string, opts map[string]string) (writer.Writer, error) { return redis.New(name, opts) },
 	}
 }
 
