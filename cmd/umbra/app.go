@@ -21,6 +21,7 @@ import (
 	"github.com/umbra-backup/umbra/internal/provider/reflink"
 	"github.com/umbra-backup/umbra/internal/shadow"
 	"github.com/umbra-backup/umbra/internal/writer"
+	"github.com/umbra-backup/umbra/internal/writer/mariadb"
 	"github.com/umbra-backup/umbra/internal/writer/postgres"
 	"github.com/umbra-backup/umbra/internal/writer/redis"
 	"github.com/umbra-backup/umbra/internal/writer/script"
@@ -116,6 +117,9 @@ func writerKinds() map[string]func(name string, opts map[string]string) (writer.
 			return postgres.New(name, opts)
 		},
 		"redis": func(name string, opts map[string]string) (writer.Writer, error) { return redis.New(name, opts) },
+		"mariadb": func(name string, opts map[string]string) (writer.Writer, error) {
+			return mariadb.New(name, opts)
+		},
 	}
 }
 

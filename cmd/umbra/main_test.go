@@ -73,7 +73,13 @@ func mustUmbra(t testing.TB, state string, args ...string) result {
 // it says it is paused there, with the reading end of its stderr.
 func startPaused(t testing.TB, state, phase string, args ...string) (*exec.Cmd, io.Closer) {
 	t.Helper()
-	cmd := umbraCmd(t, state, []string{"UMBRA_TEST_PAUSE_AT=" + phase}, args...)
+	return startPausedEnv(t, state, nil, phase, args...)
+}
+
+// startPausedEnv is startPaused with extra environment variables.
+func startPausedEnv(t testing.TB, state string, env []string, phase string, args ...string) (*exec.Cmd, io.Closer) {
+	t.Helper()
+	cmd := umbraCmd(t, state, append([]string{"UMBRA_TEST_PAUSE_AT=" + phase}, env...), args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

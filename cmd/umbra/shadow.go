@@ -61,6 +61,7 @@ client's variable (PGPASSWORD, MYSQL_PWD, REDISCLI_AUTH).
 
 A writer SPEC is TYPE:KEY=VALUE[,KEY=VALUE...]:
   postgres:host=/run/postgresql,port=5432,user=postgres[,name=main]
+  mariadb:socket=/run/mysqld/mysqld.sock,user=root[,purge_binlogs=true]
   redis:addr=127.0.0.1:6379 (or socket=PATH)[,name=cache]
   sqlite:path=/data/app.db[,name=app]
   script:freeze=CMD,thaw=CMD[,prepare=CMD,post=CMD,abort=CMD,paths=DIR:DIR,timeout=30s]`,

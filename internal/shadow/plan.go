@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -143,8 +144,17 @@ func (c *Coordinator) chooseProvider(vol provider.Volume, needs []writer.Need, w
 		}
 		return p, nil
 	}
-	return nil, fmt.Errorf("no provider can serve %s (%s on %s): %s; put the data on btrfs, or on XFS made with reflink=1, or choose another provider with --provider",
-		vol.Mount, vol.FSType, vol.Device, strings.Join(why, "; "))
+	return nil, fmt.Errorf("no provider can serve %s (%s on %s): %s; %s",
+		vol.Mount, vol.FSType, vol.Device, strings.Join(why, "; "), placementAdvice(needs))
+}
+
+// placementAdvice says where data with these needs can live: an atomic need
+// wants a volume snapshot, which a per-file clone is not.
+func placementAdvice(needs []writer.Need) string {
+	if slices.Contains(needs, writer.NeedAtomic) {
+		return "data that needs an atomic copy must be on a volume with snapshots (btrfs here; LVM and ZFS are planned): move it there, or leave that writer out"
+	}
+	return "put the data on btrfs, or on XFS made with reflink=1, or choose another provider with --provider"
 }
 
 // unmet returns the index of the first need a copy kind cannot meet, or -1.

@@ -1,0 +1,319 @@
+package mariadb
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/umbra-backup/umbra/internal/writer"
+)
+
+// Ceilings on waiting for the server to stop and to start (InnoDB recovery
+// included), when the caller's context allows longer.
+const (
+	stopLimit  = 5 * time.Minute
+	startLimit = 10 * time.Minute
+)
+
+// asideSuffix marks a live directory PreRestore moved aside; the time of the
+// restore follows it.
+const asideSuffix = ".umbra-before-restore-"
+
+// PreRestore prepares a restore in place: it stops the server (stop=,
+// service=, else the SHUTDOWN statement), waits until the process and its
+// socket are gone, and renames each restored component's live directory to
+// DIR.umbra-before-restore-TIME, leaving an empty DIR with the same owner and
+// mode for the restored files. The old directories are kept for the
+// operator to remove.
+//
+// With r.Target set the files go there and nothing live is touched. A
+// server that is already down is not an error. Without start= or
+// service= it refuses before stopping anything, as PostRestore could not
+// start the server again.
+func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
+	if r.Target != "" {
+		return nil
+	}
+	if err := w.canStart(writer.PhasePreRestore); err != nil {
+		return err
+	}
+	dirs, err := restoreDirs(r)
+	if err != nil {
+		return fmt.Errorf("mariadb writer %q: pre-restore: %w", w.name, err)
+	}
+	if err := w.stopServer(ctx); err != nil {
+		return err
+	}
+	// The server at the configured address is gone; make sure no other
+	// server still works in these directories (a socket= that points
+	// elsewhere) before they move.
+	for _, d := range dirs {
+		if err := inUse(d); err != nil {
+			return fmt.Errorf("mariadb writer %q: pre-restore: %w; stop that server, or check socket= (host=, port=)", w.name, err)
+		}
+	}
+	stamp := time.Now().Format("20060102T150405")
+	for _, d := range dirs {
+		if err := moveAside(d, d+asideSuffix+stamp); err != nil {
+			return fmt.Errorf("mariadb writer %q: pre-restore: %w", w.name, err)
+		}
+	}
+	return nil
+}
+
+// PostRestore starts the server (start= or service=) once the last restore
+// is written (not while r.More), waits until it accepts connections, and
+// checks that InnoDB came up, which means its crash recovery is done, and
+// that the binary log ends at the GTID position the backup recorded. With
+// r.Target set there is no live server to start.
+func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
+	const phase = writer.PhasePostRestore
+	if r.Target != "" || r.More {
+		return nil
+	}
+	if err := w.canStart(phase); err != nil {
+		return err
+	}
+	var err error
+	if w.start != "" {
+		err = run(ctx, "sh", "-c", w.start)
+	} else {
+		err = run(ctx, "systemctl", "start", w.service)
+	}
+	if err != nil {
+		return fmt.Errorf("mariadb writer %q: %s: start the server: %w", w.name, phase, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, startLimit)
+	defer cancel()
+	for {
+		db, conn, err := w.connect(ctx)
+		if err == nil {
+			defer closeConn(db, conn)
+			if _, err := w.facts(ctx, conn, phase); err != nil {
+				return err
+			}
+			var support string
+			err := conn.QueryRowContext(ctx, "SELECT SUPPORT FROM information_schema.ENGINES WHERE ENGINE = 'InnoDB'").Scan(&support)
+			if err != nil {
+				return w.sqlErr(ctx, phase, "check InnoDB", w.cfg.User, "", err)
+			}
+			if support != "YES" && support != "DEFAULT" {
+				return fmt.Errorf("mariadb writer %q: %s: the server started without InnoDB (support %q): its recovery failed; see the server's error log", w.name, phase, support)
+			}
+			return w.checkGTID(ctx, conn, r)
+		}
+		if !down(err) {
+			return fmt.Errorf("%w (after the restore, the server's users are those of the backup)", err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("mariadb writer %q: %s: the server did not accept connections at %s in time: %w; see its error log", w.name, phase, w.where, context.Cause(ctx))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// checkGTID compares the restored server's @@gtid_binlog_pos with the one
+// recorded at the snapshot, when the binary logs were restored: they are
+// the same unless the files are not the backup's.
+func (w *Writer) checkGTID(ctx context.Context, conn *sql.Conn, r writer.Restore) error {
+	want := r.Report.Positions[PosGTID]
+	logs := DataComponent
+	for _, c := range r.Metadata.Components {
+		if c.Name == BinlogComponent {
+			logs = BinlogComponent
+		}
+	}
+	if want == "" || len(r.Components) > 0 && !slices.Contains(r.Components, logs) {
+		return nil
+	}
+	var got string
+	if err := conn.QueryRowContext(ctx, "SELECT @@gtid_binlog_pos").Scan(&got); err != nil {
+		return w.sqlErr(ctx, writer.PhasePostRestore, "read @@gtid_binlog_pos", w.cfg.User, "", err)
+	}
+	if got != want {
+		return fmt.Errorf("mariadb writer %q: post-restore: the restored server's binary log ends at GTID %q, the backup recorded %q: the binary logs in place are not the backup's", w.name, got, want)
+	}
+	return nil
+}
+
+func (w *Writer) canStart(phase writer.Phase) error {
+	if w.start == "" && w.service == "" {
+		return fmt.Errorf("mariadb writer %q: %s: a restore in place must start the server again: set start=COMMAND or service=UNIT (and stop=COMMAND if SHUTDOWN is not the way to stop it), or restore to a target directory", w.name, phase)
+	}
+	return nil
+}
+
+// stopServer stops the server and waits until its process and socket are
+// gone.
+func (w *Writer) stopServer(ctx context.Context) error {
+	const phase = writer.PhasePreRestore
+	db, conn, err := w.connect(ctx)
+	if down(err) {
+		return nil // already stopped
+	}
+	if err != nil {
+		return err
+	}
+	defer closeConn(db, conn)
+	var pidFile string
+	if err := conn.QueryRowContext(ctx, "SELECT @@pid_file").Scan(&pidFile); err != nil {
+		return w.sqlErr(ctx, phase, "read @@pid_file", w.cfg.User, "", err)
+	}
+	pid := 0
+	if b, err := os.ReadFile(pidFile); err == nil {
+		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	switch {
+	case w.stop != "":
+		err = run(ctx, "sh", "-c", w.stop)
+	case w.service != "":
+		err = run(ctx, "systemctl", "stop", w.service)
+	default:
+		if _, err := conn.ExecContext(ctx, "SHUTDOWN"); err != nil {
+			return w.sqlErr(ctx, phase, "SHUTDOWN", w.cfg.User, "SHUTDOWN", err)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("mariadb writer %q: %s: stop the server: %w", w.name, phase, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, stopLimit)
+	defer cancel()
+	for {
+		gone := pid == 0 || !alive(pid)
+		if gone {
+			db, conn, err := w.connect(ctx)
+			if err == nil {
+				closeConn(db, conn)
+				gone = false
+			}
+		}
+		if gone {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("mariadb writer %q: %s: the server at %s (pid %d) has not stopped: %w: %w", w.name, phase, w.where, pid, context.Cause(ctx), writer.ErrRetryable)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// restoreDirs lists the live directories of the components being restored.
+func restoreDirs(r writer.Restore) ([]string, error) {
+	var dirs []string
+	for _, c := range r.Metadata.Components {
+		if len(r.Components) > 0 && !slices.Contains(r.Components, c.Name) {
+			continue
+		}
+		dirs = append(dirs, c.Paths...)
+	}
+	if len(dirs) == 0 {
+		return nil, fmt.Errorf("the backup's metadata names no directory for components %q", r.Components)
+	}
+	return dirs, nil
+}
+
+// moveAside renames dir to aside and makes an empty dir with the same mode
+// and owner in its place.
+func moveAside(dir, aside string) error {
+	fi, err := os.Lstat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(dir, aside); err != nil {
+		return fmt.Errorf("move %s aside: %w; if it is a mount point, empty it yourself or restore to a target directory", dir, err)
+	}
+	if err := os.Mkdir(dir, fi.Mode().Perm()); err != nil {
+		return fmt.Errorf("moved %s aside to %s, then: %w", dir, aside, err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		if err := os.Lchown(dir, int(st.Uid), int(st.Gid)); err != nil {
+			return fmt.Errorf("moved %s aside to %s, then: %w", dir, aside, err)
+		}
+	}
+	// Mkdir obeys the umask; the server wants the mode it had.
+	return os.Chmod(dir, fi.Mode().Perm())
+}
+
+// lockedFiles are files a running MariaDB server holds an fcntl lock on.
+var lockedFiles = []string{"ibdata1", "ib_logfile0", "aria_log_control"}
+
+// inUse returns an error naming the process that holds a server's lock on
+// a file in dir.
+func inUse(dir string) error {
+	for _, name := range lockedFiles {
+		f, err := os.Open(filepath.Join(dir, name))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: io.SeekStart}
+		err = syscall.FcntlFlock(f.Fd(), syscall.F_GETLK, &lk)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("check for a server using %s: %w", f.Name(), err)
+		}
+		if lk.Type != syscall.F_UNLCK {
+			return fmt.Errorf("a server (pid %d) still uses %s: it holds a lock on %s", lk.Pid, dir, name)
+		}
+	}
+	return nil
+}
+
+// down reports whether a connection failed because nothing listens.
+func down(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)
+}
+
+// alive reports whether pid runs (a zombie has ended).
+func alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	end := strings.LastIndexByte(s, ')')
+	return end < 0 || end+2 >= len(s) || s[end+2] != 'Z'
+}
+
+// run runs a stop or start command, its output in a file rather than a
+// pipe, so that a server it leaves running in the background cannot hold
+// run up.
+func run(ctx context.Context, name string, args ...string) error {
+	out, err := os.CreateTemp("", "umbra-mariadb-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(out.Name())
+	defer out.Close()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Run(); err != nil {
+		b, _ := os.ReadFile(out.Name())
+		const show = 2000
+		if len(b) > show {
+			b = b[len(b)-show:]
+		}
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(b)))
+	}
+	return nil
+}
