@@ -174,15 +174,15 @@ func (s *server) paths() []string {
 func (w *Writer) inspect(ctx context.Context, conn *pgx.Conn) (*server, error) {
 	s := &server{}
 	var num string
-	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version'), current_setting('server_version_num')").Scan(&s.version, &num); err != nil {
+	err := conn.QueryRow(ctx, "SELECT current_setting('server_version'), current_setting('server_version_num')").Scan(&s.version, &num)
+	if err != nil {
 		return nil, w.queryErr("read the server version", err)
 	}
-	s.versionNum, _ = strconv.Atoi(num)
-	if s.versionNum < minVersion {
-		return nil, fmt.Errorf("postgres writer %q: PostgreSQL %s is too old: umbra needs 13 or later (non-exclusive backups with a temporary replication slot); upgrade the server", w.name, s.version)
+	if s.versionNum, err = w.checkVersion(s.version, num); err != nil {
+		return nil, err
 	}
 	var inRecovery bool
-	err := conn.QueryRow(ctx, `SELECT current_setting('data_directory'), pg_is_in_recovery(),
+	err = conn.QueryRow(ctx, `SELECT current_setting('data_directory'), pg_is_in_recovery(),
 		(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')`).Scan(&s.dataDir, &inRecovery, &s.segSize)
 	if err != nil {
 		return nil, w.queryErr("read data_directory (needs a superuser or a role in pg_read_all_settings)", err)
@@ -216,6 +216,18 @@ func (w *Writer) inspect(ctx context.Context, conn *pgx.Conn) (*server, error) {
 	}
 	s.logsOwner, err = w.logsOwner(ctx, conn)
 	return s, err
+}
+
+// checkVersion reads server_version_num and refuses servers before 13.
+func (w *Writer) checkVersion(version, num string) (int, error) {
+	n, err := strconv.Atoi(num)
+	if err != nil {
+		return 0, fmt.Errorf("postgres writer %q: server_version_num %q is not a number", w.name, num)
+	}
+	if n < minVersion {
+		return 0, fmt.Errorf("postgres writer %q: PostgreSQL %s is too old: umbra needs 13 or later (non-exclusive backups with a temporary replication slot); upgrade the server", w.name, version)
+	}
+	return n, nil
 }
 
 // logsOwner names another tool that reads the WAL: an archive_command that

@@ -400,3 +400,17 @@ func TestDedicatedRole(t *testing.T) {
 	}
 	assertNoBackupLeft(t, pg)
 }
+
+func TestCheckVersion(t *testing.T) {
+	w := &Writer{name: "postgres:old"}
+	if _, err := w.checkVersion("12.19", "120019"); err == nil || !strings.Contains(err.Error(), "too old: umbra needs 13 or later") {
+		t.Errorf("12.19: got %v, want a refusal naming 13", err)
+	}
+	if n, err := w.checkVersion("13.0", "130000"); err != nil || n != 130000 {
+		t.Errorf("13.0: got %d, %v", n, err)
+	}
+	start, stop := backupFunctions(140000)
+	if start.name != "pg_start_backup" || stop.name != "pg_stop_backup" {
+		t.Errorf("PostgreSQL 14 uses %s/%s, want the pre-15 names", start.name, stop.name)
+	}
+}
