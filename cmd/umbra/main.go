@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"time"
 	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
@@ -49,6 +50,17 @@ func main() {
 		code := run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 		if f, err := os.Create(path); err == nil {
 			_ = pprof.Lookup("allocs").WriteTo(f, 0)
+			f.Close()
+		}
+		os.Exit(code)
+	}
+	if path := os.Getenv("UMBRA_BLOCKPROFILE"); path != "" {
+		// Where goroutines wait (channels, locks, I/O slots) for 1 ms
+		// or more: what keeps the cores idle.
+		runtime.SetBlockProfileRate(int(time.Millisecond))
+		code := run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+		if f, err := os.Create(path); err == nil {
+			_ = pprof.Lookup("block").WriteTo(f, 0)
 			f.Close()
 		}
 		os.Exit(code)

@@ -264,9 +264,24 @@ func (a *archiver) archivePath(ctx context.Context, path, name string, parent *r
 	return node, true, nil
 }
 
-// archiveDir stores the directory at path and returns its tree. Its files
-// are read by the file readers while it descends into subdirectories.
+// archiveDir stores the directory at path and returns its tree.
 func (a *archiver) archiveDir(ctx context.Context, path string, parent *repository.Node) (repository.ID, error) {
+	var node repository.Node
+	done := make(chan error, 1)
+	a.walkDir(ctx, path, parent, &node, done)
+	if err := <-done; err != nil {
+		return repository.ID{}, err
+	}
+	return *node.Subtree, nil
+}
+
+// walkDir walks the directory at path: it hands its files to the file
+// readers and walks its subdirectories, then returns without waiting for
+// them. A goroutine waits, stores the directory's tree, sets node.Subtree
+// and sends the outcome to done. Waiting here instead stalled the whole
+// pipeline at the end of every directory: no file of the next one was
+// read until the last chunk of this one was stored.
+func (a *archiver) walkDir(ctx context.Context, path string, parent *repository.Node, node *repository.Node, done chan<- error) {
 	a.progress.Dirs.Add(1)
 	parentTree := a.parentSubtree(ctx, parent)
 	entries, err := os.ReadDir(path)
@@ -276,51 +291,58 @@ func (a *archiver) archiveDir(ctx context.Context, path string, parent *reposito
 	tree := &repository.Tree{Nodes: make([]repository.Node, 0, len(entries))}
 	var pending []chan error
 	skip := make([]bool, len(entries))
+	var walkErr error
 	for i, e := range entries {
-		if err := ctx.Err(); err != nil {
-			return repository.ID{}, err
+		if walkErr = ctx.Err(); walkErr != nil {
+			break
 		}
 		name := e.Name()
 		child := filepath.Join(path, name)
-		node, err := a.nodeOf(child, name)
+		n, err := a.nodeOf(child, name)
 		if err != nil {
 			a.warn("%v (skipped)", err)
 			skip[i] = true
-			tree.Nodes = append(tree.Nodes, node)
+			tree.Nodes = append(tree.Nodes, n)
 			continue
 		}
-		tree.Nodes = append(tree.Nodes, node)
-		switch node.Type {
+		// Capacity is len(entries): the pointer below stays valid.
+		tree.Nodes = append(tree.Nodes, n)
+		slot := &tree.Nodes[len(tree.Nodes)-1]
+		switch n.Type {
 		case repository.NodeFile:
-			done := make(chan error, 1)
-			a.submitFile(ctx, child, &tree.Nodes[len(tree.Nodes)-1], parentNode(parentTree, name), done)
-			pending = append(pending, done)
+			d := make(chan error, 1)
+			a.submitFile(ctx, child, slot, parentNode(parentTree, name), d)
+			pending = append(pending, d)
 		case repository.NodeDir:
-			id, err := a.archiveDir(ctx, child, parentNode(parentTree, name))
-			if err != nil {
-				return repository.ID{}, err
+			d := make(chan error, 1)
+			a.walkDir(ctx, child, parentNode(parentTree, name), slot, d)
+			pending = append(pending, d)
+		}
+	}
+	go func() {
+		// Everything submitted is waited for, even after an error, so
+		// that nothing still writes to the repository once Run returns.
+		errs := []error{walkErr}
+		for _, d := range pending {
+			errs = append(errs, <-d)
+		}
+		if err := errors.Join(errs...); err != nil {
+			done <- err
+			return
+		}
+		kept := tree.Nodes[:0]
+		for i, n := range tree.Nodes {
+			if skip[i] || (n.Type == repository.NodeFile && n.Size > 0 && !n.HasContent()) {
+				continue
 			}
-			tree.Nodes[len(tree.Nodes)-1].Subtree = &id
+			kept = append(kept, n)
 		}
-	}
-	var errs []error
-	for _, done := range pending {
-		errs = append(errs, <-done)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return repository.ID{}, err
-	}
-	kept := tree.Nodes[:0]
-	for i, n := range tree.Nodes {
-		if skip[i] || (n.Type == repository.NodeFile && n.Size > 0 && !n.HasContent()) {
-			continue
-		}
-		kept = append(kept, n)
-	}
-	tree.Nodes = kept
-	id, added, err := a.repo.SaveTree(ctx, tree)
-	a.progress.BytesAdded.Add(int64(added))
-	return id, err
+		tree.Nodes = kept
+		id, added, err := a.repo.SaveTree(ctx, tree)
+		a.progress.BytesAdded.Add(int64(added))
+		node.Subtree = &id
+		done <- err
+	}()
 }
 
 // submitFile hands the reading of one file to the file readers; done gets

@@ -177,13 +177,30 @@ func (a *archiver) readBlocks(f *os.File, blockSize int, submit func([]byte, []i
 	}
 }
 
+// readWhole reads a small file (at most the chunker's minimum, 256 KiB by
+// default, as batchSize; a larger one takes the slow path) into a pooled buffer: io.ReadAll's growing buffers
+// cost an allocation and copy per doubling, for tens of thousands of files.
 func (a *archiver) readWhole(f *os.File, submit func([]byte, []int, func()) error) error {
-	data, err := io.ReadAll(f)
-	if err != nil {
+	p := a.buffers.Get().(*[]byte)
+	buf := (*p)[:cap(*p)]
+	n, err := io.ReadFull(f, buf)
+	switch {
+	case err == nil: // fills the buffer: it grew since stat; read the rest
+		rest, rerr := io.ReadAll(f)
+		data := append(append([]byte(nil), buf...), rest...)
+		a.buffers.Put(p)
+		if rerr != nil {
+			return rerr
+		}
+		a.progress.BytesRead.Add(int64(len(data)))
+		return submit(data, []int{len(data)}, nil)
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		a.progress.BytesRead.Add(int64(n))
+		return submit(buf[:n], []int{n}, func() { a.buffers.Put(p) })
+	default:
+		a.buffers.Put(p)
 		return err
 	}
-	a.progress.BytesRead.Add(int64(len(data)))
-	return submit(data, []int{len(data)}, nil)
 }
 
 // cdcAlgorithm is FastCDC with masks computed for the configured sizes and
