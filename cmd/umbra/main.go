@@ -12,10 +12,10 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"time"
 	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
+	"time"
 )
 
 // Exit statuses, documented in umbra --help.
