@@ -188,7 +188,7 @@ printf 'run\tdataset\ttool\tstep\tstatus\twall_s\tuser_s\tsys_s\tmax_rss_kib\tre
 	echo "work dir: $BENCH_DIR on $(findmnt -n -o FSTYPE,SOURCE -T "$BENCH_DIR" | tr -s ' ')"
 	for t in $BENCH_TOOLS; do
 		case "$t" in
-		umbra) echo "umbra: $(cd "$root" && git describe --always --dirty 2>/dev/null || echo unknown), $(go version | cut -d' ' -f3); defaults: 16 KiB fixed blocks for database files, FastCDC ~1 MiB for the rest, zstd fastest" ;;
+		umbra) echo "umbra: $(cd "$root" && git describe --always --dirty 2>/dev/null || echo unknown), $(go version | cut -d' ' -f3); defaults: 16 KiB fixed blocks for database files, FastCDC ~1 MiB for the rest; LZ4 for blobs up to 64 KiB, zstd fastest above" ;;
 		restic) echo "restic: $(restic version | cut -d' ' -f2); defaults: --compression auto (repository format 2), 16 MiB packs, reads two files at a time" ;;
 		borg) echo "borg: $(borg --version | cut -d' ' -f2); init --encryption=repokey-blake2, defaults: --compression lz4, chunker buzhash 19,23,21,4095" ;;
 		esac
