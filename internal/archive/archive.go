@@ -40,6 +40,9 @@ type Options struct {
 	Parent *repository.ID
 	// Workers hashing, compressing and encrypting; zero means GOMAXPROCS.
 	Workers int
+	// Exclude, if set, leaves out every entry whose recorded path it
+	// accepts (a directory with everything below it).
+	Exclude func(path string) bool
 	// Progress, if set, is updated as the backup runs.
 	Progress *Progress
 }
@@ -65,6 +68,7 @@ type archiver struct {
 	jobs     chan job
 	progress *Progress
 	names    names
+	exclude  func(path string) bool
 	files    chan func() // file reads, run by the file readers
 	// cdcBuffers are the chunkers' read buffers (2 × the largest chunk),
 	// reused across files; buffers (batchSize) carry data to the workers.
@@ -89,6 +93,7 @@ func Run(ctx context.Context, repo *repository.Repository, sources []Source, opt
 		jobs:     make(chan job, 2*workers),
 		progress: opts.Progress,
 		names:    names{users: map[uint32]string{}, groups: map[uint32]string{}},
+		exclude:  opts.Exclude,
 		files:    make(chan func()),
 	}
 	if a.progress == nil {
@@ -169,7 +174,7 @@ func (a *archiver) archiveSources(ctx context.Context, sources []Source, parent 
 			if len(e.segs) == depth+1 {
 				// The source itself.
 				name := e.segs[depth]
-				node, ok, err := a.archivePath(ctx, e.src.Read, name, parentNode(parentTree, name))
+				node, ok, err := a.archivePath(ctx, e.src.Read, e.src.Path, name, parentNode(parentTree, name))
 				if err != nil {
 					return repository.ID{}, err
 				}
@@ -235,7 +240,7 @@ func (a *archiver) loadParent(ctx context.Context, id repository.ID) *repository
 
 // archivePath stores the file or directory at path as a node named name.
 // ok is false when it was skipped with a warning.
-func (a *archiver) archivePath(ctx context.Context, path, name string, parent *repository.Node) (repository.Node, bool, error) {
+func (a *archiver) archivePath(ctx context.Context, path, rec, name string, parent *repository.Node) (repository.Node, bool, error) {
 	node, err := a.nodeOf(path, name)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -246,7 +251,7 @@ func (a *archiver) archivePath(ctx context.Context, path, name string, parent *r
 	}
 	switch node.Type {
 	case repository.NodeDir:
-		id, err := a.archiveDir(ctx, path, parent)
+		id, err := a.archiveDir(ctx, path, rec, parent)
 		if err != nil {
 			return node, false, err
 		}
@@ -265,10 +270,10 @@ func (a *archiver) archivePath(ctx context.Context, path, name string, parent *r
 }
 
 // archiveDir stores the directory at path and returns its tree.
-func (a *archiver) archiveDir(ctx context.Context, path string, parent *repository.Node) (repository.ID, error) {
+func (a *archiver) archiveDir(ctx context.Context, path, rec string, parent *repository.Node) (repository.ID, error) {
 	var node repository.Node
 	done := make(chan error, 1)
-	a.walkDir(ctx, path, parent, &node, done)
+	a.walkDir(ctx, path, rec, parent, &node, done)
 	if err := <-done; err != nil {
 		return repository.ID{}, err
 	}
@@ -281,7 +286,8 @@ func (a *archiver) archiveDir(ctx context.Context, path string, parent *reposito
 // and sends the outcome to done. Waiting here instead stalled the whole
 // pipeline at the end of every directory: no file of the next one was
 // read until the last chunk of this one was stored.
-func (a *archiver) walkDir(ctx context.Context, path string, parent *repository.Node, node *repository.Node, done chan<- error) {
+// path is where the directory is read, rec the path recorded in the backup.
+func (a *archiver) walkDir(ctx context.Context, path, rec string, parent *repository.Node, node *repository.Node, done chan<- error) {
 	a.progress.Dirs.Add(1)
 	parentTree := a.parentSubtree(ctx, parent)
 	entries, err := os.ReadDir(path)
@@ -297,7 +303,12 @@ func (a *archiver) walkDir(ctx context.Context, path string, parent *repository.
 			break
 		}
 		name := e.Name()
-		child := filepath.Join(path, name)
+		child, childRec := filepath.Join(path, name), filepath.Join(rec, name)
+		if a.exclude != nil && a.exclude(childRec) {
+			skip[i] = true
+			tree.Nodes = append(tree.Nodes, repository.Node{})
+			continue
+		}
 		n, err := a.nodeOf(child, name)
 		if err != nil {
 			a.warn("%v (skipped)", err)
@@ -315,7 +326,7 @@ func (a *archiver) walkDir(ctx context.Context, path string, parent *repository.
 			pending = append(pending, d)
 		case repository.NodeDir:
 			d := make(chan error, 1)
-			a.walkDir(ctx, child, parentNode(parentTree, name), slot, d)
+			a.walkDir(ctx, child, childRec, parentNode(parentTree, name), slot, d)
 			pending = append(pending, d)
 		}
 	}

@@ -275,3 +275,34 @@ func TestLargeFileContentLists(t *testing.T) {
 	}
 	testenv.CompareTrees(t, src, filepath.Join(again, src))
 }
+
+func TestExclude(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "data")
+	for _, p := range []string{"keep/a", "skip/b", "keep/tmp/c"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(src, p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(src, p), []byte(p), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	repo := newRepo(t)
+	exclude := func(p string) bool { return p == filepath.Join(src, "skip") || p == filepath.Join(src, "keep/tmp/c") }
+	res, err := archive.Run(t.Context(), repo, []archive.Source{{Path: src}}, archive.Options{Exclude: exclude})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	target := t.TempDir()
+	if _, err := restore.Run(t.Context(), repo, res.Tree, target, restore.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]bool{"keep/a": true, "skip": false, "keep/tmp": true, "keep/tmp/c": false} {
+		_, err := os.Lstat(filepath.Join(target, src, p))
+		if got := err == nil; got != want {
+			t.Errorf("%s restored: %v, want %v", p, got, want)
+		}
+	}
+}

@@ -93,7 +93,22 @@ func New(providers []provider.Provider, store *Store, opts Options) *Coordinator
 // and aborted, every shadow deleted, and the error (a *PhaseError where a
 // phase failed) is returned with the set as far as it got.
 func (c *Coordinator) Create(ctx context.Context, wrs []writer.Writer, paths []string) (set *Set, err error) {
-	set = &Set{ID: newID(time.Now()), Status: StatusCreating, Type: c.opts.Type, PID: os.Getpid(), Created: time.Now().UTC()}
+	set, _, err = c.create(ctx, wrs, paths, false)
+	return set, err
+}
+
+// CreateHeld makes a set for a requester that reads it now: the set is
+// temporary, and its locks (the set's, each writer's, each volume's) stay
+// held until release is called. Should the process die first, the next
+// List finds the set unlocked and deletes its shadows, so a killed backup
+// leaves no snapshot behind; and a second backup of the same writers or
+// volumes meanwhile gets ErrBusy.
+func (c *Coordinator) CreateHeld(ctx context.Context, wrs []writer.Writer, paths []string) (set *Set, release func(), err error) {
+	return c.create(ctx, wrs, paths, true)
+}
+
+func (c *Coordinator) create(ctx context.Context, wrs []writer.Writer, paths []string, held bool) (set *Set, release func(), err error) {
+	set = &Set{ID: newID(time.Now()), Status: StatusCreating, Type: c.opts.Type, PID: os.Getpid(), Created: time.Now().UTC(), Temporary: held}
 	set.Scratch = c.store.ScratchDir(set.ID)
 	run := &creation{c: c, set: set, wrs: wrs, log: c.opts.Log.With("set", set.ID)}
 	defer func() {
@@ -106,9 +121,13 @@ func (c *Coordinator) Create(ctx context.Context, wrs []writer.Writer, paths []s
 			set.Error = err.Error()
 		}
 		run.recordWriters(err)
-		run.unlock()
+		if err != nil || !held {
+			run.unlock()
+			release = nil
+		}
 	}()
-	return set, run.create(ctx, paths)
+	release = sync.OnceFunc(run.unlock)
+	return set, release, run.create(ctx, paths)
 }
 
 // creation is the state of one Create call.

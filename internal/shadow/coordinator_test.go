@@ -460,3 +460,38 @@ func TestSettle(t *testing.T) {
 		})
 	}
 }
+
+func TestCreateHeldKeepsLocksUntilRelease(t *testing.T) {
+	r := newRig(t, Options{})
+	var wrs []writer.Writer
+	for _, f := range r.writers {
+		wrs = append(wrs, f)
+	}
+	set, release, err := r.coord.CreateHeld(t.Context(), wrs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !set.Temporary {
+		t.Error("a held set is not marked temporary")
+	}
+	// A second set of the same writers is busy while the first is held.
+	if _, err := r.coord.Create(t.Context(), wrs, nil); !errors.Is(err, writer.ErrRetryable) {
+		t.Errorf("second set while the first is held: %v, want a retryable busy error", err)
+	}
+	// While held, List leaves it alone.
+	if _, err := r.coord.List(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if r.prov.live() != 2 {
+		t.Fatalf("List touched a held set: %d shadows live", r.prov.live())
+	}
+	// Released without deleting, as when its process dies: List deletes it.
+	release()
+	sets, err := r.coord.List(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.prov.live() != 0 || len(sets) != 1 || sets[0].Status != StatusFailed {
+		t.Errorf("after release: %d shadows live, sets %+v; want the orphan cleaned and reported failed", r.prov.live(), sets)
+	}
+}

@@ -24,11 +24,16 @@ func (c *Coordinator) List(ctx context.Context) ([]*Set, error) {
 		return nil, err
 	}
 	for _, set := range sets {
-		if set.Status != StatusCreating || c.store.Locked("set", set.ID) {
+		orphan := set.Status == StatusCreating || (set.Temporary && set.Status == StatusReady)
+		if !orphan || c.store.Locked("set", set.ID) {
 			continue
 		}
+		if set.Status == StatusCreating {
+			set.Error = fmt.Sprintf("umbra (pid %d) exited while creating the set; its shadows were deleted", set.PID)
+		} else {
+			set.Error = fmt.Sprintf("umbra (pid %d) exited while backing the set up; its shadows were deleted", set.PID)
+		}
 		set.Status = StatusFailed
-		set.Error = fmt.Sprintf("umbra (pid %d) exited while creating the set; its shadows were deleted", set.PID)
 		err := c.deleteShadows(ctx, set)
 		if err == nil {
 			err = c.store.RemoveSet(set.ID)
