@@ -125,6 +125,12 @@ func writerKinds() map[string]func(name string, opts map[string]string) (writer.
 
 // writers builds the configured writers (unless skipped) and the inline ones.
 func (a *app) writers(cfg *config.Config, inline []string, withConfig bool) ([]writer.Writer, error) {
+	wrs, _, err := a.writersAndSpecs(cfg, inline, withConfig)
+	return wrs, err
+}
+
+// writersAndSpecs is writers with the spec each was built from.
+func (a *app) writersAndSpecs(cfg *config.Config, inline []string, withConfig bool) ([]writer.Writer, []config.Spec, error) {
 	var specs []config.Spec
 	if withConfig {
 		specs = cfg.Writers
@@ -133,28 +139,28 @@ func (a *app) writers(cfg *config.Config, inline []string, withConfig bool) ([]w
 	for _, s := range inline {
 		spec, err := config.ParseSpec(s)
 		if err != nil {
-			return nil, &usageError{err}
+			return nil, nil, &usageError{err}
 		}
 		extra = append(extra, spec)
 	}
 	specs, err := config.Merge(specs, extra)
 	if err != nil {
-		return nil, &usageError{err}
+		return nil, nil, &usageError{err}
 	}
 	kinds := writerKinds()
 	var wrs []writer.Writer
 	for _, spec := range specs {
 		mk, ok := kinds[spec.Type]
 		if !ok {
-			return nil, &usageError{fmt.Errorf("writer %s: unknown type %q; known types: %s", spec.Instance(), spec.Type, strings.Join(sortedKeys(kinds), ", "))}
+			return nil, nil, &usageError{fmt.Errorf("writer %s: unknown type %q; known types: %s", spec.Instance(), spec.Type, strings.Join(sortedKeys(kinds), ", "))}
 		}
 		wr, err := mk(spec.Instance(), spec.Options)
 		if err != nil {
-			return nil, &usageError{fmt.Errorf("writer %s: %w", spec.Instance(), err)}
+			return nil, nil, &usageError{fmt.Errorf("writer %s: %w", spec.Instance(), err)}
 		}
 		wrs = append(wrs, wr)
 	}
-	return wrs, nil
+	return wrs, specs, nil
 }
 
 // coordinator builds the coordinator with the config's settings, overridden

@@ -29,15 +29,18 @@ func (e *warningsError) Error() string {
 
 func (a *app) backupCommand() *cobra.Command {
 	var (
-		f      repoFlags
-		tags   []string
-		host   string
-		parent string
-		force  bool
+		f           repoFlags
+		tags        []string
+		host        string
+		parent      string
+		force       bool
+		writerSpecs []string
+		keepShadows bool
+		retries     int
 	)
 	cmd := &cobra.Command{
-		Use:   "backup PATH...",
-		Short: "Back up files and directories into the repository",
+		Use:   "backup [--writer SPEC]... [PATH]...",
+		Short: "Back up applications, files and directories into the repository",
 		Long: `Back up each PATH into the repository. Files are cut into chunks (fixed
 16 KiB blocks for database and disk-image files, content-defined ~1 MiB
 chunks for the rest); only chunks the repository lacks are stored,
@@ -45,11 +48,40 @@ compressed and encrypted. Files whose size, mtime, ctime and inode match the
 last backup of the same paths from this host are not read again.
 
 Files that cannot be read, or change while being read, are reported and the
-backup goes on; it then exits with status 3, "completed with warnings".`,
-		Example: "  umbra backup /etc /srv/www\n  umbra backup --tag nightly --json /home",
-		Args:    cobra.MinimumNArgs(1),
+backup goes on; it then exits with status 3, "completed with warnings".
+
+With writers (--writer, or every writer of the configuration file when no
+PATH is given) the backup is application-consistent: umbra makes a shadow
+set of the writers' data and the PATHs (umbra help shadow), reads it from
+the shadow copies, stores what the writers hand on (PostgreSQL's backup
+label and WAL), records each writer's metadata, positions and consistency
+in the backup, and only once the backup is durable tells the writers it
+succeeded, which is when they may truncate logs. Any failure before that
+aborts the writers and truncates nothing. A retryable failure of the set
+(a busy writer or volume, a time-out) is tried again --retries times.`,
+		Example: `  umbra backup /etc /srv/www
+  umbra backup --tag nightly --json /home
+  umbra backup --writer postgres:host=/run/postgresql,user=postgres
+  umbra backup                    # every writer in the configuration file`,
 		RunE: func(cmd *cobra.Command, paths []string) error {
 			ctx := cmd.Context()
+			cfg, err := a.config()
+			if err != nil {
+				return err
+			}
+			// With no PATH, every configured writer takes part.
+			wrs, specs, err := a.writersAndSpecs(cfg, writerSpecs, len(paths) == 0)
+			if err != nil {
+				return err
+			}
+			if len(wrs) > 0 {
+				return a.appBackup(cmd, &f, cfg, wrs, specs, paths, appBackupOptions{
+					tags: tags, host: host, force: force, keepShadows: keepShadows, retries: retries,
+				})
+			}
+			if len(paths) == 0 {
+				return &usageError{errors.New("nothing to back up: give PATH..., --writer SPEC, or configure writers in the configuration file")}
+			}
 			var sources []archive.Source
 			for _, p := range paths {
 				abs, err := filepath.Abs(p)
@@ -148,6 +180,9 @@ backup goes on; it then exits with status 3, "completed with warnings".`,
 	cmd.Flags().StringVar(&host, "host", "", "host name to record (default this machine's)")
 	cmd.Flags().StringVar(&parent, "parent", "", "compare with this backup instead of the last one of the same paths")
 	cmd.Flags().BoolVar(&force, "force", false, "read every file, even unchanged ones")
+	cmd.Flags().StringArrayVarP(&writerSpecs, "writer", "w", nil, "back up this writer's data, application-consistent (repeatable), as TYPE:KEY=VALUE,...")
+	cmd.Flags().BoolVar(&keepShadows, "keep-shadows", false, "keep the shadow set after the backup (umbra shadow list shows it)")
+	cmd.Flags().IntVar(&retries, "retries", 3, "how often to try the shadow set again after a retryable failure (busy, time-out), waiting 5s, 10s, ...")
 	return cmd
 }
 

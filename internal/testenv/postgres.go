@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -141,6 +142,7 @@ func (pg *Postgres) Start(t testing.TB) {
 		}
 		return conn.Close(ctx)
 	})
+	pg.Server.StopSignal = syscall.SIGINT // fast shutdown: do not wait for clients
 }
 
 func socketDir(t testing.TB) string {
@@ -153,7 +155,7 @@ func socketDir(t testing.TB) string {
 	return dir
 }
 
-// Stop shuts the server down (smart shutdown, waiting for clients).
+// Stop shuts the server down (fast shutdown).
 func (pg *Postgres) Stop(t testing.TB) { pg.Server.Stop(t) }
 
 // ConnString is a libpq connection string for database db.

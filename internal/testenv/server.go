@@ -18,6 +18,9 @@ import (
 // output when the test failed.
 type Server struct {
 	Name string
+	// StopSignal is what Stop sends first (SIGTERM unless set); PostgreSQL
+	// takes SIGINT as its fast shutdown, where SIGTERM waits for clients.
+	StopSignal syscall.Signal
 	cmd  *exec.Cmd
 	out  *syncBuffer
 
@@ -93,14 +96,18 @@ func (s *Server) Exited() bool {
 	}
 }
 
-// Stop sends SIGTERM and waits for the server to exit, killing it after
-// 30 s. It is safe to call more than once.
+// Stop sends StopSignal (SIGTERM) and waits for the server to exit,
+// killing it after 30 s. It is safe to call more than once.
 func (s *Server) Stop(t testing.TB) {
 	t.Helper()
 	if s.Exited() {
 		return
 	}
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	sig := s.StopSignal
+	if sig == 0 {
+		sig = syscall.SIGTERM
+	}
+	_ = s.cmd.Process.Signal(sig)
 	select {
 	case <-s.exited:
 		return

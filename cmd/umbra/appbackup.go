@@ -1,0 +1,159 @@
+package main
+
+import (
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/umbra-backup/umbra/internal/archive"
+	"github.com/umbra-backup/umbra/internal/backup"
+	"github.com/umbra-backup/umbra/internal/config"
+	"github.com/umbra-backup/umbra/internal/repository"
+	"github.com/umbra-backup/umbra/internal/shadow"
+	"github.com/umbra-backup/umbra/internal/writer"
+)
+
+// appBackupOptions are the flags of an application-consistent backup.
+type appBackupOptions struct {
+	tags        []string
+	host        string
+	force       bool
+	keepShadows bool
+	retries     int
+}
+
+// appBackup backs up the writers' data and paths from one shadow set.
+func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wrs []writer.Writer, specs []config.Spec, paths []string, o appBackupOptions) error {
+	ctx := cmd.Context()
+	var abs []string
+	for _, p := range paths {
+		p, err := filepath.Abs(p)
+		if err != nil {
+			return err
+		}
+		if _, err := os.Lstat(p); err != nil {
+			return fmt.Errorf("%s: %w; check the path", p, err)
+		}
+		abs = append(abs, p)
+	}
+	repo, done, err := a.openRepo(ctx, f)
+	if err != nil {
+		return err
+	}
+	defer done()
+	lock, err := repo.Lock(ctx, false, "backup")
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock(ctx)
+	store, err := a.store(cfg)
+	if err != nil {
+		return err
+	}
+	coord, err := a.coordinator(cfg, store, shadow.Options{Type: writer.Full})
+	if err != nil {
+		return err
+	}
+	host := o.host
+	if host == "" {
+		host, _ = os.Hostname()
+	}
+	prog := &archive.Progress{}
+	job := backup.Job{
+		Writers: wrs, Specs: recordedSpecs(specs), Paths: abs, Host: host, Tags: o.tags,
+		Retries: o.retries, KeepShadows: o.keepShadows, Progress: prog, Log: a.logger(),
+	}
+	if !o.force {
+		job.FindParent = func(recorded []string) *repository.ManifestEntry {
+			pe, err := findParent(ctx, repo, "", host, recorded)
+			if err != nil {
+				return nil // only costs reading every file
+			}
+			return pe
+		}
+	}
+	stop := a.showProgress(func(elapsed time.Duration) string {
+		return fmt.Sprintf("%d files, %s read (%s/s), %s added", prog.Files.Load(),
+			size(prog.BytesRead.Load()), size(rate(prog.BytesRead.Load(), elapsed)), size(prog.BytesAdded.Load()))
+	})
+	res, err := backup.Run(ctx, repo, coord, job)
+	stop()
+	if err != nil {
+		return fmt.Errorf("backup failed; no backup was recorded and no log was truncated: %w", err)
+	}
+	if a.json {
+		if err := a.printJSON(struct {
+			ID repository.ID `json:"id"`
+			*repository.Manifest
+			App          *backup.Info `json:"app"`
+			CompleteErr  string       `json:"backup_complete_error,omitempty"`
+		}{res.ID, res.Manifest, res.Info, errString(res.CompleteErr)}); err != nil {
+			return err
+		}
+	} else {
+		a.printAppBackup(res)
+	}
+	if n := len(res.Warnings); n > 0 || res.CompleteErr != nil {
+		if res.CompleteErr != nil {
+			n++
+		}
+		if !a.json {
+			return &warningsError{n}
+		}
+		return &reportedError{&warningsError{n}}
+	}
+	return nil
+}
+
+func (a *app) printAppBackup(res *backup.Result) {
+	for _, w := range res.Warnings {
+		fmt.Fprintf(a.stderr, "warning: %s\n", w)
+	}
+	if res.CompleteErr != nil {
+		fmt.Fprintf(a.stderr, "warning: the backup is stored, but a writer failed after it (its logs may not be truncated): %v\n", res.CompleteErr)
+	}
+	m, info := res.Manifest, res.Info
+	s := m.Stats
+	fmt.Fprintf(a.stdout, "Backup %s (%s) of %s: %d files, %s; %s read, %s added, in %s.\n",
+		res.ID.Short(), info.Type, strings.Join(m.Paths, " "), s.Files, size(s.Bytes), size(s.BytesRead), size(s.BytesAdded),
+		(time.Duration(s.DurationMS) * time.Millisecond).Round(time.Millisecond))
+	for _, w := range info.Writers {
+		fmt.Fprintf(a.stdout, "  %s: %s", w.Name, w.Consistency)
+		if len(w.Report.Positions) > 0 {
+			var pos []string
+			for _, k := range sortedKeys(w.Report.Positions) {
+				pos = append(pos, k+"="+w.Report.Positions[k])
+			}
+			fmt.Fprintf(a.stdout, " (%s)", strings.Join(pos, ", "))
+		}
+		fmt.Fprintln(a.stdout)
+	}
+	if info.CopyReason != "" {
+		fmt.Fprintf(a.stdout, "  Copy backup, nothing truncated: %s\n", info.CopyReason)
+	}
+	fmt.Fprintf(a.stdout, "Freeze window: %.1f ms.\n", info.FreezeMS)
+}
+
+// recordedSpecs keeps each writer's type and options for the manifest,
+// without a password.
+func recordedSpecs(specs []config.Spec) map[string]backup.Spec {
+	out := map[string]backup.Spec{}
+	for _, s := range specs {
+		opts := maps.Clone(s.Options)
+		delete(opts, "password")
+		out[s.Instance()] = backup.Spec{Type: s.Type, Options: opts}
+	}
+	return out
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}

@@ -1,0 +1,385 @@
+// Package backup is the requester (DESIGN §1): it makes a shadow set of the
+// writers' data and the given paths, stores it in the repository with the
+// files the writers hand on, records every writer's metadata in the
+// manifest, and only once the manifest is durable tells the writers that
+// the backup is safe, which is when they may truncate their logs.
+package backup
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/umbra-backup/umbra/internal/archive"
+	"github.com/umbra-backup/umbra/internal/repository"
+	"github.com/umbra-backup/umbra/internal/shadow"
+	"github.com/umbra-backup/umbra/internal/writer"
+)
+
+// HandOnRoot is where a backup keeps the files writers handed on:
+// HandOnRoot/<writer>/<component>/<path relative to the component>.
+const HandOnRoot = "/.umbra-handon"
+
+// Job is one backup to run.
+type Job struct {
+	Writers []writer.Writer
+	// Specs are how each writer was configured (by instance name), kept
+	// in the manifest without secrets so that a restore can rebuild it.
+	Specs map[string]Spec
+	Paths []string // absolute paths besides the writers' components
+	Host  string
+	Tags  []string
+	// FindParent, if set, returns the previous backup of the same
+	// recorded paths: its unchanged files are not read again.
+	FindParent func(paths []string) *repository.ManifestEntry
+	// Retries is how often a set that failed with a retryable error is
+	// tried again, after Backoff, then twice that, and so on.
+	Retries int
+	Backoff time.Duration
+	// KeepShadows leaves the shadow set in place after the backup.
+	KeepShadows bool
+	Progress    *archive.Progress
+	Log         *slog.Logger
+}
+
+// Spec is a writer's configuration as recorded: its type and options,
+// without a password.
+type Spec struct {
+	Type    string            `json:"type"`
+	Options map[string]string `json:"options,omitempty"`
+}
+
+// Info is what an application-consistent backup adds to its manifest
+// (Manifest.Extra).
+type Info struct {
+	Set         string              `json:"set"`
+	Type        writer.BackupType   `json:"type"`
+	CopyReason  string              `json:"copy_reason,omitempty"`
+	FreezeStart time.Time           `json:"freeze_start,omitzero"`
+	FreezeEnd   time.Time           `json:"freeze_end,omitzero"`
+	FreezeMS    float64             `json:"freeze_ms"`
+	Writers     []WriterInfo        `json:"writers"`
+	Paths       []shadow.PathResult `json:"paths,omitempty"`
+}
+
+// WriterInfo is one writer's part of a backup.
+type WriterInfo struct {
+	Name        string                   `json:"name"`
+	Spec        Spec                     `json:"spec"`
+	Consistency shadow.Consistency       `json:"consistency"`
+	Metadata    writer.Metadata          `json:"metadata"`
+	Components  []shadow.ComponentResult `json:"components"`
+	// Report is what the writer handed on; each file's Source is where it
+	// is stored in the backup (under HandOnRoot).
+	Report writer.Report `json:"report,omitzero"`
+}
+
+// ReadInfo returns the Info of a manifest, or nil for a backup of plain
+// paths.
+func ReadInfo(m *repository.Manifest) (*Info, error) {
+	if len(m.Extra) == 0 {
+		return nil, nil
+	}
+	var info Info
+	if err := json.Unmarshal(m.Extra, &info); err != nil {
+		return nil, fmt.Errorf("manifest: application data: %w", err)
+	}
+	return &info, nil
+}
+
+// Result is a finished backup.
+type Result struct {
+	ID       repository.ID
+	Manifest *repository.Manifest
+	Info     *Info
+	Warnings []string
+	// CompleteErr is a writer's failure in BackupComplete: the backup is
+	// stored and good, but a log may not have been truncated.
+	CompleteErr error
+}
+
+// Run makes the backup. Any failure before the manifest is stored aborts
+// the writers (nothing is truncated) and deletes the set; the data already
+// stored is left for prune.
+func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordinator, job Job) (*Result, error) {
+	log := job.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	start := time.Now()
+	set, release, err := createSet(ctx, coord, job, log)
+	if err != nil {
+		return nil, err
+	}
+	stored := false
+	defer func() {
+		if stored {
+			return
+		}
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		abort(actx, job.Writers, set)
+		release()
+		if err := coord.Delete(actx, set.ID); err != nil && !errors.Is(err, shadow.ErrNoSet) {
+			log.Warn("delete the set after a failed backup", "set", set.ID, "err", err)
+		}
+	}()
+
+	sources, exclude := sourcesOf(set, job.Paths)
+	recorded := recordedPaths(set, job.Paths)
+	var parent *repository.ManifestEntry
+	if job.FindParent != nil {
+		parent = job.FindParent(recorded)
+	}
+	opts := archive.Options{Progress: job.Progress, Exclude: exclude}
+	if parent != nil {
+		opts.Parent = &parent.Tree
+	}
+	res, err := archive.Run(ctx, repo, sources, opts)
+	if err != nil {
+		return nil, err
+	}
+	// The writers that kept their backup open while live volumes were
+	// read end it now and hand on what that gives.
+	if err := coord.CompleteCopy(ctx, set, job.Writers); err != nil {
+		return nil, err
+	}
+	root, info, err := storeHandOn(ctx, repo, set, res.Tree, job)
+	if err != nil {
+		return nil, err
+	}
+	if err := repo.Flush(ctx); err != nil {
+		return nil, err
+	}
+	extra, err := json.Marshal(info)
+	if err != nil {
+		return nil, err
+	}
+	m := &repository.Manifest{
+		Time: start.UTC(), Host: job.Host, Paths: recorded, Tree: root,
+		Tags: job.Tags, Stats: res.Stats, Warnings: res.Warnings, Extra: extra,
+	}
+	if parent != nil {
+		m.Parent = &parent.ID
+	}
+	m.Stats.DurationMS = time.Since(start).Milliseconds()
+	id, err := repo.SaveManifest(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	stored = true
+
+	// The manifest is durable: now, and not before, the writers learn
+	// that the backup is safe and may truncate their logs.
+	result := &Result{ID: id, Manifest: m, Info: info, Warnings: res.Warnings}
+	result.CompleteErr = complete(ctx, job.Writers, set)
+	release()
+	if !job.KeepShadows {
+		if err := coord.Delete(context.WithoutCancel(ctx), set.ID); err != nil && !errors.Is(err, shadow.ErrNoSet) {
+			log.Warn("delete the set after the backup", "set", set.ID, "err", err)
+		}
+	}
+	return result, nil
+}
+
+// createSet makes the held set, trying again after retryable failures.
+func createSet(ctx context.Context, coord *shadow.Coordinator, job Job, log *slog.Logger) (*shadow.Set, func(), error) {
+	wait := job.Backoff
+	if wait == 0 {
+		wait = 5 * time.Second
+	}
+	for try := 0; ; try++ {
+		set, release, err := coord.CreateHeld(ctx, job.Writers, job.Paths)
+		if err == nil {
+			return set, release, nil
+		}
+		var pe *shadow.PhaseError
+		retryable := errors.Is(err, writer.ErrRetryable) || (errors.As(err, &pe) && pe.Retryable)
+		if !retryable || try >= job.Retries {
+			if try > 0 {
+				return nil, nil, fmt.Errorf("after %d tries: %w", try+1, err)
+			}
+			return nil, nil, err
+		}
+		log.Warn("shadow set failed; trying again", "try", try+1, "wait", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, nil, errors.Join(err, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}
+
+// sourcesOf lists what to read: every writer component's paths and the
+// user's paths, each read from its shadow copy and recorded under its live
+// path, and the exclusion of what the components leave out.
+func sourcesOf(set *shadow.Set, paths []string) ([]archive.Source, func(string) bool) {
+	var recorded []string
+	var excludes []string
+	for _, w := range set.Writers {
+		for _, c := range w.Metadata.Components {
+			recorded = append(recorded, c.Paths...)
+			excludes = append(excludes, c.Excludes...)
+		}
+	}
+	recorded = append(recorded, paths...)
+	var sources []archive.Source
+	seen := map[string]bool{}
+	for _, p := range recorded {
+		p = filepath.Clean(p)
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		if _, err := os.Lstat(p); err != nil {
+			continue // a component path that does not exist (an SQLite -wal file between checkpoints)
+		}
+		sources = append(sources, archive.Source{Path: p, Read: snapshotOf(set, p)})
+	}
+	return sources, func(path string) bool { return writer.Excluded(excludes, path) }
+}
+
+// snapshotOf is where path is read in the set.
+func snapshotOf(set *shadow.Set, path string) string {
+	best := ""
+	read := path
+	for _, v := range set.Volumes() {
+		if (path == v.Source || strings.HasPrefix(path, strings.TrimSuffix(v.Source, "/")+"/")) && len(v.Source) > len(best) {
+			best = v.Source
+			read = filepath.Join(v.Snapshot, strings.TrimPrefix(path, v.Source))
+		}
+	}
+	return read
+}
+
+func recordedPaths(set *shadow.Set, paths []string) []string {
+	var all []string
+	for _, w := range set.Writers {
+		for _, c := range w.Metadata.Components {
+			all = append(all, c.Paths...)
+		}
+	}
+	all = append(all, paths...)
+	slices.Sort(all)
+	return slices.Compact(all)
+}
+
+// storeHandOn stores the files the writers handed on under HandOnRoot in
+// the backup's root tree and returns that root and the manifest's Info,
+// whose reports name where each file is stored.
+func storeHandOn(ctx context.Context, repo *repository.Repository, set *shadow.Set, root repository.ID, job Job) (repository.ID, *Info, error) {
+	info := &Info{
+		Set: set.ID, Type: set.Type, CopyReason: set.CopyReason,
+		FreezeStart: set.FreezeStart, FreezeEnd: set.FreezeEnd,
+		FreezeMS: float64(set.FreezeWindow().Microseconds()) / 1000, Paths: set.Paths,
+	}
+	stage := filepath.Join(set.Scratch, "handon")
+	any := false
+	for _, w := range set.Writers {
+		wi := WriterInfo{Name: w.Name, Spec: job.Specs[w.Name], Consistency: w.Consistency, Metadata: w.Metadata,
+			Components: w.Components, Report: writer.Report{Positions: w.Report.Positions}}
+		dir := safeName(w.Name)
+		for _, f := range w.Report.Files {
+			rel := filepath.Join(dir, f.Component, filepath.Clean("/" + f.Path)[1:])
+			if err := linkOrCopy(f.Source, filepath.Join(stage, rel)); err != nil {
+				return root, nil, fmt.Errorf("%s: hand-on file %s: %w", w.Name, f.Path, err)
+			}
+			wi.Report.Files = append(wi.Report.Files, writer.HandOn{Component: f.Component, Path: f.Path, Source: filepath.Join(HandOnRoot, rel)})
+			any = true
+		}
+		info.Writers = append(info.Writers, wi)
+	}
+	if !any {
+		return root, info, nil
+	}
+	res, err := archive.Run(ctx, repo, []archive.Source{{Path: HandOnRoot, Read: stage}}, archive.Options{})
+	if err != nil {
+		return root, nil, err
+	}
+	// The two roots are read back to be merged: their packs must be stored.
+	if err := repo.Flush(ctx); err != nil {
+		return root, nil, err
+	}
+	merged, err := mergeRoots(ctx, repo, root, res.Tree)
+	return merged, info, err
+}
+
+// mergeRoots adds the top-level entries of b's root tree to a's.
+func mergeRoots(ctx context.Context, repo *repository.Repository, a, b repository.ID) (repository.ID, error) {
+	ta, err := repo.LoadTree(ctx, a)
+	if err != nil {
+		return a, err
+	}
+	tb, err := repo.LoadTree(ctx, b)
+	if err != nil {
+		return a, err
+	}
+	for _, n := range tb.Nodes {
+		if ta.Find(string(n.Name)) == nil {
+			ta.Nodes = append(ta.Nodes, n)
+		}
+	}
+	id, _, err := repo.SaveTree(ctx, ta)
+	return id, err
+}
+
+func safeName(s string) string { return strings.NewReplacer("/", "_", ":", "_").Replace(s) }
+
+// linkOrCopy puts src at dst, a hard link where it can (both are in the
+// set's scratch directory).
+func linkOrCopy(src, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+		return err
+	}
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, 0o600)
+}
+
+// complete tells every writer that the backup is stored.
+func complete(ctx context.Context, wrs []writer.Writer, set *shadow.Set) error {
+	ws := writer.Set{ID: set.ID, Type: set.Type, Scratch: set.Scratch}
+	var errs []error
+	for _, wr := range wrs {
+		c, ok := wr.(writer.Completer)
+		if !ok {
+			continue
+		}
+		comp := writer.Completion{Set: ws, Components: map[string]bool{}}
+		for _, w := range set.Writers {
+			if w.Name != wr.Name() {
+				continue
+			}
+			for _, cr := range w.Components {
+				comp.Components[cr.Name] = cr.Consistency == shadow.Application
+			}
+		}
+		if err := c.BackupComplete(ctx, comp); err != nil {
+			errs = append(errs, fmt.Errorf("%s: backup-complete: %w", wr.Name(), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// abort tells every writer that the backup failed.
+func abort(ctx context.Context, wrs []writer.Writer, set *shadow.Set) {
+	ws := writer.Set{ID: set.ID, Type: set.Type, Scratch: set.Scratch}
+	for _, wr := range wrs {
+		if a, ok := wr.(writer.Aborter); ok {
+			_ = a.Abort(ctx, ws)
+		}
+	}
+}
