@@ -90,8 +90,8 @@ func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wr
 		if err := a.printJSON(struct {
 			ID repository.ID `json:"id"`
 			*repository.Manifest
-			App          *backup.Info `json:"app"`
-			CompleteErr  string       `json:"backup_complete_error,omitempty"`
+			App         *backup.Info `json:"app"`
+			CompleteErr string       `json:"backup_complete_error,omitempty"`
 		}{res.ID, res.Manifest, res.Info, errString(res.CompleteErr)}); err != nil {
 			return err
 		}

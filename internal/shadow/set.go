@@ -47,12 +47,12 @@ type Set struct {
 	Type   writer.BackupType `json:"type"`
 	// CopyReason says why a set asked for as a truncating backup became a
 	// copy backup: another tool owns a writer's logs.
-	CopyReason string    `json:"copy_reason,omitempty"`
+	CopyReason string `json:"copy_reason,omitempty"`
 	// Temporary sets belong to a requester reading them (umbra backup):
 	// they live only as long as its process.
-	Temporary bool `json:"temporary,omitempty"`
-	PID        int       `json:"pid"`
-	Created    time.Time `json:"created"`
+	Temporary bool      `json:"temporary,omitempty"`
+	PID       int       `json:"pid"`
+	Created   time.Time `json:"created"`
 	// Planned lists the volumes and providers chosen before the commit, so
 	// that clean-up after a crash knows where shadows may be.
 	Planned     []Planned         `json:"planned,omitempty"`

@@ -21,8 +21,8 @@ type Server struct {
 	// StopSignal is what Stop sends first (SIGTERM unless set); PostgreSQL
 	// takes SIGINT as its fast shutdown, where SIGTERM waits for clients.
 	StopSignal syscall.Signal
-	cmd  *exec.Cmd
-	out  *syncBuffer
+	cmd        *exec.Cmd
+	out        *syncBuffer
 
 	exited  chan struct{} // closed once the process has been waited for
 	waitErr error         // set before exited is closed
