@@ -169,6 +169,10 @@ func newMariaDB(t testing.TB, dataDir string, extra []string) *MariaDB {
 		"datadir=" + dataDir,
 		"socket=" + m.Socket,
 		"pid-file=" + m.PidFile,
+		// A private tmpdir: a starting mariadbd deletes every #sql* file
+		// in its tmpdir, which broke another test's mariadb-install-db
+		// (its temporary tables vanished) when both used /tmp.
+		"tmpdir=" + runDir,
 		"port=" + strconv.Itoa(m.Port),
 		"bind-address=127.0.0.1",
 		"skip-name-resolve",

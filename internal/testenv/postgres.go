@@ -232,21 +232,32 @@ func (pg *Postgres) run(t testing.TB, prog string, args ...string) {
 }
 
 // PgbenchInvariant checks pgbench's bookkeeping: the sum of account,
-// teller and branch balances each equals the sum of the deltas in history.
-// It returns the number of history rows (committed transactions).
+// teller and branch balances each equals the sum of the deltas in history,
+// all read in one snapshot (transactions may still be committing). It
+// returns the number of history rows (committed transactions).
 func (pg *Postgres) PgbenchInvariant(t testing.TB) int64 {
 	t.Helper()
-	hist := pg.QueryInt(t, "SELECT coalesce(sum(delta), 0) FROM pgbench_history")
-	for _, q := range []string{
-		"SELECT coalesce(sum(abalance), 0) FROM pgbench_accounts",
-		"SELECT coalesce(sum(tbalance), 0) FROM pgbench_tellers",
-		"SELECT coalesce(sum(bbalance), 0) FROM pgbench_branches",
-	} {
-		if got := pg.QueryInt(t, q); got != hist {
-			t.Errorf("pgbench invariant broken on %s: %s = %d, sum of history deltas = %d", pg.DataDir, q, got, hist)
+	conn, err := pgx.Connect(t.Context(), pg.ConnString("postgres"))
+	if err != nil {
+		t.Fatalf("connect to %s: %v", pg.DataDir, err)
+	}
+	defer conn.Close(context.Background())
+	var hist, accounts, tellers, branches, n int64
+	err = conn.QueryRow(t.Context(), `SELECT
+		(SELECT coalesce(sum(delta), 0) FROM pgbench_history),
+		(SELECT coalesce(sum(abalance), 0) FROM pgbench_accounts),
+		(SELECT coalesce(sum(tbalance), 0) FROM pgbench_tellers),
+		(SELECT coalesce(sum(bbalance), 0) FROM pgbench_branches),
+		(SELECT count(*) FROM pgbench_history)`).Scan(&hist, &accounts, &tellers, &branches, &n)
+	if err != nil {
+		t.Fatalf("pgbench invariant on %s: %v", pg.DataDir, err)
+	}
+	for what, sum := range map[string]int64{"accounts": accounts, "tellers": tellers, "branches": branches} {
+		if sum != hist {
+			t.Errorf("pgbench invariant broken on %s: balances of %s sum to %d, history deltas to %d", pg.DataDir, what, sum, hist)
 		}
 	}
-	return pg.QueryInt(t, "SELECT count(*) FROM pgbench_history")
+	return n
 }
 
 // PgbenchInit creates pgbench's tables at scale 1, with extra pgbench -i
