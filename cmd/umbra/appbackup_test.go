@@ -11,7 +11,6 @@ import (
 	"github.com/umbra-backup/umbra/internal/backup"
 	"github.com/umbra-backup/umbra/internal/shadow"
 	"github.com/umbra-backup/umbra/internal/testenv"
-	"github.com/umbra-backup/umbra/internal/writer/postgres"
 )
 
 // appBackupJSON is the part of backup --json an application backup adds.
@@ -63,33 +62,49 @@ func TestAppBackupPostgres(t *testing.T) {
 	}
 	load.Stop()
 
+	// To a directory: the files and the hand-on land there, ready to
+	// recover, and nothing live is touched.
 	target := t.TempDir()
 	if res := umbraRun(t, state, repo.environ(), "restore", b.ID, "--target", target); res.code != 0 {
-		t.Fatalf("restore: exit %d: %s", res.code, res.stderr)
+		t.Fatalf("restore --target: exit %d: %s", res.code, res.stderr)
 	}
 	restored := filepath.Join(target, data)
 	if _, err := os.Stat(filepath.Join(restored, "postmaster.pid")); err == nil {
 		t.Error("postmaster.pid was backed up; PostgreSQL says to leave it out")
 	}
-	if entries, _ := os.ReadDir(filepath.Join(restored, "pg_wal")); len(entries) != 0 {
-		t.Errorf("pg_wal holds %d entries from the snapshot; its contents come from the writer", len(entries))
-	}
-	// What the application-aware restore will do: the hand-on files into
-	// the data directory.
-	for _, f := range w.Report.Files {
-		out, err := exec.Command("cp", "-a", filepath.Join(target, f.Source), filepath.Join(restored, f.Path)).CombinedOutput()
-		if err != nil {
-			t.Fatalf("hand-on %s: %v\n%s", f.Path, err, out)
+	for _, f := range []string{"backup_label", "recovery.signal", filepath.Join("pg_wal", w.Report.Positions["stop_wal"])} {
+		if _, err := os.Stat(filepath.Join(restored, f)); err != nil {
+			t.Errorf("restore --target: %s missing: %v", f, err)
 		}
-	}
-	if err := postgres.Prepare(restored); err != nil {
-		t.Fatal(err)
-	}
-	second := testenv.OpenPostgres(t, restored)
-	if after := second.PgbenchInvariant(t); after < before {
-		t.Errorf("restored %d pgbench transactions; %d had committed before the backup began", after, before)
 	}
 	if !strings.HasPrefix(w.Report.Files[0].Source, backup.HandOnRoot+"/") {
 		t.Errorf("hand-on stored at %s, want under %s", w.Report.Files[0].Source, backup.HandOnRoot)
 	}
+
+	// In place over the running server: refused without --force.
+	if res := umbraRun(t, state, repo.environ(), "restore", b.ID); res.code == 0 || !strings.Contains(res.stderr, "--force") {
+		t.Errorf("restore in place over live data: exit %d, %s; want a refusal naming --force", res.code, res.stderr)
+	}
+	// The disaster: the cluster is gone. restore brings it back and starts it.
+	pg.Stop(t)
+	if err := os.RemoveAll(data); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pgCtlStop(t, data) })
+	res = umbraRun(t, state, repo.environ(), "restore", b.ID)
+	if res.code != 0 {
+		t.Fatalf("restore in place: exit %d: %s", res.code, res.stderr)
+	}
+	if after := pg.PgbenchInvariant(t); after < before {
+		t.Errorf("restored %d pgbench transactions; %d had committed before the backup began", after, before)
+	}
+}
+
+// pgCtlStop stops a server started by pg_ctl (a restore) on dataDir.
+func pgCtlStop(t *testing.T, dataDir string) {
+	uid, gid := testenv.SystemUser(t, "postgres")
+	cmd := exec.Command(filepath.Join(testenv.PostgresBin(t), "pg_ctl"), "stop", "-D", dataDir, "-m", "immediate")
+	testenv.AsUser(cmd, uid, gid)
+	cmd.Dir = "/"
+	_ = cmd.Run()
 }

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/umbra-backup/umbra/internal/archive"
+	"github.com/umbra-backup/umbra/internal/backup"
 	"github.com/umbra-backup/umbra/internal/repository"
 	"github.com/umbra-backup/umbra/internal/restore"
 )
@@ -394,26 +395,41 @@ func modeString(n repository.Node) string {
 
 func (a *app) restoreCommand() *cobra.Command {
 	var (
-		f        repoFlags
-		target   string
-		includes []string
+		f          repoFlags
+		target     string
+		includes   []string
+		force      bool
+		filesOnly  bool
+		only       []string
+		components []string
 	)
 	cmd := &cobra.Command{
-		Use:   "restore ID --target DIR [--include PATTERN]...",
-		Short: "Restore files from a backup",
-		Long: `Restore backup ID (an id, a unique prefix, or "latest") under DIR: a file
-backed up as /srv/app/x comes back as DIR/srv/app/x, with its content (holes
-as holes), owner, mode, modification time, xattrs and ACLs, and hard links.
-Restore never overwrites: DIR must not hold the same files.
+		Use:   "restore ID [--target DIR] [--force] [--writer NAME] [--component NAME] [--include PATTERN]...",
+		Short: "Restore a backup: applications in place, or files under a directory",
+		Long: `Restore backup ID (an id, a unique prefix, or "latest").
 
---include restores only paths matching a shell pattern (repeatable); a
-matching directory brings everything below it.`,
-		Example: "  umbra restore latest --target /tmp/restore\n  umbra restore 3f9a2c1b --target /tmp/r --include '/etc/ssh/*'",
-		Args:    exactArgs(1),
+A backup made with writers is restored application by application, in the
+order of the backup: the writer stops the application and moves its files
+aside (PreRestore), its components' files come back, then the files it
+handed on at backup time (PostgreSQL's backup_label and WAL), and the
+writer recovers, starts and checks the application (PostRestore). In place
+this replaces live data, so it asks for --force when the data exists. With
+--target DIR everything lands under DIR and nothing live is touched; the
+writer readies the files there (PostgreSQL: recovery.signal) but starts
+nothing. --writer and --component restore a part.
+
+Files, and backups of plain paths, come back under --target DIR: a file
+backed up as /srv/app/x comes back as DIR/srv/app/x, with its content
+(holes as holes), owner, mode, modification time, xattrs and ACLs, and hard
+links. Restore never overwrites. --include restores only paths matching a
+shell pattern (repeatable); a matching directory brings everything below
+it. --files-only restores a writer backup as plain files.`,
+		Example: `  umbra restore latest --force                     # every application in the backup, in place
+  umbra restore 3f9a2c1b --target /srv/restore      # beside production
+  umbra restore latest --writer postgres:main --force
+  umbra restore latest --files-only --target /tmp/r --include '/etc/ssh/*'`,
+		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if target == "" {
-				return usagef("--target DIR is required: restore writes under a directory, never over live data")
-			}
 			repo, done, err := a.openRepo(cmd.Context(), &f)
 			if err != nil {
 				return err
@@ -422,6 +438,19 @@ matching directory brings everything below it.`,
 			e, err := repo.FindManifest(cmd.Context(), args[0])
 			if err != nil {
 				return err
+			}
+			info, err := backup.ReadInfo(e.Manifest)
+			if err != nil {
+				return err
+			}
+			if info != nil && len(info.Writers) > 0 && !filesOnly {
+				if len(includes) > 0 {
+					return usagef("--include selects files; with an application backup use --component, or --files-only")
+				}
+				return a.appRestore(cmd, repo, e, info, target, force, only, components)
+			}
+			if target == "" {
+				return usagef("--target DIR is required: restore writes under a directory, never over live data")
 			}
 			prog := &restore.Progress{}
 			stop := a.showProgress(func(elapsed time.Duration) string {
@@ -444,8 +473,12 @@ matching directory brings everything below it.`,
 		},
 	}
 	f.register(cmd.Flags())
-	cmd.Flags().StringVarP(&target, "target", "t", "", "directory to restore under")
-	cmd.Flags().StringArrayVar(&includes, "include", nil, "restore only paths matching this pattern (repeatable)")
+	cmd.Flags().StringVar(&target, "target", "", "restore under this directory instead of in place")
+	cmd.Flags().StringArrayVar(&includes, "include", nil, "restore only paths matching this shell pattern (repeatable)")
+	cmd.Flags().BoolVar(&force, "force", false, "restore in place over existing data (the writer stops the application first)")
+	cmd.Flags().BoolVar(&filesOnly, "files-only", false, "restore a writer backup as plain files under --target")
+	cmd.Flags().StringArrayVarP(&only, "writer", "w", nil, "restore only this writer instance, such as postgres:main (repeatable)")
+	cmd.Flags().StringArrayVar(&components, "component", nil, "restore only this component of the writers (repeatable)")
 	return cmd
 }
 

@@ -1,0 +1,219 @@
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/umbra-backup/umbra/internal/repository"
+	"github.com/umbra-backup/umbra/internal/restore"
+	"github.com/umbra-backup/umbra/internal/writer"
+)
+
+// RestoreJob is an application-aware restore of one backup.
+type RestoreJob struct {
+	Manifest *repository.Manifest
+	Info     *Info
+	// Writers holds the writer of each instance in the backup that is
+	// restored, built from the configuration or the recorded spec.
+	Writers map[string]writer.Writer
+	// Only limits the restore to these writers (instance names); empty
+	// means every writer in the backup.
+	Only []string
+	// Components limits each writer to these component names; empty means
+	// all of them.
+	Components []string
+	// Target is a directory to restore under (files land at Target + their
+	// path, and nothing live is touched); empty restores in place.
+	Target string
+	// Force allows an in-place restore over data that exists: the writer
+	// stops the application and moves its files aside first.
+	Force    bool
+	Progress *restore.Progress
+}
+
+// RestoredWriter is what happened to one writer.
+type RestoredWriter struct {
+	Name       string        `json:"name"`
+	Components []string      `json:"components"`
+	Stats      restore.Stats `json:"stats"`
+	HandedOn   []string      `json:"handed_on,omitempty"`
+}
+
+// Restore brings each selected writer back, in the order of the backup:
+// PreRestore (stop the application, move its files aside), the files of
+// its components, the files it handed on at backup time, PostRestore
+// (recover, start, check).
+func Restore(ctx context.Context, repo *repository.Repository, job RestoreJob) ([]RestoredWriter, error) {
+	var done []RestoredWriter
+	for _, wi := range job.Info.Writers {
+		if len(job.Only) > 0 && !slices.Contains(job.Only, wi.Name) {
+			continue
+		}
+		wr := job.Writers[wi.Name]
+		if wr == nil {
+			return done, fmt.Errorf("writer %s: not configured here and its type is unknown; configure it to restore its data", wi.Name)
+		}
+		rw, err := restoreWriter(ctx, repo, job, wi, wr)
+		if err != nil {
+			return done, fmt.Errorf("writer %s: %w", wi.Name, err)
+		}
+		done = append(done, rw)
+	}
+	if len(done) == 0 {
+		return nil, errors.New("nothing to restore: no writer of the backup was selected")
+	}
+	return done, nil
+}
+
+func restoreWriter(ctx context.Context, repo *repository.Repository, job RestoreJob, wi WriterInfo, wr writer.Writer) (RestoredWriter, error) {
+	rw := RestoredWriter{Name: wi.Name}
+	var comps []writer.Component
+	for _, c := range wi.Metadata.Components {
+		if len(job.Components) == 0 || slices.Contains(job.Components, c.Name) {
+			comps = append(comps, c)
+			rw.Components = append(rw.Components, c.Name)
+		}
+	}
+	if len(comps) == 0 {
+		return rw, fmt.Errorf("no component named %s; the backup has %s", strings.Join(job.Components, ", "), componentNames(wi.Metadata))
+	}
+	for _, c := range comps {
+		if !c.Selectable && len(comps) < len(wi.Metadata.Components) {
+			return rw, fmt.Errorf("component %s cannot be restored alone; restore the writer whole", c.Name)
+		}
+	}
+	if job.Target == "" && !job.Force {
+		for _, c := range comps {
+			for _, p := range c.Paths {
+				if exists(p) {
+					return rw, fmt.Errorf("%s exists: restoring in place replaces it; give --force (the writer stops the application and moves its files aside first), or --target DIR to restore beside it", p)
+				}
+			}
+		}
+	}
+	r := writer.Restore{Metadata: wi.Metadata, Report: wi.Report, Components: rw.Components, Target: job.Target}
+	restorer, _ := wr.(writer.Restorer)
+	if restorer != nil {
+		if err := restorer.PreRestore(ctx, r); err != nil {
+			return rw, fmt.Errorf("pre-restore: %w", err)
+		}
+	}
+	target := job.Target
+	if target == "" {
+		target = "/"
+	}
+	var include []string
+	for _, c := range comps {
+		for _, p := range c.Paths {
+			include = append(include, escapeGlob(p))
+		}
+	}
+	stats, err := restore.Run(ctx, repo, job.Manifest.Tree, target, restore.Options{Include: include, Progress: job.Progress})
+	rw.Stats = stats
+	if err != nil {
+		return rw, fmt.Errorf("restore files: %w", err)
+	}
+	if rw.HandedOn, err = placeHandOn(ctx, repo, job, wi, comps, target); err != nil {
+		return rw, err
+	}
+	if restorer != nil {
+		if err := restorer.PostRestore(ctx, r); err != nil {
+			return rw, fmt.Errorf("post-restore: %w", err)
+		}
+	}
+	return rw, nil
+}
+
+// placeHandOn restores the files the writer handed on at backup time into
+// its components: from HandOnRoot into a scratch directory, then each to
+// its component's first path + its relative path, owned like that path.
+func placeHandOn(ctx context.Context, repo *repository.Repository, job RestoreJob, wi WriterInfo, comps []writer.Component, target string) ([]string, error) {
+	roots := map[string]string{}
+	for _, c := range comps {
+		if len(c.Paths) > 0 {
+			roots[c.Name] = filepath.Join(target, c.Paths[0])
+		}
+	}
+	var files []writer.HandOn
+	for _, f := range wi.Report.Files {
+		if _, ok := roots[f.Component]; ok {
+			files = append(files, f)
+		}
+	}
+	if len(files) == 0 {
+		return nil, nil
+	}
+	scratch, err := os.MkdirTemp("", "umbra-handon-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(scratch)
+	include := []string{escapeGlob(filepath.Join(HandOnRoot, safeName(wi.Name)))}
+	if _, err := restore.Run(ctx, repo, job.Manifest.Tree, scratch, restore.Options{Include: include}); err != nil {
+		return nil, fmt.Errorf("restore the files the writer handed on: %w", err)
+	}
+	var placed []string
+	for _, f := range files {
+		root := roots[f.Component]
+		dst := filepath.Join(root, filepath.Clean("/" + f.Path)[1:])
+		if err := copyOwned(filepath.Join(scratch, f.Source), dst, root); err != nil {
+			return placed, fmt.Errorf("hand-on file %s: %w", f.Path, err)
+		}
+		placed = append(placed, f.Path)
+	}
+	return placed, nil
+}
+
+// copyOwned copies src to dst (which must not exist), mode 0600, owned by
+// the owner of root.
+func copyOwned(src, dst, root string) error {
+	fi, err := os.Stat(root)
+	if err != nil {
+		return err
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && os.Geteuid() == 0 {
+		return os.Lchown(dst, int(st.Uid), int(st.Gid))
+	}
+	return nil
+}
+
+func exists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
+}
+
+func componentNames(md writer.Metadata) string {
+	var names []string
+	for _, c := range md.Components {
+		names = append(names, c.Name)
+	}
+	return strings.Join(names, ", ")
+}
+
+// escapeGlob makes a path match itself as a filepath.Match pattern.
+func escapeGlob(p string) string {
+	return strings.NewReplacer(`\`, `\\`, `*`, `\*`, `?`, `\?`, `[`, `\[`).Replace(p)
+}
