@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -29,4 +31,57 @@ func TestKillDuringFreezeMariaDB(t *testing.T) {
 		t.Fatalf("after kill -9 of umbra: %v", err)
 	}
 	t.Logf("load resumed %v after kill -9", time.Since(killed).Round(time.Millisecond))
+}
+
+// TestBackupRestoreMariaDB: umbra backup --writer mariadb:... under the
+// transfer load on btrfs, the data directory destroyed, umbra restore ID:
+// the server is back (started by the writer, InnoDB recovered), the total
+// is unchanged and every transfer acknowledged before the backup began is
+// there.
+func TestBackupRestoreMariaDB(t *testing.T) {
+	fs := testenv.Btrfs(t)
+	m := testenv.StartMariaDB(t, fs.Subvolume(t, "db"))
+	load := m.StartTransferLoad(t, 4)
+	if err := load.WaitProgress(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	env := append(repo.environ(), "MYSQL_PWD="+m.RootPassword)
+	spec := m.Spec("main") + ",start=" + m.StartCommand()
+
+	before := len(load.Acks())
+	acked := load.Acks()[:before]
+	res := umbraRun(t, state, env, "backup", "--json", "--writer", spec)
+	if res.code != 0 {
+		t.Fatalf("backup: exit %d: %s", res.code, res.stderr)
+	}
+	var b appBackupJSON
+	if err := json.Unmarshal([]byte(res.stdout), &b); err != nil {
+		t.Fatal(err)
+	}
+	if b.App == nil || b.App.Writers[0].Report.Positions["gtid_binlog_pos"] == "" {
+		t.Fatalf("backup info %+v: want the GTID recorded", b.App)
+	}
+	load.Stop()
+	m.Server.Stop(t)
+	if err := os.RemoveAll(m.DataDir); err != nil {
+		t.Fatal(err)
+	}
+	if res := umbraRun(t, state, env, "restore", b.ID); res.code != 0 {
+		t.Fatalf("restore: exit %d: %s%s", res.code, res.stdout, res.stderr)
+	}
+	led, err := m.Ledger(t)
+	if err != nil {
+		t.Fatalf("restored server: %v", err)
+	}
+	if led.Total != int64(testenv.MariaDBAccounts)*testenv.MariaDBStartBalance {
+		t.Errorf("restored total %d, want %d", led.Total, int64(testenv.MariaDBAccounts)*testenv.MariaDBStartBalance)
+	}
+	for _, a := range acked {
+		if !led.Transfers[a.ID] {
+			t.Fatalf("transfer %d, acknowledged before the backup began, is not in the restore", a.ID)
+		}
+	}
+	t.Logf("%d transfers acknowledged before the backup; %d restored", len(acked), len(led.Transfers))
 }

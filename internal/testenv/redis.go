@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -121,6 +122,22 @@ func (r *Redis) Start(t testing.TB) {
 		t.Fatalf("start redis-server %s: it is still running (pid %d)", r.Addr, r.Server.Pid())
 	}
 	r.Server = StartServer(t, "redis-server "+r.Addr, exec.Command("redis-server", r.Config), redisStartLimit, r.ready)
+}
+
+// StartCommand is a shell command that starts the server again detached
+// (as a writer's start= option would, for a restore); t.Cleanup kills
+// whatever it started.
+func (r *Redis) StartCommand(t testing.TB) string {
+	t.Helper()
+	pidFile := filepath.Join(t.TempDir(), "redis.pid")
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(pidFile); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	return fmt.Sprintf("redis-server %s --daemonize yes --pidfile %s", r.Config, pidFile)
 }
 
 // quoteRedis quotes s for a redis.conf line.

@@ -411,3 +411,41 @@ func size(t *testing.T, path string) int64 {
 	}
 	return fi.Size()
 }
+
+func TestRestorePhases(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "app.db")
+	load := testenv.StartSQLiteLoad(t, path)
+	wr := newWriter(t, path)
+	ctx := t.Context()
+	r := writer.Restore{Components: []string{"app.db"}}
+	if err := wr.PreRestore(ctx, r); err == nil || !strings.Contains(err.Error(), "stop the application") {
+		t.Errorf("PreRestore with the database open: got %v, want a refusal", err)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Errorf("a refused PreRestore moved the database: %v", err)
+	}
+	load.Stop()
+	if err := wr.PreRestore(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("PreRestore left the database in place: %v", err)
+	}
+	aside, _ := filepath.Glob(path + ".umbra-before-restore-*")
+	if len(aside) == 0 {
+		t.Fatal("nothing moved aside")
+	}
+	if err := os.Rename(aside[0], path); err != nil {
+		t.Fatal(err)
+	}
+	if err := wr.PostRestore(ctx, r); err != nil {
+		t.Errorf("PostRestore of an intact database: %v", err)
+	}
+	if err := os.WriteFile(path, []byte("SQLite format 3\x00 and then garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := wr.PostRestore(ctx, r); err == nil {
+		t.Error("PostRestore of a damaged database succeeded")
+	}
+}
