@@ -61,6 +61,10 @@ func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wr
 	if err != nil {
 		return err
 	}
+	// A backup killed earlier left its set behind: delete its shadows now.
+	if _, err := coord.List(ctx); err != nil {
+		a.logger().Warn("clean up sets left by an earlier run", "err", err)
+	}
 	host := o.host
 	if host == "" {
 		host, _ = os.Hostname()

@@ -201,6 +201,9 @@ func (r *creation) create(ctx context.Context, paths []string) error {
 	}); err != nil {
 		return err
 	}
+	if err := r.onPhase(ctx, writer.PhasePostSnapshot); err != nil {
+		return err
+	}
 	r.set.Status = StatusReady
 	return r.save()
 }
