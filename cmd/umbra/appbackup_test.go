@@ -62,6 +62,18 @@ func TestAppBackupPostgres(t *testing.T) {
 	}
 	load.Stop()
 
+	// umbra backups and umbra show tell what the backup holds.
+	list := umbraRun(t, state, repo.environ(), "backups")
+	if !strings.Contains(list.stdout, "postgres:main (application)") {
+		t.Errorf("umbra backups does not show the writer and its consistency:\n%s", list.stdout)
+	}
+	show := umbraRun(t, state, repo.environ(), "show", b.ID)
+	for _, want := range []string{"Writer postgres:main", "Component data: application", "Position stop_lsn:", "Handed on: backup_label"} {
+		if !strings.Contains(show.stdout, want) {
+			t.Errorf("umbra show lacks %q:\n%s", want, show.stdout)
+		}
+	}
+
 	// To a directory: the files and the hand-on land there, ready to
 	// recover, and nothing live is touched.
 	target := t.TempDir()

@@ -297,10 +297,21 @@ func (a *app) backupsCommand() *cobra.Command {
 				return nil
 			}
 			tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tTIME\tHOST\tFILES\tSIZE\tADDED\tPATHS")
+			fmt.Fprintln(tw, "ID\tTIME\tHOST\tFILES\tSIZE\tADDED\tFREEZE\tWRITERS\tPATHS")
 			for _, e := range all {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", e.ID.Short(), e.Time.Local().Format(time.DateTime), e.Host,
-					e.Stats.Files, size(e.Stats.Bytes), size(e.Stats.BytesAdded), strings.Join(e.Paths, " "))
+				writers, freeze := "-", "-"
+				if info, err := backup.ReadInfo(e.Manifest); err == nil && info != nil {
+					var ws []string
+					for _, w := range info.Writers {
+						ws = append(ws, w.Name+" ("+string(w.Consistency)+")")
+					}
+					if len(ws) > 0 {
+						writers = strings.Join(ws, ", ")
+					}
+					freeze = fmt.Sprintf("%.1f ms", info.FreezeMS)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", e.ID.Short(), e.Time.Local().Format(time.DateTime), e.Host,
+					e.Stats.Files, size(e.Stats.Bytes), size(e.Stats.BytesAdded), freeze, writers, strings.Join(e.Paths, " "))
 			}
 			return tw.Flush()
 		},

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/umbra-backup/umbra/internal/backup"
+	"github.com/umbra-backup/umbra/internal/repository"
+)
+
+func (a *app) showCommand() *cobra.Command {
+	var f repoFlags
+	cmd := &cobra.Command{
+		Use:   "show ID",
+		Short: "Show a backup's whole manifest: writers, consistency, positions, statistics",
+		Long: `Show backup ID (an id, a unique prefix, or "latest"): when and where it was
+made, what it holds, and for a backup made with writers each writer's
+components with their consistency, the log positions it recorded, the files
+it handed on, the set's type and freeze window. --json prints the manifest
+as stored, with the writers' part decoded under "app".`,
+		Example: "  umbra show latest\n  umbra show 3f9a2c1b --json | jq .app.writers",
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			repo, done, err := a.openRepo(cmd.Context(), &f)
+			if err != nil {
+				return err
+			}
+			defer done()
+			e, err := repo.FindManifest(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			info, err := backup.ReadInfo(e.Manifest)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(struct {
+					ID repository.ID `json:"id"`
+					*repository.Manifest
+					App *backup.Info `json:"app,omitempty"`
+				}{e.ID, e.Manifest, info})
+			}
+			a.printShow(e, info)
+			return nil
+		},
+	}
+	f.register(cmd.Flags())
+	return cmd
+}
+
+func (a *app) printShow(e repository.ManifestEntry, info *backup.Info) {
+	w := a.stdout
+	s := e.Stats
+	fmt.Fprintf(w, "Backup %s\n  Time: %s\n  Host: %s\n  Paths: %s\n", e.ID, e.Time.Local().Format(time.DateTime), e.Host, strings.Join(e.Paths, " "))
+	if e.Parent != nil {
+		fmt.Fprintf(w, "  Parent: %s\n", e.Parent.Short())
+	}
+	if len(e.Tags) > 0 {
+		fmt.Fprintf(w, "  Tags: %s\n", strings.Join(e.Tags, ", "))
+	}
+	fmt.Fprintf(w, "  Files: %d in %d directories, %s; %s read, %s added, in %s\n", s.Files, s.Dirs, size(s.Bytes),
+		size(s.BytesRead), size(s.BytesAdded), (time.Duration(s.DurationMS) * time.Millisecond).Round(time.Millisecond))
+	for _, warn := range e.Warnings {
+		fmt.Fprintf(w, "  Warning: %s\n", warn)
+	}
+	if info == nil {
+		fmt.Fprintln(w, "  Plain files (no writers).")
+		return
+	}
+	fmt.Fprintf(w, "  Shadow set: %s (%s), freeze window %.1f ms\n", info.Set, info.Type, info.FreezeMS)
+	if info.CopyReason != "" {
+		fmt.Fprintf(w, "  Copy backup, nothing truncated: %s\n", info.CopyReason)
+	}
+	for _, wi := range info.Writers {
+		fmt.Fprintf(w, "Writer %s (%s %s): %s\n", wi.Name, wi.Metadata.Writer, wi.Metadata.Version, wi.Consistency)
+		for _, c := range wi.Components {
+			fmt.Fprintf(w, "  Component %s: %s, %s\n", c.Name, c.Consistency, strings.Join(c.Paths, " "))
+		}
+		for _, k := range sortedKeys(wi.Report.Positions) {
+			fmt.Fprintf(w, "  Position %s: %s\n", k, wi.Report.Positions[k])
+		}
+		for _, f := range wi.Report.Files {
+			fmt.Fprintf(w, "  Handed on: %s (component %s)\n", f.Path, f.Component)
+		}
+	}
+	for _, p := range info.Paths {
+		fmt.Fprintf(w, "Path %s: %s\n", p.Path, p.Consistency)
+	}
+}
