@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"os"
@@ -12,10 +13,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/umbra-backup/umbra/internal/archive"
+	"github.com/umbra-backup/umbra/internal/backend"
 	"github.com/umbra-backup/umbra/internal/backup"
 	"github.com/umbra-backup/umbra/internal/config"
 	"github.com/umbra-backup/umbra/internal/repository"
 	"github.com/umbra-backup/umbra/internal/restore"
+	"github.com/umbra-backup/umbra/internal/retention"
 	"github.com/umbra-backup/umbra/internal/shadow"
 	"github.com/umbra-backup/umbra/internal/writer"
 )
@@ -27,6 +30,22 @@ type appBackupOptions struct {
 	force       bool
 	keepShadows bool
 	retries     int
+	fallback    bool
+	noTruncate  []string
+	keep        retention.Policy // applied after success, when not empty
+}
+
+// onlyWriters keeps the writers a job names, and every inline one.
+func onlyWriters(wrs []writer.Writer, specs []config.Spec, names, inline []string) ([]writer.Writer, []config.Spec) {
+	var w2 []writer.Writer
+	var s2 []config.Spec
+	for i, wr := range wrs {
+		if slices.Contains(names, wr.Name()) || i >= len(wrs)-len(inline) {
+			w2 = append(w2, wr)
+			s2 = append(s2, specs[i])
+		}
+	}
+	return w2, s2
 }
 
 // appBackup backs up the writers' data and paths from one shadow set.
@@ -73,6 +92,7 @@ func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wr
 	job := backup.Job{
 		Writers: wrs, Specs: recordedSpecs(specs), Paths: abs, Host: host, Tags: o.tags,
 		Retries: o.retries, KeepShadows: o.keepShadows, Progress: prog, Log: a.logger(),
+		Fallback: o.fallback, NoTruncate: o.noTruncate,
 	}
 	if !o.force {
 		job.FindParent = func(recorded []string) *repository.ManifestEntry {
@@ -92,17 +112,28 @@ func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wr
 	if err != nil {
 		return fmt.Errorf("backup failed; no backup was recorded and no log was truncated: %w", err)
 	}
+	var forgotten []string
+	if !o.keep.Empty() {
+		forgotten, err = applyRetention(ctx, repo, res.Manifest, o.keep)
+		if err != nil {
+			return fmt.Errorf("the backup %s is stored, but applying the job's retention failed: %w", res.ID.Short(), err)
+		}
+	}
 	if a.json {
 		if err := a.printJSON(struct {
 			ID repository.ID `json:"id"`
 			*repository.Manifest
 			App         *backup.Info `json:"app"`
 			CompleteErr string       `json:"backup_complete_error,omitempty"`
-		}{res.ID, res.Manifest, res.Info, errString(res.CompleteErr)}); err != nil {
+			Forgotten   []string     `json:"forgotten,omitempty"`
+		}{res.ID, res.Manifest, res.Info, errString(res.CompleteErr), forgotten}); err != nil {
 			return err
 		}
 	} else {
 		a.printAppBackup(res)
+		if len(forgotten) > 0 {
+			fmt.Fprintf(a.stdout, "Forgot %d older backups by the job's retention (%s); umbra prune frees their space.\n", len(forgotten), o.keep)
+		}
 	}
 	if n := len(res.Warnings); n > 0 || res.CompleteErr != nil {
 		if res.CompleteErr != nil {
@@ -155,6 +186,32 @@ func recordedSpecs(specs []config.Spec) map[string]backup.Spec {
 		out[s.Instance()] = backup.Spec{Type: s.Type, Options: opts}
 	}
 	return out
+}
+
+// applyRetention forgets the backups of the same host and paths as m that
+// the policy does not keep, and returns their ids.
+func applyRetention(ctx context.Context, repo *repository.Repository, m *repository.Manifest, keep retention.Policy) ([]string, error) {
+	all, err := repo.Manifests(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var items []retention.Item
+	for _, e := range all {
+		if e.Host == m.Host && slices.Equal(e.Paths, m.Paths) {
+			items = append(items, retention.Item{ID: e.ID.String(), Time: e.Time})
+		}
+	}
+	var gone []string
+	for _, d := range retention.Apply(items, keep, time.Local) {
+		if d.Keep {
+			continue
+		}
+		if err := repo.Backend().Remove(ctx, backend.Handle{Type: backend.TypeManifest, Name: d.ID}); err != nil {
+			return gone, err
+		}
+		gone = append(gone, d.ID)
+	}
+	return gone, nil
 }
 
 func errString(err error) string {

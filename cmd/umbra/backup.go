@@ -17,8 +17,10 @@ import (
 
 	"github.com/umbra-backup/umbra/internal/archive"
 	"github.com/umbra-backup/umbra/internal/backup"
+	"github.com/umbra-backup/umbra/internal/config"
 	"github.com/umbra-backup/umbra/internal/repository"
 	"github.com/umbra-backup/umbra/internal/restore"
+	"github.com/umbra-backup/umbra/internal/retention"
 )
 
 // warningsError ends a run that completed with warnings: exit status 3.
@@ -38,6 +40,9 @@ func (a *app) backupCommand() *cobra.Command {
 		writerSpecs []string
 		keepShadows bool
 		retries     int
+		jobName     string
+		fallback    bool
+		noTruncate  []string
 	)
 	cmd := &cobra.Command{
 		Use:   "backup [--writer SPEC]... [PATH]...",
@@ -70,15 +75,36 @@ aborts the writers and truncates nothing. A retryable failure of the set
 			if err != nil {
 				return err
 			}
-			// With no PATH, every configured writer takes part.
-			wrs, specs, err := a.writersAndSpecs(cfg, writerSpecs, len(paths) == 0)
+			opts := appBackupOptions{tags: tags, host: host, force: force, keepShadows: keepShadows,
+				retries: retries, fallback: fallback, noTruncate: noTruncate}
+			// With no PATH, or with a job, the configured writers take part.
+			useConfig := len(paths) == 0
+			var job *config.Job
+			if jobName != "" {
+				j, err := cfg.Job(jobName)
+				if err != nil {
+					return &usageError{err}
+				}
+				job, useConfig = &j, true
+				paths = append(slices.Clone(j.Paths), paths...)
+				opts.tags = append(slices.Clone(j.Tags), tags...)
+				opts.fallback = fallback || j.Fallback
+				opts.keepShadows = keepShadows || j.KeepShadows
+				opts.noTruncate = append(slices.Clone(j.NoTruncate), noTruncate...)
+				if !cmd.Flags().Changed("retries") && j.Retries >= 0 {
+					opts.retries = j.Retries
+				}
+				opts.keep = retention.Policy(j.Keep)
+			}
+			wrs, specs, err := a.writersAndSpecs(cfg, writerSpecs, useConfig)
 			if err != nil {
 				return err
 			}
+			if job != nil && len(job.Writers) > 0 {
+				wrs, specs = onlyWriters(wrs, specs, job.Writers, writerSpecs)
+			}
 			if len(wrs) > 0 {
-				return a.appBackup(cmd, &f, cfg, wrs, specs, paths, appBackupOptions{
-					tags: tags, host: host, force: force, keepShadows: keepShadows, retries: retries,
-				})
+				return a.appBackup(cmd, &f, cfg, wrs, specs, paths, opts)
 			}
 			if len(paths) == 0 {
 				return &usageError{errors.New("nothing to back up: give PATH..., --writer SPEC, or configure writers in the configuration file")}
@@ -184,6 +210,9 @@ aborts the writers and truncates nothing. A retryable failure of the set
 	cmd.Flags().StringArrayVarP(&writerSpecs, "writer", "w", nil, "back up this writer's data, application-consistent (repeatable), as TYPE:KEY=VALUE,...")
 	cmd.Flags().BoolVar(&keepShadows, "keep-shadows", false, "keep the shadow set after the backup (umbra shadow list shows it)")
 	cmd.Flags().IntVar(&retries, "retries", 3, "how often to try the shadow set again after a retryable failure (busy, time-out), waiting 5s, 10s, ...")
+	cmd.Flags().StringVar(&jobName, "job", "", "run the [[job]] of this name from the configuration file (flags add to it)")
+	cmd.Flags().BoolVar(&fallback, "fallback", false, "back up a writer that fails crash-consistently instead of failing (recorded as crash)")
+	cmd.Flags().StringArrayVar(&noTruncate, "no-truncate", nil, "tell this writer the backup is a copy, so it truncates no log (repeatable)")
 	return cmd
 }
 

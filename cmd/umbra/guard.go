@@ -50,6 +50,26 @@ setting is optional; a missing default file is an empty configuration.
   paths   = "/srv/myapp"           # colon-separated; data the script covers
   timeout = "30s"                  # per command
 
+  [[writer]]                       # postgres, mariadb, redis: see docs/writers.md
+  type          = "postgres"
+  name          = "main"
+  host          = "/run/postgresql"
+  password_file = "/etc/umbra/pg.pass"   # never password= on a command line
+  service       = "postgresql@15-main"   # how restore stops and starts it
+
+  [[job]]                          # umbra backup --job nightly
+  name         = "nightly"
+  writers      = ["postgres:main"] # default: every [[writer]]
+  paths        = ["/etc"]          # plain paths besides the writers' data
+  retries      = 3                 # for busy writers and time-outs (5s, 10s, ...)
+  fallback     = false             # true: a failing writer's data is kept as "crash"
+  no_truncate  = []                # writers told it is a copy backup
+  keep_shadows = false
+  tags         = ["nightly"]
+  [job.keep]                       # retention after each success (then umbra prune)
+  daily  = 7
+  weekly = 4
+
 Script commands run with /bin/sh -c and see UMBRA_PHASE, UMBRA_SET_ID,
 UMBRA_BACKUP_TYPE, UMBRA_WRITER, UMBRA_PATHS and, from post-snapshot on,
 UMBRA_SNAPSHOTS ("source=snapshot" lines). Keys: prepare, freeze, thaw, post,

@@ -45,6 +45,14 @@ type Job struct {
 	Backoff time.Duration
 	// KeepShadows leaves the shadow set in place after the backup.
 	KeepShadows bool
+	// Fallback backs up a writer that fails (after the retries) crash-
+	// consistently: its components as plain paths of the set, recorded as
+	// "crash" (or "none" where the volume has no snapshot). Off, the
+	// backup fails with the writer named.
+	Fallback bool
+	// NoTruncate names writers told at BackupComplete that this was a copy
+	// backup, so that they truncate nothing.
+	NoTruncate []string
 	Progress    *archive.Progress
 	Log         *slog.Logger
 }
@@ -79,6 +87,9 @@ type WriterInfo struct {
 	// Report is what the writer handed on; each file's Source is where it
 	// is stored in the backup (under HandOnRoot).
 	Report writer.Report `json:"report,omitzero"`
+	// Error is why the writer failed when the backup fell back to a
+	// crash-consistent copy of its data.
+	Error string `json:"error,omitempty"`
 }
 
 // ReadInfo returns the Info of a manifest, or nil for a backup of plain
@@ -114,7 +125,7 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 		log = slog.New(slog.DiscardHandler)
 	}
 	start := time.Now()
-	set, release, err := createSet(ctx, coord, job, log)
+	set, release, down, err := createSet(ctx, coord, &job, log)
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +143,13 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 		}
 	}()
 
-	sources, exclude := sourcesOf(set, job.Paths)
+	var fallenExcludes []string
+	for _, f := range down {
+		for _, c := range f.md.Components {
+			fallenExcludes = append(fallenExcludes, c.Excludes...)
+		}
+	}
+	sources, exclude := sourcesOf(set, job.Paths, fallenExcludes)
 	recorded := recordedPaths(set, job.Paths)
 	var parent *repository.ManifestEntry
 	if job.FindParent != nil {
@@ -155,6 +172,7 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 	if err != nil {
 		return nil, err
 	}
+	info.Writers = append(info.Writers, fallenInfo(set, job, down)...)
 	if err := repo.Flush(ctx); err != nil {
 		return nil, err
 	}
@@ -179,7 +197,7 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 	// The manifest is durable: now, and not before, the writers learn
 	// that the backup is safe and may truncate their logs.
 	result := &Result{ID: id, Manifest: m, Info: info, Warnings: res.Warnings}
-	result.CompleteErr = complete(ctx, job.Writers, set)
+	result.CompleteErr = complete(ctx, job.Writers, set, job.NoTruncate)
 	release()
 	if !job.KeepShadows {
 		if err := coord.Delete(context.WithoutCancel(ctx), set.ID); err != nil && !errors.Is(err, shadow.ErrNoSet) {
@@ -189,14 +207,54 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 	return result, nil
 }
 
-// createSet makes the held set, trying again after retryable failures.
-func createSet(ctx context.Context, coord *shadow.Coordinator, job Job, log *slog.Logger) (*shadow.Set, func(), error) {
+// fallen is a writer the backup went on without.
+type fallen struct {
+	wr  writer.Writer
+	md  writer.Metadata
+	err error
+}
+
+// createSet makes the held set, trying again after retryable failures. With
+// Fallback, a writer that still fails is left out and its data taken as
+// plain paths.
+func createSet(ctx context.Context, coord *shadow.Coordinator, job *Job, log *slog.Logger) (*shadow.Set, func(), []fallen, error) {
+	var down []fallen
+	for {
+		set, release, err := createWithRetries(ctx, coord, *job, log)
+		if err == nil {
+			return set, release, down, nil
+		}
+		var pe *shadow.PhaseError
+		if !job.Fallback || !errors.As(err, &pe) || pe.Who == "" {
+			return nil, nil, down, err
+		}
+		i := slices.IndexFunc(job.Writers, func(w writer.Writer) bool { return w.Name() == pe.Who })
+		if i < 0 {
+			return nil, nil, down, err
+		}
+		wr := job.Writers[i]
+		ictx, cancel := context.WithTimeout(ctx, time.Minute)
+		md, ierr := wr.Identify(ictx)
+		cancel()
+		if ierr != nil {
+			return nil, nil, down, fmt.Errorf("%w; falling back to a crash-consistent copy needs its paths, but %s: %v", err, wr.Name(), ierr)
+		}
+		log.Warn("writer failed; backing up its data crash-consistently", "writer", wr.Name(), "err", err)
+		down = append(down, fallen{wr: wr, md: md, err: err})
+		job.Writers = slices.Delete(slices.Clone(job.Writers), i, i+1)
+		for _, c := range md.Components {
+			job.Paths = append(job.Paths, c.Paths...)
+		}
+	}
+}
+
+func createWithRetries(ctx context.Context, coord *shadow.Coordinator, job Job, log *slog.Logger) (*shadow.Set, func(), error) {
 	wait := job.Backoff
 	if wait == 0 {
 		wait = 5 * time.Second
 	}
 	for try := 0; ; try++ {
-		set, release, err := coord.CreateHeld(ctx, job.Writers, job.Paths)
+		set, release, err := coord.CreateHeld(ctx, job.Writers, existing(job.Paths))
 		if err == nil {
 			return set, release, nil
 		}
@@ -218,12 +276,23 @@ func createSet(ctx context.Context, coord *shadow.Coordinator, job Job, log *slo
 	}
 }
 
+// existing keeps the paths that exist (a fallen writer's SQLite -wal may
+// not).
+func existing(paths []string) []string {
+	var out []string
+	for _, p := range paths {
+		if _, err := os.Lstat(p); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // sourcesOf lists what to read: every writer component's paths and the
 // user's paths, each read from its shadow copy and recorded under its live
 // path, and the exclusion of what the components leave out.
-func sourcesOf(set *shadow.Set, paths []string) ([]archive.Source, func(string) bool) {
+func sourcesOf(set *shadow.Set, paths, excludes []string) ([]archive.Source, func(string) bool) {
 	var recorded []string
-	var excludes []string
 	for _, w := range set.Writers {
 		for _, c := range w.Metadata.Components {
 			recorded = append(recorded, c.Paths...)
@@ -349,14 +418,18 @@ func linkOrCopy(src, dst string) error {
 	return os.WriteFile(dst, b, 0o600)
 }
 
-// complete tells every writer that the backup is stored.
-func complete(ctx context.Context, wrs []writer.Writer, set *shadow.Set) error {
-	ws := writer.Set{ID: set.ID, Type: set.Type, Scratch: set.Scratch}
+// complete tells every writer that the backup is stored; those in
+// noTruncate hear that it was a copy backup.
+func complete(ctx context.Context, wrs []writer.Writer, set *shadow.Set, noTruncate []string) error {
 	var errs []error
 	for _, wr := range wrs {
 		c, ok := wr.(writer.Completer)
 		if !ok {
 			continue
+		}
+		ws := writer.Set{ID: set.ID, Type: set.Type, Scratch: set.Scratch}
+		if slices.Contains(noTruncate, wr.Name()) {
+			ws.Type = writer.Copy
 		}
 		comp := writer.Completion{Set: ws, Components: map[string]bool{}}
 		for _, w := range set.Writers {
@@ -372,6 +445,33 @@ func complete(ctx context.Context, wrs []writer.Writer, set *shadow.Set) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// fallenInfo records the writers the backup went on without: their data
+// was read as plain paths, as consistent as the set's copy of those.
+func fallenInfo(set *shadow.Set, job Job, down []fallen) []WriterInfo {
+	level := map[string]shadow.Consistency{}
+	for _, p := range set.Paths {
+		level[p.Path] = p.Consistency
+	}
+	var out []WriterInfo
+	for _, f := range down {
+		wi := WriterInfo{Name: f.wr.Name(), Spec: job.Specs[f.wr.Name()], Metadata: f.md, Error: f.err.Error(), Consistency: shadow.Crash}
+		for _, c := range f.md.Components {
+			cr := shadow.ComponentResult{Name: c.Name, Paths: c.Paths, Consistency: shadow.Crash}
+			for _, p := range c.Paths {
+				if l, ok := level[filepath.Clean(p)]; ok && l != shadow.Crash {
+					cr.Consistency = l
+				}
+			}
+			if cr.Consistency != shadow.Crash {
+				wi.Consistency = cr.Consistency
+			}
+			wi.Components = append(wi.Components, cr)
+		}
+		out = append(out, wi)
+	}
+	return out
 }
 
 // abort tells every writer that the backup failed.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -21,6 +22,40 @@ type Config struct {
 	StateDir string
 	Shadow   Shadow
 	Writers  []Spec
+	Jobs     []Job
+}
+
+// Job is a named backup: umbra backup --job NAME.
+type Job struct {
+	Name        string
+	Writers     []string // writer instances ("postgres:main"); empty means all configured
+	Paths       []string // plain paths besides the writers' data
+	Retries     int      // for retryable set failures; -1 means the default (3)
+	Fallback    bool     // back up a failing writer's data crash-consistently
+	NoTruncate  []string // writers told the backup is a copy: they truncate nothing
+	KeepShadows bool
+	Tags        []string
+	Keep        Keep // retention applied after a successful backup
+}
+
+// Keep is a retention policy: how many backups to keep per period.
+type Keep struct {
+	Last, Hourly, Daily, Weekly, Monthly, Yearly int
+}
+
+// Job returns the job named name.
+func (c *Config) Job(name string) (Job, error) {
+	var names []string
+	for _, j := range c.Jobs {
+		if j.Name == name {
+			return j, nil
+		}
+		names = append(names, j.Name)
+	}
+	if len(names) == 0 {
+		return Job{}, fmt.Errorf("no job %q: the configuration file defines no [[job]]; see umbra help config", name)
+	}
+	return Job{}, fmt.Errorf("no job %q; the configuration file defines: %s", name, strings.Join(names, ", "))
 }
 
 // Shadow holds the coordinator's settings.
@@ -45,6 +80,28 @@ type fileFormat struct {
 	StateDir string           `toml:"state_dir"`
 	Shadow   shadowFormat     `toml:"shadow"`
 	Writer   []map[string]any `toml:"writer"`
+	Job      []jobFormat      `toml:"job"`
+}
+
+type jobFormat struct {
+	Name        string     `toml:"name"`
+	Writers     []string   `toml:"writers"`
+	Paths       []string   `toml:"paths"`
+	Retries     *int       `toml:"retries"`
+	Fallback    bool       `toml:"fallback"`
+	NoTruncate  []string   `toml:"no_truncate"`
+	KeepShadows bool       `toml:"keep_shadows"`
+	Tags        []string   `toml:"tags"`
+	Keep        keepFormat `toml:"keep"`
+}
+
+type keepFormat struct {
+	Last    int `toml:"last"`
+	Hourly  int `toml:"hourly"`
+	Daily   int `toml:"daily"`
+	Weekly  int `toml:"weekly"`
+	Monthly int `toml:"monthly"`
+	Yearly  int `toml:"yearly"`
 }
 
 type shadowFormat struct {
@@ -126,6 +183,24 @@ func Parse(name, text string) (*Config, error) {
 	}
 	if err := checkUnique(cfg.Writers); err != nil {
 		return nil, fmt.Errorf("config %s: %w", name, err)
+	}
+	seen := map[string]bool{}
+	for i, j := range f.Job {
+		if j.Name == "" || seen[j.Name] {
+			return nil, fmt.Errorf("config %s: job #%d: every [[job]] needs a name of its own", name, i+1)
+		}
+		seen[j.Name] = true
+		job := Job{Name: j.Name, Writers: j.Writers, Paths: j.Paths, Retries: -1, Fallback: j.Fallback,
+			NoTruncate: j.NoTruncate, KeepShadows: j.KeepShadows, Tags: j.Tags, Keep: Keep(j.Keep)}
+		if j.Retries != nil {
+			job.Retries = *j.Retries
+		}
+		for _, w := range append(slices.Clone(j.Writers), j.NoTruncate...) {
+			if !slices.ContainsFunc(cfg.Writers, func(s Spec) bool { return s.Instance() == w }) {
+				return nil, fmt.Errorf("config %s: job %s: no writer %s among the [[writer]] sections", name, j.Name, w)
+			}
+		}
+		cfg.Jobs = append(cfg.Jobs, job)
 	}
 	return cfg, nil
 }

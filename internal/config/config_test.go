@@ -115,3 +115,47 @@ func TestParseSpecRefusesPassword(t *testing.T) {
 		t.Errorf("the error repeats the password: %v", err)
 	}
 }
+
+func TestParseJobs(t *testing.T) {
+	cfg, err := Parse("t", `
+[[writer]]
+type = "postgres"
+name = "main"
+
+[[job]]
+name = "nightly-db"
+writers = ["postgres:main"]
+paths = ["/etc"]
+fallback = true
+no_truncate = ["postgres:main"]
+tags = ["nightly"]
+[job.keep]
+daily = 7
+weekly = 4
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := cfg.Job("nightly-db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Job{Name: "nightly-db", Writers: []string{"postgres:main"}, Paths: []string{"/etc"}, Retries: -1, Fallback: true,
+		NoTruncate: []string{"postgres:main"}, Tags: []string{"nightly"}, Keep: Keep{Daily: 7, Weekly: 4}}
+	if diff := cmp.Diff(want, j); diff != "" {
+		t.Errorf("job (-want +got):\n%s", diff)
+	}
+	if _, err := cfg.Job("weekly"); err == nil || !strings.Contains(err.Error(), "nightly-db") {
+		t.Errorf("unknown job: got %v, want the known ones named", err)
+	}
+	for _, bad := range []string{
+		"[[job]]\nwriters = []",
+		"[[writer]]\ntype = \"sqlite\"\npath = \"/a.db\"\n[[job]]\nname = \"x\"\nwriters = [\"sqlite:b\"]",
+		"[[job]]\nname = \"x\"\nretries = \"three\"",
+		"[[job]]\nname = \"x\"\nkeep_dayly = 3",
+	} {
+		if _, err := Parse("t", bad); err == nil {
+			t.Errorf("Parse(%q) succeeded, want an error", bad)
+		}
+	}
+}
