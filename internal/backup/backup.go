@@ -53,8 +53,8 @@ type Job struct {
 	// NoTruncate names writers told at BackupComplete that this was a copy
 	// backup, so that they truncate nothing.
 	NoTruncate []string
-	Progress    *archive.Progress
-	Log         *slog.Logger
+	Progress   *archive.Progress
+	Log        *slog.Logger
 }
 
 // Spec is a writer's configuration as recorded: its type and options,
