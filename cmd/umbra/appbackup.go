@@ -222,7 +222,8 @@ func errString(err error) string {
 }
 
 // appRestore restores the writers of an application backup.
-func (a *app) appRestore(cmd *cobra.Command, repo *repository.Repository, e repository.ManifestEntry, info *backup.Info, target string, force bool, only, components []string) error {
+func (a *app) appRestore(cmd *cobra.Command, repo *repository.Repository, e repository.ManifestEntry, info *backup.Info, job backup.RestoreJob) error {
+	target, only := job.Target, job.Only
 	cfg, err := a.config()
 	if err != nil {
 		return err
@@ -262,10 +263,8 @@ func (a *app) appRestore(cmd *cobra.Command, repo *repository.Repository, e repo
 		return fmt.Sprintf("%d files, %s (%s/s)", prog.Files.Load(), size(prog.Bytes.Load()), size(rate(prog.Bytes.Load(), elapsed)))
 	})
 	start := time.Now()
-	done, err := backup.Restore(cmd.Context(), repo, backup.RestoreJob{
-		Manifest: e.Manifest, Info: info, Writers: wrs, Only: only, Components: components,
-		Target: target, Force: force, Progress: prog,
-	})
+	job.Manifest, job.Info, job.Writers, job.Target, job.Progress = e.Manifest, info, wrs, target, prog
+	done, err := backup.Restore(cmd.Context(), repo, job)
 	stop()
 	if err != nil {
 		return err
@@ -274,7 +273,10 @@ func (a *app) appRestore(cmd *cobra.Command, repo *repository.Repository, e repo
 		return a.printJSON(map[string]any{"id": e.ID, "target": target, "writers": done})
 	}
 	where := "in place"
-	if target != "" {
+	switch {
+	case job.ToDataDir != "":
+		where = fmt.Sprintf("to %s, started on port %d", job.ToDataDir, job.ToPort)
+	case target != "":
 		where = "under " + target
 	}
 	for _, w := range done {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -167,5 +168,56 @@ func TestBackupRestorePostgresThreeVolumes(t *testing.T) {
 	}
 	if n := pg.QueryInt(t, "SELECT count(*) FROM pg_class c JOIN pg_tablespace t ON c.reltablespace = t.oid WHERE t.spcname = 'ts1'"); n == 0 {
 		t.Error("no relation in tablespace ts1 after the restore")
+	}
+}
+
+// TestRestoreBesidePostgres: restore --to-datadir --to-port brings a copy
+// up beside the running original (pg_wal on XFS and a tablespace on ext4
+// relocated with it): the copy holds the invariant and every transaction
+// committed before the backup, and the original runs on, untouched.
+func TestRestoreBesidePostgres(t *testing.T) {
+	bfs, xfs, efs := testenv.Btrfs(t), testenv.XFS(t), testenv.Ext4(t)
+	data := filepath.Join(bfs.Subvolume(t, "pg"), "data")
+	wal, ts := filepath.Join(xfs.Mount, "wal"), filepath.Join(efs.Mount, "ts")
+	pg := testenv.InitPostgres(t, data, testenv.PostgresOptions{WALDir: wal})
+	pg.Tablespace(t, "ts1", ts)
+	pg.PgbenchInit(t, "--tablespace=ts1")
+	load := pg.StartPgbench(t, 4)
+	repo := newRepoDir(t)
+	state := t.TempDir()
+
+	before := pg.QueryInt(t, "SELECT count(*) FROM pgbench_history")
+	res := umbraRun(t, state, repo.environ(), "backup", "--json", "--writer", pg.Spec("main"))
+	if res.code != 0 {
+		t.Fatalf("backup: exit %d: %s", res.code, res.stderr)
+	}
+	var b appBackupJSON
+	if err := json.Unmarshal([]byte(res.stdout), &b); err != nil {
+		t.Fatal(err)
+	}
+	load.Stop()
+	copyDir := filepath.Join(bfs.Mount, "copy")
+	port := testenv.FreePort(t)
+	t.Cleanup(func() { pgCtlStop(t, copyDir) })
+	res = umbraRun(t, state, repo.environ(), "restore", b.ID, "--writer", "postgres:main",
+		"--to-datadir", copyDir, "--to-port", strconv.Itoa(port))
+	if res.code != 0 {
+		t.Fatalf("restore --to-datadir: exit %d: %s%s", res.code, res.stdout, res.stderr)
+	}
+	cp := &testenv.Postgres{DataDir: copyDir, SocketDir: pg.SocketDir, Port: port}
+	if after := cp.PgbenchInvariant(t); after < before {
+		t.Errorf("the copy has %d pgbench transactions; %d had committed before the backup began", after, before)
+	}
+	link, err := os.Readlink(filepath.Join(copyDir, "pg_tblspc", strconv.FormatInt(pg.QueryInt(t, "SELECT oid::bigint FROM pg_tablespace WHERE spcname = 'ts1'"), 10)))
+	if err != nil || !strings.HasPrefix(link, copyDir+".tablespaces/") {
+		t.Errorf("the copy's tablespace link is %q (%v), want it under %s.tablespaces", link, err, copyDir)
+	}
+	if fi, err := os.Lstat(filepath.Join(copyDir, "pg_wal")); err != nil || !fi.IsDir() {
+		t.Errorf("the copy's pg_wal is not a directory of its own: %v", err)
+	}
+	// The original still runs, on its own files.
+	pg.PgbenchInvariant(t)
+	if n := pg.QueryInt(t, "SELECT count(*) FROM pg_settings WHERE name = 'data_directory' AND setting = $1", data); n != 1 {
+		t.Errorf("the original's data directory changed")
 	}
 }

@@ -442,6 +442,8 @@ func (a *app) restoreCommand() *cobra.Command {
 		filesOnly  bool
 		only       []string
 		components []string
+		toDataDir  string
+		toPort     int
 	)
 	cmd := &cobra.Command{
 		Use:   "restore ID [--target DIR] [--force] [--writer NAME] [--component NAME] [--include PATTERN]...",
@@ -456,7 +458,10 @@ writer recovers, starts and checks the application (PostRestore). In place
 this replaces live data, so it asks for --force when the data exists. With
 --target DIR everything lands under DIR and nothing live is touched; the
 writer readies the files there (PostgreSQL: recovery.signal) but starts
-nothing. --writer and --component restore a part.
+nothing. --writer and --component restore a part. --to-datadir DIR
+--to-port N bring a database up beside production: PostgreSQL's copy gets
+its own data directory (tablespaces in DIR.tablespaces, the configuration
+copied in), listens on N, archives nothing, and is started.
 
 Files, and backups of plain paths, come back under --target DIR: a file
 backed up as /srv/app/x comes back as DIR/srv/app/x, with its content
@@ -467,6 +472,7 @@ it. --files-only restores a writer backup as plain files.`,
 		Example: `  umbra restore latest --force                     # every application in the backup, in place
   umbra restore 3f9a2c1b --target /srv/restore      # beside production
   umbra restore latest --writer postgres:main --force
+  umbra restore latest --writer postgres:main --to-datadir /srv/pg-copy --to-port 5433
   umbra restore latest --files-only --target /tmp/r --include '/etc/ssh/*'`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -487,7 +493,9 @@ it. --files-only restores a writer backup as plain files.`,
 				if len(includes) > 0 {
 					return usagef("--include selects files; with an application backup use --component, or --files-only")
 				}
-				return a.appRestore(cmd, repo, e, info, target, force, only, components)
+				return a.appRestore(cmd, repo, e, info, backup.RestoreJob{
+					Target: target, Force: force, Only: only, Components: components, ToDataDir: toDataDir, ToPort: toPort,
+				})
 			}
 			if target == "" {
 				return usagef("--target DIR is required: restore writes under a directory, never over live data")
@@ -519,6 +527,8 @@ it. --files-only restores a writer backup as plain files.`,
 	cmd.Flags().BoolVar(&filesOnly, "files-only", false, "restore a writer backup as plain files under --target")
 	cmd.Flags().StringArrayVarP(&only, "writer", "w", nil, "restore only this writer instance, such as postgres:main (repeatable)")
 	cmd.Flags().StringArrayVar(&components, "component", nil, "restore only this component of the writers (repeatable)")
+	cmd.Flags().StringVar(&toDataDir, "to-datadir", "", "bring a database writer's copy up in this new data directory, beside the original")
+	cmd.Flags().IntVar(&toPort, "to-port", 0, "the port of the copy started with --to-datadir")
 	return cmd
 }
 

@@ -43,6 +43,10 @@ type Options struct {
 	// Exclude, if set, leaves out every entry whose recorded path it
 	// accepts (a directory with everything below it).
 	Exclude func(path string) bool
+	// Changing, if set, names recorded paths that may change while read
+	// without a warning: a database in backup mode read live, which its
+	// WAL makes consistent.
+	Changing func(path string) bool
 	// Progress, if set, is updated as the backup runs.
 	Progress *Progress
 }
@@ -69,6 +73,7 @@ type archiver struct {
 	progress *Progress
 	names    names
 	exclude  func(path string) bool
+	changing func(path string) bool
 	files    chan func() // file reads, run by the file readers
 	// cdcBuffers are the chunkers' read buffers (2 × the largest chunk),
 	// reused across files; buffers (batchSize) carry data to the workers.
@@ -94,6 +99,7 @@ func Run(ctx context.Context, repo *repository.Repository, sources []Source, opt
 		progress: opts.Progress,
 		names:    names{users: map[uint32]string{}, groups: map[uint32]string{}},
 		exclude:  opts.Exclude,
+		changing: opts.Changing,
 		files:    make(chan func()),
 	}
 	if a.progress == nil {
@@ -258,7 +264,7 @@ func (a *archiver) archivePath(ctx context.Context, path, rec, name string, pare
 		node.Subtree = &id
 	case repository.NodeFile:
 		done := make(chan error, 1)
-		a.submitFile(ctx, path, &node, parent, done)
+		a.submitFile(ctx, path, rec, &node, parent, done)
 		if err := <-done; err != nil {
 			return node, false, err
 		}
@@ -322,7 +328,7 @@ func (a *archiver) walkDir(ctx context.Context, path, rec string, parent *reposi
 		switch n.Type {
 		case repository.NodeFile:
 			d := make(chan error, 1)
-			a.submitFile(ctx, child, slot, parentNode(parentTree, name), d)
+			a.submitFile(ctx, child, childRec, slot, parentNode(parentTree, name), d)
 			pending = append(pending, d)
 		case repository.NodeDir:
 			d := make(chan error, 1)
@@ -359,7 +365,7 @@ func (a *archiver) walkDir(ctx context.Context, path, rec string, parent *reposi
 // submitFile hands the reading of one file to the file readers; done gets
 // nil when node is filled in (or the file skipped with a warning), and an
 // error only for failures that end the backup (the repository failing).
-func (a *archiver) submitFile(ctx context.Context, path string, node *repository.Node, parent *repository.Node, done chan<- error) {
+func (a *archiver) submitFile(ctx context.Context, path, rec string, node *repository.Node, parent *repository.Node, done chan<- error) {
 	a.progress.Files.Add(1)
 	a.progress.Bytes.Add(node.Size)
 	if unchanged(node, parent) && a.haveContent(parent) {
@@ -368,7 +374,8 @@ func (a *archiver) submitFile(ctx context.Context, path string, node *repository
 		return
 	}
 	a.progress.FilesChanged.Add(1)
-	fn := func() { a.readFile(ctx, path, node, done) }
+	quiet := a.changing != nil && a.changing(rec)
+	fn := func() { a.readFile(ctx, path, node, quiet, done) }
 	select {
 	case a.files <- fn:
 	case <-ctx.Done():
@@ -405,7 +412,8 @@ func (a *archiver) haveContent(parent *repository.Node) bool {
 // The file reader returns as soon as the file is read: waiting for the
 // workers to store its last chunks would leave the reader idle, and with
 // many small files the whole backup ran on little more than one core.
-func (a *archiver) readFile(ctx context.Context, path string, node *repository.Node, done chan<- error) {
+// quiet files may change while read without a warning (Options.Changing).
+func (a *archiver) readFile(ctx context.Context, path string, node *repository.Node, quiet bool, done chan<- error) {
 	p := path
 	a.progress.CurrentPath.Store(&p)
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOATIME, 0)
@@ -420,7 +428,7 @@ func (a *archiver) readFile(ctx context.Context, path string, node *repository.N
 	}
 	blockSize, n, collect, readErr := a.readContent(ctx, f, filepath.Base(path), node.Size)
 	var after unix.Stat_t
-	changed := readErr == nil && unix.Fstat(int(f.Fd()), &after) == nil &&
+	changed := !quiet && readErr == nil && unix.Fstat(int(f.Fd()), &after) == nil &&
 		(after.Size != node.Size || after.Mtim.Nano() != node.MTime || after.Ctim.Nano() != node.CTime)
 	f.Close()
 	go func() {

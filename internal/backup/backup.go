@@ -155,7 +155,7 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 	if job.FindParent != nil {
 		parent = job.FindParent(recorded)
 	}
-	opts := archive.Options{Progress: job.Progress, Exclude: exclude}
+	opts := archive.Options{Progress: job.Progress, Exclude: exclude, Changing: changingOf(set)}
 	if parent != nil {
 		opts.Parent = &parent.Tree
 	}
@@ -314,6 +314,39 @@ func sourcesOf(set *shadow.Set, paths, excludes []string) ([]archive.Source, fun
 		sources = append(sources, archive.Source{Path: p, Read: snapshotOf(set, p)})
 	}
 	return sources, func(path string) bool { return writer.Excluded(excludes, path) }
+}
+
+// changingOf accepts the paths of components that are read live while
+// their writer keeps them consistent (PostgreSQL in backup mode): that
+// their files change as they are read is expected, not a warning.
+func changingOf(set *shadow.Set) func(string) bool {
+	ws := set.Writers
+	live := func(p string) bool {
+		for _, v := range set.Volumes() {
+			if v.Live && (p == v.Source || strings.HasPrefix(p, strings.TrimSuffix(v.Source, "/")+"/")) {
+				return true
+			}
+		}
+		return false
+	}
+	var roots []string
+	for _, w := range ws {
+		for _, c := range w.Metadata.Components {
+			for _, p := range c.Paths {
+				if c.Needs == writer.NeedLive && live(p) {
+					roots = append(roots, p)
+				}
+			}
+		}
+	}
+	return func(path string) bool {
+		for _, r := range roots {
+			if path == r || strings.HasPrefix(path, strings.TrimSuffix(r, "/")+"/") {
+				return true
+			}
+		}
+		return false
+	}
 }
 
 // snapshotOf is where path is read in the set.

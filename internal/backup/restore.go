@@ -34,7 +34,11 @@ type RestoreJob struct {
 	Target string
 	// Force allows an in-place restore over data that exists: the writer
 	// stops the application and moves its files aside first.
-	Force    bool
+	Force bool
+	// ToDataDir and ToPort bring one database writer's copy up beside the
+	// original: in a new data directory, on another port.
+	ToDataDir string
+	ToPort    int
 	Progress *restore.Progress
 }
 
@@ -51,6 +55,9 @@ type RestoredWriter struct {
 // its components, the files it handed on at backup time, PostRestore
 // (recover, start, check).
 func Restore(ctx context.Context, repo *repository.Repository, job RestoreJob) ([]RestoredWriter, error) {
+	if job.ToDataDir != "" {
+		return restoreBeside(ctx, repo, job)
+	}
 	var done []RestoredWriter
 	for _, wi := range job.Info.Writers {
 		if len(job.Only) > 0 && !slices.Contains(job.Only, wi.Name) {
@@ -98,7 +105,8 @@ func restoreWriter(ctx context.Context, repo *repository.Repository, job Restore
 			}
 		}
 	}
-	r := writer.Restore{Metadata: wi.Metadata, Report: wi.Report, Components: rw.Components, Target: job.Target}
+	r := writer.Restore{Metadata: wi.Metadata, Report: wi.Report, Components: rw.Components, Target: job.Target,
+		DataDir: job.ToDataDir, Port: job.ToPort}
 	restorer, _ := wr.(writer.Restorer)
 	if restorer != nil {
 		if err := restorer.PreRestore(ctx, r); err != nil {
@@ -129,6 +137,42 @@ func restoreWriter(ctx context.Context, repo *repository.Repository, job Restore
 		}
 	}
 	return rw, nil
+}
+
+// restoreBeside restores one writer's data into a staging directory next to
+// ToDataDir and has the writer bring it up there on ToPort.
+func restoreBeside(ctx context.Context, repo *repository.Repository, job RestoreJob) ([]RestoredWriter, error) {
+	var pick []WriterInfo
+	for _, wi := range job.Info.Writers {
+		if len(job.Only) == 0 || slices.Contains(job.Only, wi.Name) {
+			pick = append(pick, wi)
+		}
+	}
+	if len(pick) != 1 {
+		return nil, fmt.Errorf("--to-datadir restores one writer; choose it with --writer (the backup has %d)", len(job.Info.Writers))
+	}
+	wi := pick[0]
+	if _, ok := job.Writers[wi.Name].(writer.Relocator); !ok {
+		return nil, fmt.Errorf("writer %s cannot bring a copy up in another data directory; restore it with --target DIR instead", wi.Name)
+	}
+	if job.ToPort <= 0 {
+		return nil, errors.New("--to-datadir needs --to-port: the copy runs beside the original and must listen elsewhere")
+	}
+	dataDir, err := filepath.Abs(job.ToDataDir)
+	if err != nil {
+		return nil, err
+	}
+	job.ToDataDir = dataDir
+	job.Target = dataDir + ".umbra-staging"
+	if err := os.Mkdir(job.Target, 0o700); err != nil {
+		return nil, fmt.Errorf("staging directory for the restore: %w", err)
+	}
+	defer os.RemoveAll(job.Target)
+	rw, err := restoreWriter(ctx, repo, job, wi, job.Writers[wi.Name])
+	if err != nil {
+		return nil, fmt.Errorf("writer %s: %w", wi.Name, err)
+	}
+	return []RestoredWriter{rw}, nil
 }
 
 // placeHandOn restores the files the writer handed on at backup time into
@@ -163,12 +207,46 @@ func placeHandOn(ctx context.Context, repo *repository.Repository, job RestoreJo
 	for _, f := range files {
 		root := roots[f.Component]
 		dst := filepath.Join(root, filepath.Clean("/" + f.Path)[1:])
+		if target != "/" {
+			// A restored link (PostgreSQL's pg_wal) points at the live
+			// system: under a target, follow it into the target instead.
+			if dst, err = underTarget(target, root, dst); err != nil {
+				return placed, fmt.Errorf("hand-on file %s: %w", f.Path, err)
+			}
+		}
 		if err := copyOwned(filepath.Join(scratch, f.Source), dst, root); err != nil {
 			return placed, fmt.Errorf("hand-on file %s: %w", f.Path, err)
 		}
 		placed = append(placed, f.Path)
 	}
 	return placed, nil
+}
+
+// underTarget resolves the symbolic links on dst's way below root so that
+// one with an absolute target leads to that path under target, never to
+// the live system.
+func underTarget(target, root, dst string) (string, error) {
+	rel, err := filepath.Rel(root, dst)
+	if err != nil {
+		return dst, err
+	}
+	cur := root
+	parts := strings.Split(rel, string(filepath.Separator))
+	for i, part := range parts {
+		next := filepath.Join(cur, part)
+		if i == len(parts)-1 {
+			return next, nil
+		}
+		if link, err := os.Readlink(next); err == nil {
+			if filepath.IsAbs(link) {
+				next = filepath.Join(target, link)
+			} else {
+				next = filepath.Join(cur, link)
+			}
+		}
+		cur = next
+	}
+	return cur, nil
 }
 
 // copyOwned copies src to dst (which must not exist), mode 0600, owned by

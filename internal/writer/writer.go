@@ -228,4 +228,16 @@ type Restore struct {
 	Components []string
 	Target     string // directory the files go to; empty means in place
 	More       bool
+	// DataDir and Port, with a Target, ask a Relocator to make the copy a
+	// server of its own beside the original: its files moved from Target
+	// to DataDir, listening on Port, started (umbra restore --to-datadir).
+	DataDir string
+	Port    int
+}
+
+// Relocator is a writer that can bring a restored copy up in another data
+// directory on another port, beside the original.
+type Relocator interface {
+	Restorer
+	Relocates()
 }

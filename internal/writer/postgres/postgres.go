@@ -151,15 +151,24 @@ type server struct {
 	dataDir     string
 	walDir      string // "" when pg_wal is inside the data directory
 	tablespaces []tablespace
+	configDir   string // the directory of postgresql.conf when outside the data directory (Debian: /etc/postgresql/15/main)
 	segSize     int64
 	logsOwner   string
 }
 
 type tablespace struct{ oid, name, path string }
 
+// within reports whether path is dir or below it.
+func within(path, dir string) bool {
+	return path == dir || strings.HasPrefix(path, strings.TrimSuffix(dir, "/")+"/")
+}
+
 // paths lists every directory the server's data lives in.
 func (s *server) paths() []string {
 	ps := []string{s.dataDir}
+	if s.configDir != "" {
+		ps = append(ps, s.configDir)
+	}
 	if s.walDir != "" {
 		ps = append(ps, s.walDir)
 	}
@@ -189,6 +198,13 @@ func (w *Writer) inspect(ctx context.Context, conn *pgx.Conn) (*server, error) {
 	}
 	if inRecovery {
 		return nil, fmt.Errorf("postgres writer %q: the server is a standby; back up the primary (backups from a standby are not supported yet)", w.name)
+	}
+	var configFile string
+	if err := conn.QueryRow(ctx, "SELECT current_setting('config_file')").Scan(&configFile); err != nil {
+		return nil, w.queryErr("read config_file", err)
+	}
+	if dir := filepath.Dir(configFile); !within(dir, s.dataDir) {
+		s.configDir = dir
 	}
 	if _, err := os.Stat(filepath.Join(s.dataDir, "PG_VERSION")); err != nil {
 		return nil, fmt.Errorf("postgres writer %q: the server's data directory %s is not readable here (%v); umbra must run as root on the database host", w.name, s.dataDir, err)
@@ -301,6 +317,16 @@ func (w *Writer) metadata(s *server) writer.Metadata {
 			Kind:        writer.KindLogs,
 			Paths:       []string{s.walDir},
 			Excludes:    []string{filepath.Join(s.walDir, "*")}, // the backup's WAL is handed on
+			BackupTypes: types,
+			Needs:       writer.NeedLive,
+			Restore:     restore,
+		})
+	}
+	if s.configDir != "" {
+		comps = append(comps, writer.Component{
+			Name:        "config",
+			Kind:        writer.KindFiles,
+			Paths:       []string{s.configDir},
 			BackupTypes: types,
 			Needs:       writer.NeedLive,
 			Restore:     restore,

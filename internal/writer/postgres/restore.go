@@ -115,6 +115,12 @@ func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
 	if err != nil {
 		return fmt.Errorf("postgres writer %q: post-restore: %w", w.name, err)
 	}
+	if r.DataDir != "" {
+		if err := w.relocate(ctx, r, r.Metadata); err != nil {
+			return fmt.Errorf("postgres writer %q: post-restore to %s: %w", w.name, r.DataDir, err)
+		}
+		return nil
+	}
 	root := filepath.Join(r.Target, dataDir)
 	if err := Prepare(root); err != nil {
 		return fmt.Errorf("postgres writer %q: post-restore: %w", w.name, err)
@@ -166,6 +172,16 @@ func Prepare(dataDir string) error {
 		}
 	}
 	return appendFile(filepath.Join(dataDir, "recovery.signal"), "", int(st.Uid), int(st.Gid))
+}
+
+// fileOwner returns the owner of path.
+func fileOwner(path string) (uid, gid int, err error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	return int(st.Uid), int(st.Gid), nil
 }
 
 func appendFile(path, text string, uid, gid int) error {
