@@ -39,7 +39,7 @@ type RestoreJob struct {
 	// original: in a new data directory, on another port.
 	ToDataDir string
 	ToPort    int
-	Progress *restore.Progress
+	Progress  *restore.Progress
 }
 
 // RestoredWriter is what happened to one writer.
