@@ -39,10 +39,12 @@ const (
 	TypeIndex    Type = "index"
 	TypeManifest Type = "manifests"
 	TypeLock     Type = "locks"
+	// TypeWAL holds PostgreSQL's archived WAL, by file name (lower case).
+	TypeWAL Type = "wal"
 )
 
 // Types lists every type, for tools that walk a whole repository.
-var Types = []Type{TypeConfig, TypeKey, TypePack, TypeIndex, TypeManifest, TypeLock}
+var Types = []Type{TypeConfig, TypeKey, TypePack, TypeIndex, TypeManifest, TypeLock, TypeWAL}
 
 // Handle names one file.
 type Handle struct {
@@ -55,7 +57,7 @@ func (h Handle) String() string { return string(h.Type) + "/" + h.Name }
 // Valid reports whether t is a known type.
 func (t Type) Valid() error {
 	switch t {
-	case TypeConfig, TypeKey, TypePack, TypeIndex, TypeManifest, TypeLock:
+	case TypeConfig, TypeKey, TypePack, TypeIndex, TypeManifest, TypeLock, TypeWAL:
 		return nil
 	}
 	return fmt.Errorf("backend: unknown file type %q", t)
