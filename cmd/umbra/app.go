@@ -69,7 +69,7 @@ warnings (some files could not be read).`,
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print JSON for scripts instead of text")
 	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log each phase to stderr")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
-	root.AddCommand(a.initCommand(), a.backupCommand(), a.backupsCommand(), a.lsCommand(), a.showCommand(), a.restoreCommand(),
+	root.AddCommand(a.initCommand(), a.backupCommand(), a.backupsCommand(), a.lsCommand(), a.showCommand(), a.restoreCommand(), a.walPushCommand(), a.walFetchCommand(),
 		a.checkCommand(), a.forgetCommand(), a.pruneCommand(), a.keyCommand(),
 		a.shadowCommand(), a.writersCommand(), a.providersCommand(), a.guardCommand(), configHelp())
 	return root

@@ -216,6 +216,17 @@ aborts the writers and truncates nothing. A retryable failure of the set
 	return cmd
 }
 
+// parseTime reads a moment: RFC 3339, or "YYYY-MM-DD HH:MM[:SS]" in local
+// time.
+func parseTime(s string) (time.Time, error) {
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02 15:04:05.999999999", "2006-01-02 15:04"} {
+		if t, err := time.ParseInLocation(layout, s, time.Local); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, errors.New("not a date and time")
+}
+
 // findParent returns the backup named by ref, or else the latest backup of
 // the same paths from the same host, or nil.
 func findParent(ctx context.Context, repo *repository.Repository, ref, host string, paths []string) (*repository.ManifestEntry, error) {
@@ -444,6 +455,7 @@ func (a *app) restoreCommand() *cobra.Command {
 		components []string
 		toDataDir  string
 		toPort     int
+		until      string
 	)
 	cmd := &cobra.Command{
 		Use:   "restore ID [--target DIR] [--force] [--writer NAME] [--component NAME] [--include PATTERN]...",
@@ -461,7 +473,9 @@ writer readies the files there (PostgreSQL: recovery.signal) but starts
 nothing. --writer and --component restore a part. --to-datadir DIR
 --to-port N bring a database up beside production: PostgreSQL's copy gets
 its own data directory (tablespaces in DIR.tablespaces, the configuration
-copied in), listens on N, archives nothing, and is started.
+copied in), listens on N, archives nothing, and is started. --until TIME
+recovers PostgreSQL to that moment with the WAL archived by umbra wal-push
+after the backup (restore_command runs umbra wal-fetch).
 
 Files, and backups of plain paths, come back under --target DIR: a file
 backed up as /srv/app/x comes back as DIR/srv/app/x, with its content
@@ -473,6 +487,7 @@ it. --files-only restores a writer backup as plain files.`,
   umbra restore 3f9a2c1b --target /srv/restore      # beside production
   umbra restore latest --writer postgres:main --force
   umbra restore latest --writer postgres:main --to-datadir /srv/pg-copy --to-port 5433
+  umbra restore latest --force --until "2026-11-22 10:29:00"   # to just before the mistake
   umbra restore latest --files-only --target /tmp/r --include '/etc/ssh/*'`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -493,9 +508,22 @@ it. --files-only restores a writer backup as plain files.`,
 				if len(includes) > 0 {
 					return usagef("--include selects files; with an application backup use --component, or --files-only")
 				}
-				return a.appRestore(cmd, repo, e, info, backup.RestoreJob{
+				job := backup.RestoreJob{
 					Target: target, Force: force, Only: only, Components: components, ToDataDir: toDataDir, ToPort: toPort,
-				})
+				}
+				if until != "" {
+					if job.Until, err = parseTime(until); err != nil {
+						return usagef("--until %q: %v; write it like 2026-11-22T10:30:00+01:00 or \"2026-11-22 10:30:00\" (local time)", until, err)
+					}
+					if _, err := a.walFetchShell(&f, ""); err != nil {
+						return err
+					}
+					job.FetchLog = func(name string) string {
+						cmd, _ := a.walFetchShell(&f, name)
+						return cmd
+					}
+				}
+				return a.appRestore(cmd, repo, e, info, job)
 			}
 			if target == "" {
 				return usagef("--target DIR is required: restore writes under a directory, never over live data")
@@ -529,6 +557,7 @@ it. --files-only restores a writer backup as plain files.`,
 	cmd.Flags().StringArrayVar(&components, "component", nil, "restore only this component of the writers (repeatable)")
 	cmd.Flags().StringVar(&toDataDir, "to-datadir", "", "bring a database writer's copy up in this new data directory, beside the original")
 	cmd.Flags().IntVar(&toPort, "to-port", 0, "the port of the copy started with --to-datadir")
+	cmd.Flags().StringVar(&until, "until", "", "recover PostgreSQL to this moment from WAL archived by umbra wal-push (needs UMBRA_PASSWORD_FILE)")
 	return cmd
 }
 

@@ -198,6 +198,11 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 	// that the backup is safe and may truncate their logs.
 	result := &Result{ID: id, Manifest: m, Info: info, Warnings: res.Warnings}
 	result.CompleteErr = complete(ctx, job.Writers, set, job.NoTruncate)
+	if set.Type.Truncates() {
+		if err := pruneArchive(ctx, repo, info, job.NoTruncate); err != nil {
+			result.CompleteErr = errors.Join(result.CompleteErr, fmt.Errorf("prune the WAL archive: %w", err))
+		}
+	}
 	release()
 	if !job.KeepShadows {
 		if err := coord.Delete(context.WithoutCancel(ctx), set.ID); err != nil && !errors.Is(err, shadow.ErrNoSet) {
@@ -478,6 +483,76 @@ func complete(ctx context.Context, wrs []writer.Writer, set *shadow.Set, noTrunc
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// WALKey is the name under which umbra wal-push --writer NAME archives a
+// WAL file: the writer's name (lower case, other characters as '-'), a
+// dot, the file's name; without a writer, the file's name alone. Several
+// servers can so archive into one repository.
+func WALKey(writerName, file string) string {
+	if writerName == "" {
+		return file
+	}
+	return walPrefix(writerName) + file
+}
+
+func walPrefix(writerName string) string {
+	b := []byte(strings.ToLower(writerName))
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			b[i] = '-'
+		}
+	}
+	return string(b) + "."
+}
+
+// pruneArchive deletes archived logs that no backup can need any more:
+// for each writer of this backup that names where its archive starts
+// (writer.PosArchiveFrom), its archived segments before the oldest such
+// position among all its backups. Timeline histories are kept.
+func pruneArchive(ctx context.Context, repo *repository.Repository, info *Info, noTruncate []string) error {
+	oldest := map[string]string{} // writer → oldest archive_from of its backups
+	for _, w := range info.Writers {
+		if w.Report.Positions[writer.PosArchiveFrom] != "" && !slices.Contains(noTruncate, w.Name) {
+			oldest[w.Name] = ""
+		}
+	}
+	if len(oldest) == 0 {
+		return nil
+	}
+	all, err := repo.Manifests(ctx)
+	if err != nil {
+		return err
+	}
+	for _, e := range all {
+		bi, err := ReadInfo(e.Manifest)
+		if err != nil || bi == nil {
+			continue
+		}
+		for _, w := range bi.Writers {
+			cur, ok := oldest[w.Name]
+			from := strings.ToLower(w.Report.Positions[writer.PosArchiveFrom])
+			if ok && from != "" && (cur == "" || from < cur) {
+				oldest[w.Name] = from
+			}
+		}
+	}
+	names, err := repo.WALNames(ctx)
+	if err != nil {
+		return err
+	}
+	for name, from := range oldest {
+		prefix := walPrefix(name)
+		for _, n := range names {
+			seg, ok := strings.CutPrefix(n, prefix)
+			if ok && len(seg) == 24 && seg < from {
+				if err := repo.RemoveWAL(ctx, n); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // fallenInfo records the writers the backup went on without: their data

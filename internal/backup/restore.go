@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/umbra-backup/umbra/internal/repository"
 	"github.com/umbra-backup/umbra/internal/restore"
@@ -39,6 +40,10 @@ type RestoreJob struct {
 	// original: in a new data directory, on another port.
 	ToDataDir string
 	ToPort    int
+	// Until and FetchLog ask for point-in-time recovery (writer.Restore);
+	// FetchLog gives each writer's command to fetch its archived logs.
+	Until    time.Time
+	FetchLog func(writerName string) string
 	Progress  *restore.Progress
 }
 
@@ -106,7 +111,10 @@ func restoreWriter(ctx context.Context, repo *repository.Repository, job Restore
 		}
 	}
 	r := writer.Restore{Metadata: wi.Metadata, Report: wi.Report, Components: rw.Components, Target: job.Target,
-		DataDir: job.ToDataDir, Port: job.ToPort}
+		DataDir: job.ToDataDir, Port: job.ToPort, Until: job.Until}
+	if job.FetchLog != nil {
+		r.FetchLog = job.FetchLog(wi.Name)
+	}
 	restorer, _ := wr.(writer.Restorer)
 	if restorer != nil {
 		if err := restorer.PreRestore(ctx, r); err != nil {

@@ -93,6 +93,17 @@ var configHandle = backend.Handle{Type: backend.TypeConfig, Name: "config"}
 
 // Open opens the repository on be with password and reads its index.
 func Open(ctx context.Context, be backend.Backend, password string) (*Repository, error) {
+	return open2(ctx, be, password, true)
+}
+
+// OpenWAL opens the repository for archiving WAL (umbra wal-push and
+// wal-fetch, run by PostgreSQL): it reads the config and a key only, not
+// the index, so it needs no access to the rest.
+func OpenWAL(ctx context.Context, be backend.Backend, password string) (*Repository, error) {
+	return open2(ctx, be, password, false)
+}
+
+func open2(ctx context.Context, be backend.Backend, password string, withIndex bool) (*Repository, error) {
 	rd, err := be.Load(ctx, configHandle, 0, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%s is not an umbra repository (no config); create one with umbra init", be.Location())
@@ -122,6 +133,9 @@ func Open(ctx context.Context, be backend.Backend, password string) (*Repository
 	r, err := newRepository(be, cfg, mk, name, DefaultKDF)
 	if err != nil {
 		return nil, err
+	}
+	if !withIndex {
+		return r, nil
 	}
 	if err := r.loadIndex(ctx); err != nil {
 		return nil, err

@@ -34,6 +34,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // ErrRetryable marks failures that may succeed when tried again.
@@ -168,6 +169,11 @@ type PostSnapshotter interface {
 	PostSnapshot(ctx context.Context, set Set) (Report, error)
 }
 
+// PosArchiveFrom is the Report position naming the oldest file of the
+// writer's log archive (umbra wal-push) that a restore of this backup can
+// need: the requester prunes archived logs older than the oldest backup's.
+const PosArchiveFrom = "archive_from"
+
 // Report is what a writer hands on after the snapshot: log positions and
 // files the requester must store alongside the shadow copy.
 type Report struct {
@@ -233,6 +239,11 @@ type Restore struct {
 	// to DataDir, listening on Port, started (umbra restore --to-datadir).
 	DataDir string
 	Port    int
+	// Until asks for recovery to this moment (point-in-time restore), from
+	// the log archive that FetchLog fetches from (PostgreSQL:
+	// restore_command, with %f and %p).
+	Until    time.Time
+	FetchLog string
 }
 
 // Relocator is a writer that can bring a restored copy up in another data

@@ -244,6 +244,7 @@ func (w *Writer) finish(ctx context.Context, s *session, set writer.Set) (writer
 	}
 	rep := writer.Report{Positions: map[string]string{
 		"start_lsn": startLSN, "stop_lsn": stopLSN, "start_wal": startFile, "stop_wal": stopFile,
+		writer.PosArchiveFrom: startFile,
 	}}
 	for _, f := range files {
 		rep.Files = append(rep.Files, writer.HandOn{Component: "data", Path: filepath.Join("pg_wal", f), Source: filepath.Join(dir, "pg_wal", f)})

@@ -257,7 +257,7 @@ func (w *Writer) logsOwner(ctx context.Context, conn *pgx.Conn) (string, error) 
 		return "", w.queryErr("read archive settings", err)
 	}
 	var owners []string
-	if mode != "off" && command != "" && !strings.Contains(command, "umbra wal-push") {
+	if mode != "off" && command != "" && !(strings.Contains(command, "umbra") && strings.Contains(command, "wal-push")) {
 		owners = append(owners, fmt.Sprintf("archive_command %q is not umbra's", command))
 	}
 	if replicas > 0 {

@@ -73,7 +73,7 @@ func (w *Writer) relocate(ctx context.Context, r writer.Restore, md writer.Metad
 	if err := appendFile(filepath.Join(newDir, "postgresql.conf"), overrides, owner.uid, owner.gid); err != nil {
 		return err
 	}
-	if err := Prepare(newDir); err != nil {
+	if err := prepare(newDir, r.FetchLog, r.Until); err != nil {
 		return err
 	}
 	if err := pgCtlStart(ctx, newDir); err != nil {

@@ -1,7 +1,6 @@
 package postgres
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -18,12 +17,6 @@ import (
 
 // restoreOptions say how the server is stopped and started at restore.
 type restoreOptions struct{ service, start, stop string }
-
-// restoreCommandLine goes into the restored postgresql.auto.conf: archive
-// recovery (recovery.signal) insists on a restore_command, and the
-// backup's WAL is already in pg_wal, so there is nothing to fetch. It is
-// reset once recovery is over.
-const restoreCommandLine = "restore_command = 'false' # umbra restore: the backup's WAL is in pg_wal\n"
 
 // PreRestore stops the server and moves its data directory, tablespaces and
 // separate pg_wal aside (to NAME.umbra-before-restore-TIME), so that the
@@ -122,7 +115,7 @@ func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
 		return nil
 	}
 	root := filepath.Join(r.Target, dataDir)
-	if err := Prepare(root); err != nil {
+	if err := prepare(root, r.FetchLog, r.Until); err != nil {
 		return fmt.Errorf("postgres writer %q: post-restore: %w", w.name, err)
 	}
 	if r.More || r.Target != "" {
@@ -135,21 +128,27 @@ func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
 }
 
 // Prepare readies a data directory restored from a backup (files plus the
-// writer's backup_label and WAL) for archive recovery.
-func Prepare(dataDir string) error {
+// writer's backup_label and WAL) for archive recovery to the end of the
+// WAL it holds.
+func Prepare(dataDir string) error { return prepare(dataDir, "", time.Time{}) }
+
+// prepare readies dataDir for archive recovery: the directories base
+// backups leave out, recovery.signal, and a restore_command (fetch, or one
+// that finds nothing, since the backup's WAL is in pg_wal); with until, a
+// recovery target time at which the server is promoted.
+func prepare(dataDir, fetch string, until time.Time) error {
 	if _, err := os.Stat(filepath.Join(dataDir, "backup_label")); err != nil {
 		return fmt.Errorf("%s has no backup_label: it was not restored with the files the writer hands on (%w)", dataDir, err)
 	}
-	fi, err := os.Stat(dataDir)
+	uid, gid, err := fileOwner(dataDir)
 	if err != nil {
 		return err
 	}
-	st := fi.Sys().(*syscall.Stat_t)
 	mk := func(p string) error {
 		if err := os.MkdirAll(p, 0o700); err != nil {
 			return err
 		}
-		return os.Lchown(p, int(st.Uid), int(st.Gid))
+		return os.Lchown(p, uid, gid)
 	}
 	for _, d := range append(excludedContents, "pg_wal/archive_status") {
 		if err := mk(filepath.Join(dataDir, d)); err != nil {
@@ -161,18 +160,22 @@ func Prepare(dataDir string) error {
 			return err
 		}
 	}
-	auto := filepath.Join(dataDir, "postgresql.auto.conf")
-	conf, err := os.ReadFile(auto)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
+	if fetch == "" {
+		fetch = "false"
+	}
+	settings := fmt.Sprintf("# %s\nrestore_command = '%s'\n", recoveryMark, strings.ReplaceAll(fetch, "'", "''"))
+	if !until.IsZero() {
+		settings += fmt.Sprintf("recovery_target_time = '%s'\nrecovery_target_action = 'promote'\n", until.UTC().Format("2006-01-02 15:04:05.999999-07:00"))
+	}
+	if err := appendFile(filepath.Join(dataDir, "postgresql.auto.conf"), settings, uid, gid); err != nil {
 		return err
 	}
-	if !bytes.Contains(conf, []byte("restore_command")) {
-		if err := appendFile(auto, restoreCommandLine, int(st.Uid), int(st.Gid)); err != nil {
-			return err
-		}
-	}
-	return appendFile(filepath.Join(dataDir, "recovery.signal"), "", int(st.Uid), int(st.Gid))
+	return appendFile(filepath.Join(dataDir, "recovery.signal"), "", uid, gid)
 }
+
+// recoveryMark labels the settings prepare adds; they are reset once
+// recovery is over.
+const recoveryMark = "umbra restore: recovery settings, reset when recovery is over"
 
 // fileOwner returns the owner of path.
 func fileOwner(path string) (uid, gid int, err error) {
@@ -278,17 +281,15 @@ func (w *Writer) recovered(ctx context.Context) error {
 	if inRecovery {
 		return errors.New("still in recovery")
 	}
-	var cmd string
-	if err := conn.QueryRow(ctx, "SELECT current_setting('restore_command')").Scan(&cmd); err != nil {
-		return err
+	// The recovery settings prepare added (restore_command, a target)
+	// would steer a later recovery: remove them.
+	for _, name := range []string{"restore_command", "recovery_target_time", "recovery_target_action"} {
+		if _, err := conn.Exec(ctx, "ALTER SYSTEM RESET "+name); err != nil {
+			return err
+		}
 	}
-	if cmd == "false" {
-		if _, err := conn.Exec(ctx, "ALTER SYSTEM RESET restore_command"); err != nil {
-			return err
-		}
-		if _, err := conn.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
-			return err
-		}
+	if _, err := conn.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
+		return err
 	}
 	return nil
 }

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/umbra-backup/umbra/internal/testenv"
+)
+
+// TestPointInTimePostgres: PostgreSQL archives its WAL with umbra wal-push;
+// after a backup, more load and a marker table created at a known moment,
+// restore --until a moment before the marker has no marker and holds the
+// invariant; until a moment after, the marker is there.
+func TestPointInTimePostgres(t *testing.T) {
+	fs := testenv.Btrfs(t)
+	data := filepath.Join(fs.Subvolume(t, "pg"), "data")
+	uid, gid := testenv.SystemUser(t, "postgres")
+
+	// PostgreSQL runs wal-push and wal-fetch as postgres: umbra (this test
+	// binary), the repository and the password file must be within its
+	// reach.
+	binDir := t.TempDir()
+	testenv.Traversable(t, binDir)
+	if err := os.Chmod(binDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(binDir, "umbra")
+	copyExecutable(t, os.Args[0], bin)
+	repo := newRepoDir(t)
+	pwFile := filepath.Join(binDir, "password")
+	if err := os.WriteFile(pwFile, []byte("correct horse\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Chown(t, pwFile, uid, gid)
+	testenv.Chown(t, repo.loc, uid, gid)
+	testenv.Traversable(t, repo.loc)
+	env := []string{asUmbraEnv + "=1", "UMBRA_REPO=" + repo.loc, "UMBRA_PASSWORD_FILE=" + pwFile}
+	archive := strings.Join(env, " ") + " " + bin + " wal-push --writer postgres:main %p"
+	pg := testenv.InitPostgres(t, data, testenv.PostgresOptions{Settings: []string{
+		"archive_mode = on", "archive_command = '" + archive + "'",
+	}})
+	load := pg.StartPgbench(t, 4)
+	state := t.TempDir()
+	run := func(args ...string) result {
+		cmd := exec.Command(bin, append([]string{"--state-dir", state, "--config", emptyConfig(t)}, args...)...)
+		cmd.Env = append(os.Environ(), env...)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return result{stdout: out.String(), stderr: errb.String(), code: code}
+	}
+
+	res := run("backup", "--json", "--writer", pg.Spec("main"))
+	if res.code != 0 {
+		t.Fatalf("backup: exit %d: %s", res.code, res.stderr)
+	}
+	var b appBackupJSON
+	if err := json.Unmarshal([]byte(res.stdout), &b); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // more load after the backup
+	beforeMarker := time.Now()
+	time.Sleep(1100 * time.Millisecond)
+	pg.Exec(t, "CREATE TABLE marker (x int); INSERT INTO marker VALUES (1)")
+	time.Sleep(1100 * time.Millisecond)
+	afterMarker := time.Now()
+	time.Sleep(300 * time.Millisecond)
+	load.Stop()
+	var seg string
+	if err := pg.Conn(t).QueryRow(t.Context(), "SELECT pg_walfile_name(pg_switch_wal())").Scan(&seg); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for pg.QueryInt(t, "SELECT count(*) FROM pg_stat_archiver WHERE last_archived_wal >= $1", seg) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("segment %s not archived in 30s; archiver: failed %d", seg, pg.QueryInt(t, "SELECT failed_count FROM pg_stat_archiver"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	pg.Stop(t)
+
+	for _, tc := range []struct {
+		until  time.Time
+		marker int64
+	}{{beforeMarker, 0}, {afterMarker, 1}} {
+		if err := os.RemoveAll(data); err != nil {
+			t.Fatal(err)
+		}
+		res := run("restore", b.ID, "--until", tc.until.Format(time.RFC3339Nano))
+		if res.code != 0 {
+			t.Fatalf("restore --until %s: exit %d: %s%s", tc.until.Format(time.RFC3339Nano), res.code, res.stdout, res.stderr)
+		}
+		if got := pg.QueryInt(t, "SELECT count(*) FROM pg_class WHERE relname = 'marker'"); got != tc.marker {
+			t.Errorf("restore --until %s: %d marker tables, want %d", tc.until.Format(time.TimeOnly), got, tc.marker)
+		}
+		pg.PgbenchInvariant(t)
+		pgCtlStop(t, data)
+	}
+}
+
+func copyExecutable(t *testing.T, src, dst string) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

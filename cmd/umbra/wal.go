@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/umbra-backup/umbra/internal/backup"
+	"github.com/umbra-backup/umbra/internal/repository"
+)
+
+// openWAL opens the repository for WAL archiving: config and key only.
+func (a *app) openWAL(ctx context.Context, f *repoFlags) (*repository.Repository, func(), error) {
+	be, err := a.openBackend(ctx, f, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	pw, err := a.password("Password for "+be.Location()+": ", false)
+	if err != nil {
+		be.Close()
+		return nil, nil, err
+	}
+	repo, err := repository.OpenWAL(ctx, be, pw)
+	if err != nil {
+		be.Close()
+		return nil, nil, err
+	}
+	return repo, func() { repo.Close(); be.Close() }, nil
+}
+
+func (a *app) walPushCommand() *cobra.Command {
+	var f repoFlags
+	var wname string
+	cmd := &cobra.Command{
+		Use:   "wal-push PATH",
+		Short: "Archive one PostgreSQL WAL file (archive_command)",
+		Long: `Archive the WAL file at PATH into the repository, for point-in-time
+restore (umbra restore ID --until TIME). Set it as PostgreSQL's
+archive_command; it runs as the postgres user, so that user needs the
+repository's location and a password file it can read, and read access to
+the repository's config and keys/ and write access to its wal/:
+
+  archive_mode    = on
+  archive_command = 'UMBRA_REPO=/var/backups/umbra UMBRA_PASSWORD_FILE=/etc/umbra/wal.pass umbra wal-push --writer postgres:main %p'
+
+--writer names the server's writer instance, so that several servers can
+archive into one repository; restore --until fetches with the same name.
+Archiving a file again with the same content succeeds (PostgreSQL retries
+after a crash); other content under an archived name fails. A backup of
+the server prunes archived WAL older than the oldest backup of it.`,
+		Example: "  umbra wal-push pg_wal/000000010000000000000003",
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			data, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			repo, done, err := a.openWAL(cmd.Context(), &f)
+			if err != nil {
+				return err
+			}
+			defer done()
+			return repo.SaveWAL(cmd.Context(), backup.WALKey(wname, filepath.Base(args[0])), data)
+		},
+	}
+	f.register(cmd.Flags())
+	cmd.Flags().StringVarP(&wname, "writer", "w", "", "the writer instance of this server, such as postgres:main")
+	return cmd
+}
+
+func (a *app) walFetchCommand() *cobra.Command {
+	var f repoFlags
+	var wname string
+	cmd := &cobra.Command{
+		Use:   "wal-fetch NAME PATH",
+		Short: "Fetch one archived WAL file (restore_command)",
+		Long: `Write the archived WAL file NAME to PATH. umbra restore --until sets
+restore_command to call it; it exits 1 when NAME was never archived, which
+PostgreSQL takes as the end of the archive.`,
+		Example: "  umbra wal-fetch 000000010000000000000003 pg_wal/RECOVERYXLOG",
+		Args:    exactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			repo, done, err := a.openWAL(cmd.Context(), &f)
+			if err != nil {
+				return err
+			}
+			defer done()
+			data, err := repo.LoadWAL(cmd.Context(), backup.WALKey(wname, args[0]))
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(args[1], data, 0o600)
+		},
+	}
+	f.register(cmd.Flags())
+	cmd.Flags().StringVarP(&wname, "writer", "w", "", "the writer instance whose archive to read, as given to wal-push")
+	return cmd
+}
+
+// walFetchCommand is the restore_command that fetches archived WAL from
+// the repository this run uses: umbra's own executable, with the run's
+// UMBRA_* settings except a password itself, which must come from a file.
+func (a *app) walFetchShell(f *repoFlags, writerName string) (string, error) {
+	if os.Getenv("UMBRA_PASSWORD_FILE") == "" {
+		return "", errors.New("--until needs UMBRA_PASSWORD_FILE, a password file the postgres user can read: PostgreSQL fetches archived WAL with umbra wal-fetch, and a password must not be written into its configuration")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	env := map[string]string{"UMBRA_REPO": f.location()}
+	for _, kv := range os.Environ() {
+		k, v, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "UMBRA_") && k != "UMBRA_PASSWORD" && k != "UMBRA_REPO" {
+			env[k] = v
+		}
+	}
+	var keys []string
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s=%s ", k, shellQuote(env[k]))
+	}
+	fmt.Fprintf(&b, "%s wal-fetch --writer %s %%f %%p", shellQuote(self), shellQuote(writerName))
+	return b.String(), nil
+}
+
+// shellQuote quotes s for /bin/sh, which runs restore_command.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
+}
