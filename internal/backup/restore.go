@@ -44,7 +44,7 @@ type RestoreJob struct {
 	// FetchLog gives each writer's command to fetch its archived logs.
 	Until    time.Time
 	FetchLog func(writerName string) string
-	Progress  *restore.Progress
+	Progress *restore.Progress
 }
 
 // RestoredWriter is what happened to one writer.
