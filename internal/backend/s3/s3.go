@@ -49,6 +49,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/minio/minio-go/v7"
@@ -395,10 +396,10 @@ func (b *Backend) put(ctx context.Context, key string, size int64, rd io.Reader,
 	}
 	body := &exactReader{rd: rd, left: size, size: size}
 	_, err := b.client.PutObject(ctx, b.cfg.Bucket, key, body, size, opts)
-	if err != nil && body.err != nil {
+	if berr := body.failure(); err != nil && berr != nil {
 		// The reader's own failure says more than the transport's report
 		// of the broken body.
-		return body.err
+		return berr
 	}
 	return err
 }
@@ -407,13 +408,26 @@ func (b *Backend) put(ctx context.Context, key string, size int64, rd io.Reader,
 // ending, if rd has fewer or more. It keeps back the last bytes until it
 // knows rd ends there, so that a body of the wrong size never completes.
 // It hides rd's other methods, so that minio-go reads it once, in order.
+//
+// net/http may still be reading the body on its own goroutine when
+// PutObject returns with an error, so the failure is kept under a lock.
 type exactReader struct {
 	rd         io.Reader
 	left, size int64
-	err        error
+
+	mu  sync.Mutex
+	err error
+}
+
+func (r *exactReader) failure() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
 }
 
 func (r *exactReader) Read(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.err != nil {
 		return 0, r.err
 	}
