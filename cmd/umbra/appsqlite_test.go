@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,12 +24,17 @@ func TestBackupRestoreSQLite(t *testing.T) {
 
 	start := time.Now()
 	res := umbraRun(t, state, repo.environ(), "backup", "--json", "--writer", "sqlite:path="+db)
-	if res.code != 0 {
-		t.Fatalf("backup: exit %d: %s", res.code, res.stderr)
+	var b struct {
+		appBackupJSON
+		CompleteErr string `json:"backup_complete_error"`
 	}
-	var b appBackupJSON
 	if err := json.Unmarshal([]byte(res.stdout), &b); err != nil {
-		t.Fatal(err)
+		t.Fatalf("backup: exit %d: %v\n%s%s", res.code, err, res.stdout, res.stderr)
+	}
+	// Under the load, the WAL may stay busy past the truncating
+	// checkpoint's patience: the backup is stored, with a warning (exit 3).
+	if res.code != 0 && !(res.code == 3 && strings.Contains(b.CompleteErr, "not truncated")) {
+		t.Fatalf("backup: exit %d: %s %s", res.code, b.CompleteErr, res.stderr)
 	}
 	acks := load.Stop()
 	var before int64 = -1
