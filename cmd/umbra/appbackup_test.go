@@ -128,12 +128,7 @@ func pgCtlStop(t *testing.T, dataDir string) {
 // directories destroyed, umbra restore: the server recovers with the
 // invariant and every transaction committed before the backup.
 func TestBackupRestorePostgresThreeVolumes(t *testing.T) {
-	bfs, xfs, efs := testenv.Btrfs(t), testenv.XFS(t), testenv.Ext4(t)
-	data := filepath.Join(bfs.Subvolume(t, "pg"), "data")
-	wal, ts := filepath.Join(xfs.Mount, "wal"), filepath.Join(efs.Mount, "ts")
-	pg := testenv.InitPostgres(t, data, testenv.PostgresOptions{WALDir: wal})
-	pg.Tablespace(t, "ts1", ts)
-	pg.PgbenchInit(t, "--tablespace=ts1", "--index-tablespace=ts1")
+	pg, _, data, wal, ts := threeVolumePostgres(t)
 	load := pg.StartPgbench(t, 4)
 	repo := newRepoDir(t)
 	state := t.TempDir()
@@ -176,12 +171,7 @@ func TestBackupRestorePostgresThreeVolumes(t *testing.T) {
 // relocated with it): the copy holds the invariant and every transaction
 // committed before the backup, and the original runs on, untouched.
 func TestRestoreBesidePostgres(t *testing.T) {
-	bfs, xfs, efs := testenv.Btrfs(t), testenv.XFS(t), testenv.Ext4(t)
-	data := filepath.Join(bfs.Subvolume(t, "pg"), "data")
-	wal, ts := filepath.Join(xfs.Mount, "wal"), filepath.Join(efs.Mount, "ts")
-	pg := testenv.InitPostgres(t, data, testenv.PostgresOptions{WALDir: wal})
-	pg.Tablespace(t, "ts1", ts)
-	pg.PgbenchInit(t, "--tablespace=ts1")
+	pg, bfs, data, _, _ := threeVolumePostgres(t)
 	load := pg.StartPgbench(t, 4)
 	repo := newRepoDir(t)
 	state := t.TempDir()
@@ -220,4 +210,17 @@ func TestRestoreBesidePostgres(t *testing.T) {
 	if n := pg.QueryInt(t, "SELECT count(*) FROM pg_settings WHERE name = 'data_directory' AND setting = $1", data); n != 1 {
 		t.Errorf("the original's data directory changed")
 	}
+}
+
+// threeVolumePostgres makes a cluster with its data directory on btrfs,
+// pg_wal on XFS and a tablespace ts1 holding pgbench's tables on ext4.
+func threeVolumePostgres(t *testing.T) (pg *testenv.Postgres, bfs *testenv.FS, data, wal, ts string) {
+	t.Helper()
+	bfs, xfs, efs := testenv.Btrfs(t), testenv.XFS(t), testenv.Ext4(t)
+	data = filepath.Join(bfs.Subvolume(t, "pg"), "data")
+	wal, ts = filepath.Join(xfs.Mount, "wal"), filepath.Join(efs.Mount, "ts")
+	pg = testenv.InitPostgres(t, data, testenv.PostgresOptions{WALDir: wal})
+	pg.Tablespace(t, "ts1", ts)
+	pg.PgbenchInit(t, "--tablespace=ts1", "--index-tablespace=ts1")
+	return pg, bfs, data, wal, ts
 }

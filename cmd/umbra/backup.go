@@ -374,15 +374,11 @@ func (a *app) lsCommand() *cobra.Command {
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			repo, done, err := a.openRepo(cmd.Context(), &f)
+			repo, e, done, err := a.openBackup(cmd.Context(), &f, args[0])
 			if err != nil {
 				return err
 			}
 			defer done()
-			e, err := repo.FindManifest(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
 			under := "/"
 			if len(args) == 2 {
 				under = filepath.Clean(args[1])
@@ -491,15 +487,11 @@ it. --files-only restores a writer backup as plain files.`,
   umbra restore latest --files-only --target /tmp/r --include '/etc/ssh/*'`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			repo, done, err := a.openRepo(cmd.Context(), &f)
+			repo, e, done, err := a.openBackup(cmd.Context(), &f, args[0])
 			if err != nil {
 				return err
 			}
 			defer done()
-			e, err := repo.FindManifest(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
 			info, err := backup.ReadInfo(e.Manifest)
 			if err != nil {
 				return err

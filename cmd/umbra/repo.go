@@ -116,6 +116,12 @@ func secret(env, prompt string, confirm bool) (string, error) {
 
 // openRepo opens the repository the flags name.
 func (a *app) openRepo(ctx context.Context, f *repoFlags) (*repository.Repository, func(), error) {
+	return a.openRepoWith(ctx, f, repository.Open)
+}
+
+// openRepoWith opens the repository with open (repository.Open, or
+// OpenWAL for the WAL archive alone).
+func (a *app) openRepoWith(ctx context.Context, f *repoFlags, open func(context.Context, backend.Backend, string) (*repository.Repository, error)) (*repository.Repository, func(), error) {
 	be, err := a.openBackend(ctx, f, false)
 	if err != nil {
 		return nil, nil, err
@@ -125,12 +131,26 @@ func (a *app) openRepo(ctx context.Context, f *repoFlags) (*repository.Repositor
 		be.Close()
 		return nil, nil, err
 	}
-	repo, err := repository.Open(ctx, be, pw)
+	repo, err := open(ctx, be, pw)
 	if err != nil {
 		be.Close()
 		return nil, nil, err
 	}
 	return repo, func() { repo.Close(); be.Close() }, nil
+}
+
+// openBackup opens the repository and finds the backup ref names.
+func (a *app) openBackup(ctx context.Context, f *repoFlags, ref string) (*repository.Repository, repository.ManifestEntry, func(), error) {
+	repo, done, err := a.openRepo(ctx, f)
+	if err != nil {
+		return nil, repository.ManifestEntry{}, nil, err
+	}
+	e, err := repo.FindManifest(ctx, ref)
+	if err != nil {
+		done()
+		return nil, e, nil, err
+	}
+	return repo, e, done, nil
 }
 
 func (a *app) initCommand() *cobra.Command {

@@ -24,15 +24,11 @@ as stored, with the writers' part decoded under "app".`,
 		Example: "  umbra show latest\n  umbra show 3f9a2c1b --json | jq .app.writers",
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			repo, done, err := a.openRepo(cmd.Context(), &f)
+			_, e, done, err := a.openBackup(cmd.Context(), &f, args[0])
 			if err != nil {
 				return err
 			}
 			defer done()
-			e, err := repo.FindManifest(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
 			info, err := backup.ReadInfo(e.Manifest)
 			if err != nil {
 				return err

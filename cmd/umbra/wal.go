@@ -17,21 +17,7 @@ import (
 
 // openWAL opens the repository for WAL archiving: config and key only.
 func (a *app) openWAL(ctx context.Context, f *repoFlags) (*repository.Repository, func(), error) {
-	be, err := a.openBackend(ctx, f, false)
-	if err != nil {
-		return nil, nil, err
-	}
-	pw, err := a.password("Password for "+be.Location()+": ", false)
-	if err != nil {
-		be.Close()
-		return nil, nil, err
-	}
-	repo, err := repository.OpenWAL(ctx, be, pw)
-	if err != nil {
-		be.Close()
-		return nil, nil, err
-	}
-	return repo, func() { repo.Close(); be.Close() }, nil
+	return a.openRepoWith(ctx, f, repository.OpenWAL)
 }
 
 func (a *app) walPushCommand() *cobra.Command {

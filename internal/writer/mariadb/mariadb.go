@@ -9,12 +9,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"maps"
 	"math"
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,6 +22,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 
 	"github.com/umbra-backup/umbra/internal/writer"
+	"github.com/umbra-backup/umbra/internal/writer/heldconn"
 )
 
 // Components of every MariaDB writer. The binary logs are a component of
@@ -101,18 +100,10 @@ type Writer struct {
 
 // session is the held connection of one set.
 type session struct {
-	db     *sql.DB
-	conn   *sql.Conn
-	user   string // 'name'@'host', for GRANT in messages
-	logBin bool
-	stage  int // BACKUP STAGEs done, counted in stages; guarded by Writer.mu
-	// ctx ends when Abort or the end of the set closes the session; every
-	// statement on conn runs under it.
-	ctx    context.Context
-	cancel context.CancelFunc
-
-	closeOnce sync.Once
-	closeErr  error
+	*heldconn.Conn        // every statement runs under Bind: closing never waits
+	user           string // 'name'@'host', for GRANT in messages
+	logBin         bool
+	stage          int // BACKUP STAGEs done, counted in stages; guarded by Writer.mu
 }
 
 // stages are the BACKUP STAGE steps in order; END releases them all.
@@ -136,10 +127,8 @@ const (
 //	                       a restore, or
 //	service=UNIT           the systemd unit to stop and start
 func New(name string, opts map[string]string) (*Writer, error) {
-	for _, k := range slices.Sorted(maps.Keys(opts)) {
-		if !slices.Contains(options, k) {
-			return nil, fmt.Errorf("mariadb writer %q: unknown option %q; valid options: %s", name, k, strings.Join(options, ", "))
-		}
+	if err := writer.CheckOptions("mariadb", name, opts, options); err != nil {
+		return nil, err
 	}
 	cfg := mysql.NewConfig()
 	cfg.User = cmp.Or(opts["user"], "root")
@@ -305,8 +294,8 @@ func (w *Writer) Freeze(ctx context.Context, set writer.Set) error {
 	}
 	pos := &position{}
 	if s.logBin {
-		fctx, done := s.bind(ctx)
-		pos, err = readPosition(fctx, s.conn)
+		fctx, done := s.Bind(ctx)
+		pos, err = readPosition(fctx, s.Conn.Conn)
 		if err != nil {
 			err = w.sqlErr(fctx, writer.PhaseFreeze, "SHOW MASTER STATUS", s.user, "BINLOG MONITOR", err)
 		}
@@ -327,7 +316,7 @@ func (w *Writer) Freeze(ctx context.Context, set writer.Set) error {
 // advance runs the BACKUP STAGEs up to stage upto, each with
 // a lock_wait_timeout that ends with ctx.
 func (w *Writer) advance(ctx context.Context, s *session, upto int, phase writer.Phase) error {
-	ctx, done := s.bind(ctx)
+	ctx, done := s.Bind(ctx)
 	defer done()
 	for {
 		w.mu.Lock()
@@ -341,7 +330,7 @@ func (w *Writer) advance(ctx context.Context, s *session, upto int, phase writer
 			return nil
 		}
 		stage := "BACKUP STAGE " + stages[next]
-		if _, err := s.conn.ExecContext(ctx, fmt.Sprintf("SET STATEMENT lock_wait_timeout=%d FOR %s", lockWait(ctx), stage)); err != nil {
+		if _, err := s.Conn.Conn.ExecContext(ctx, fmt.Sprintf("SET STATEMENT lock_wait_timeout=%d FOR %s", lockWait(ctx), stage)); err != nil {
 			return w.sqlErr(ctx, phase, stage, s.user, "RELOAD", err)
 		}
 		w.mu.Lock()
@@ -360,10 +349,10 @@ func (w *Writer) Thaw(ctx context.Context, _ writer.Set) error {
 	if s == nil {
 		return nil
 	}
-	tctx, done := s.bind(ctx)
+	tctx, done := s.Bind(ctx)
 	defer done()
 	var err error
-	if _, e := s.conn.ExecContext(tctx, "BACKUP STAGE END"); e != nil {
+	if _, e := s.Conn.Conn.ExecContext(tctx, "BACKUP STAGE END"); e != nil {
 		err = fmt.Errorf("mariadb writer %q: thaw: BACKUP STAGE END failed, so closed the connection, which releases the locks: %w", w.name, e)
 	}
 	return errors.Join(err, w.drop(s))
@@ -576,13 +565,12 @@ func (w *Writer) session(ctx context.Context, phase writer.Phase) (*session, err
 		closeConn(db, conn)
 		return nil, err
 	}
-	s = &session{db: db, conn: conn, user: f.user, logBin: f.logBin}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s = &session{Conn: heldconn.New(db, conn), user: f.user, logBin: f.logBin}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.gen != gen || w.sess != nil {
 		// Abort came while this connected: it must not be undone.
-		s.close()
+		s.Close()
 		return nil, fmt.Errorf("mariadb writer %q: %s: aborted: %w", w.name, phase, context.Canceled)
 	}
 	w.sess = s
@@ -597,31 +585,7 @@ func (w *Writer) drop(s *session) error {
 		w.sess = nil
 	}
 	w.mu.Unlock()
-	return s.close()
-}
-
-func (s *session) close() error {
-	s.closeOnce.Do(func() {
-		// The cancel makes the driver close the socket under a statement
-		// still running; Conn.Close then returns at once.
-		s.cancel()
-		err := s.conn.Close()
-		if errors.Is(err, sql.ErrConnDone) {
-			err = nil
-		}
-		s.closeErr = errors.Join(err, s.db.Close())
-	})
-	return s.closeErr
-}
-
-// bind returns a context that ends with ctx or when the session closes.
-func (s *session) bind(ctx context.Context) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(s.ctx, cancel)
-	return ctx, func() {
-		stop()
-		cancel()
-	}
+	return s.Close()
 }
 
 // lockWait is the lock_wait_timeout, in whole seconds, that ends no later

@@ -289,27 +289,27 @@ func (w *Writer) endSession(s *session) {
 }
 
 // BackupComplete ends the set's session if it is still open. The writer
-// truncates nothing: PostgreSQL recycles its WAL itself.
+// truncates nothing: PostgreSQL recycles its WAL itself (and umbra prunes
+// its own WAL archive after a backup).
 func (w *Writer) BackupComplete(_ context.Context, _ writer.Completion) error {
-	w.mu.Lock()
-	s := w.sess
-	w.mu.Unlock()
-	if s != nil {
-		w.endSession(s)
-	}
+	w.closeSession()
 	return nil
 }
 
 // Abort closes the session, which makes the server abort the backup and
 // drop the temporary slot. It is safe at any time and more than once.
 func (w *Writer) Abort(_ context.Context, _ writer.Set) error {
+	w.closeSession()
+	return nil
+}
+
+func (w *Writer) closeSession() {
 	w.mu.Lock()
 	s := w.sess
 	w.mu.Unlock()
 	if s != nil {
 		w.endSession(s)
 	}
-	return nil
 }
 
 // errNoSegment is returned when a WAL segment the backup needs is missing.

@@ -70,10 +70,8 @@ var options = map[string]string{
 
 // New returns the writer named name (such as "postgres:main").
 func New(name string, opts map[string]string) (*Writer, error) {
-	for _, k := range slices.Sorted(maps.Keys(opts)) {
-		if _, ok := options[k]; !ok {
-			return nil, fmt.Errorf("postgres writer %q: unknown option %q; valid options: %s", name, k, strings.Join(slices.Sorted(maps.Keys(options)), ", "))
-		}
+	if err := writer.CheckOptions("postgres", name, opts, slices.Collect(maps.Keys(options))); err != nil {
+		return nil, err
 	}
 	var kw []string
 	for _, k := range []string{"host", "port", "user", "dbname", "sslmode"} {

@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -93,10 +92,8 @@ type Writer struct {
 //
 // Without service= or stop=, a restore stops Redis with SHUTDOWN NOSAVE.
 func New(name string, opts map[string]string) (*Writer, error) {
-	for _, k := range slices.Sorted(maps.Keys(opts)) {
-		if !slices.Contains(validOptions, k) {
-			return nil, fmt.Errorf("redis writer %q: unknown option %q; valid options: %s", name, k, strings.Join(validOptions, ", "))
-		}
+	if err := writer.CheckOptions("redis", name, opts, validOptions); err != nil {
+		return nil, err
 	}
 	w := &Writer{name: name, network: "tcp", addr: "127.0.0.1:6379", user: opts["user"],
 		stop: opts["stop"], start: opts["start"], service: opts["service"]}

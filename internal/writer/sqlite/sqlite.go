@@ -10,10 +10,8 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"maps"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -21,6 +19,7 @@ import (
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 
 	"github.com/umbra-backup/umbra/internal/writer"
+	"github.com/umbra-backup/umbra/internal/writer/heldconn"
 )
 
 // header starts every SQLite 3 database file.
@@ -68,26 +67,16 @@ type Writer struct {
 
 // session is the held connection of one set.
 type session struct {
-	db   *sql.DB
-	conn *sql.Conn
-	// ctx ends when Abort or the end of the set closes the session; every
-	// statement on conn runs under it, so closing never waits long.
-	ctx    context.Context
-	cancel context.CancelFunc
-	frozen bool // guarded by Writer.mu
-
-	closeOnce sync.Once
-	closeErr  error
+	*heldconn.Conn      // every statement runs under Bind: closing never waits
+	frozen         bool // guarded by Writer.mu
 }
 
 // New returns the writer named name (such as "sqlite:app") for the database
 // file in opts["path"]. The only option is path; the caller handles the
 // instance name.
 func New(name string, opts map[string]string) (*Writer, error) {
-	for _, k := range slices.Sorted(maps.Keys(opts)) {
-		if k != "path" {
-			return nil, fmt.Errorf("sqlite writer %q: unknown option %q; valid options: path", name, k)
-		}
+	if err := writer.CheckOptions("sqlite", name, opts, []string{"path"}); err != nil {
+		return nil, err
 	}
 	p := opts["path"]
 	if p == "" {
@@ -139,10 +128,10 @@ func (w *Writer) PrepareSnapshot(ctx context.Context, _ writer.Set) error {
 	if err != nil {
 		return fmt.Errorf("sqlite writer %q: prepare-snapshot: %w", w.name, err)
 	}
-	ctx, done := s.bind(ctx)
+	ctx, done := s.Bind(ctx)
 	defer done()
 	var busy, frames, moved int64
-	err = s.conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &moved)
+	err = s.Conn.Conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &moved)
 	if err != nil {
 		return w.sqlErr(ctx, writer.PhasePrepareSnapshot, "passive checkpoint", err)
 	}
@@ -157,9 +146,9 @@ func (w *Writer) Freeze(ctx context.Context, _ writer.Set) error {
 	if err != nil {
 		return fmt.Errorf("sqlite writer %q: freeze: %w", w.name, err)
 	}
-	fctx, done := s.bind(ctx)
+	fctx, done := s.Bind(ctx)
 	defer done()
-	err = beginImmediate(fctx, s.conn)
+	err = beginImmediate(fctx, s.Conn.Conn)
 
 	w.mu.Lock()
 	current := w.sess == s
@@ -213,9 +202,9 @@ func (w *Writer) Thaw(ctx context.Context, _ writer.Set) error {
 	if !frozen {
 		return nil
 	}
-	tctx, done := s.bind(ctx)
+	tctx, done := s.Bind(ctx)
 	defer done()
-	if _, err := s.conn.ExecContext(tctx, "ROLLBACK"); err != nil {
+	if _, err := s.Conn.Conn.ExecContext(tctx, "ROLLBACK"); err != nil {
 		err = fmt.Errorf("sqlite writer %q: thaw: ROLLBACK on %s failed, so closed the connection, which releases the lock: %w", w.name, w.path, err)
 		return errors.Join(err, w.drop(s))
 	}
@@ -250,13 +239,13 @@ func (w *Writer) truncateWAL(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("sqlite writer %q: backup-complete: %w", w.name, err)
 	}
-	ctx, done := s.bind(ctx)
+	ctx, done := s.Bind(ctx)
 	defer done()
-	if _, err := s.conn.ExecContext(ctx, fmt.Sprintf("PRAGMA busy_timeout = %d", truncateBusyMillis)); err != nil {
+	if _, err := s.Conn.Conn.ExecContext(ctx, fmt.Sprintf("PRAGMA busy_timeout = %d", truncateBusyMillis)); err != nil {
 		return w.sqlErr(ctx, writer.PhaseBackupComplete, "busy_timeout", err)
 	}
 	var busy, frames, moved int64
-	err = s.conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &frames, &moved)
+	err = s.Conn.Conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &frames, &moved)
 	if err != nil {
 		return w.sqlErr(ctx, writer.PhaseBackupComplete, "wal_checkpoint(TRUNCATE)", err)
 	}
@@ -303,8 +292,7 @@ func (w *Writer) session(ctx context.Context) (*session, error) {
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("open %s: %w", w.path, err), db.Close())
 	}
-	s := &session{db: db, conn: conn}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s := &session{Conn: heldconn.New(db, conn)}
 	w.sess = s
 	return s, nil
 }
@@ -317,32 +305,7 @@ func (w *Writer) drop(s *session) error {
 		w.sess = nil
 	}
 	w.mu.Unlock()
-	return s.close()
-}
-
-func (s *session) close() error {
-	s.closeOnce.Do(func() {
-		s.cancel()
-		// Conn.Close waits for a statement still running; the cancel
-		// above ends it promptly. The pool's Close then closes the SQLite
-		// connection, which rolls back and releases its locks.
-		err := s.conn.Close()
-		if errors.Is(err, sql.ErrConnDone) {
-			err = nil
-		}
-		s.closeErr = errors.Join(err, s.db.Close())
-	})
-	return s.closeErr
-}
-
-// bind returns a context that ends with ctx or when the session closes.
-func (s *session) bind(ctx context.Context) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(s.ctx, cancel)
-	return ctx, func() {
-		stop()
-		cancel()
-	}
+	return s.Close()
 }
 
 // sqlErr describes a failed statement; time-outs and busy or locked

@@ -32,3 +32,13 @@ func TestPassword(t *testing.T) {
 		t.Errorf("missing password_file: got %v, want an error naming it", err)
 	}
 }
+
+func TestCheckOptions(t *testing.T) {
+	if err := CheckOptions("redis", "redis:a", map[string]string{"addr": "x"}, []string{"socket", "addr"}); err != nil {
+		t.Errorf("valid options refused: %v", err)
+	}
+	err := CheckOptions("redis", "redis:a", map[string]string{"adr": "x"}, []string{"socket", "addr"})
+	if err == nil || !strings.Contains(err.Error(), `redis writer "redis:a": unknown option "adr"; valid options: addr, socket`) {
+		t.Errorf("misspelt option: %v", err)
+	}
+}
