@@ -6,7 +6,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/umbra-backup/umbra/internal/shadow"
 	"github.com/umbra-backup/umbra/internal/shadow/shadowtest"
@@ -82,16 +81,5 @@ func TestKillDuringFreezePostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		sessions := pg.QueryInt(t, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'umbra %'")
-		slots := pg.QueryInt(t, "SELECT count(*) FROM pg_replication_slots")
-		if sessions == 0 && slots == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("5s after kill -9: %d umbra sessions (in backup mode) and %d slots left", sessions, slots)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	pg.AssertNoUmbraSession(t)
 }

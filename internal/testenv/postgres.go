@@ -231,6 +231,24 @@ func (pg *Postgres) run(t testing.TB, prog string, args ...string) {
 	}
 }
 
+// AssertNoUmbraSession fails the test unless, within 5 s, the server has no
+// session of umbra's (so no backup in progress) and no replication slot.
+func (pg *Postgres) AssertNoUmbraSession(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		sessions := pg.QueryInt(t, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'umbra %'")
+		slots := pg.QueryInt(t, "SELECT count(*) FROM pg_replication_slots")
+		if sessions == 0 && slots == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d umbra sessions (in backup mode) and %d replication slots left on the server", sessions, slots)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // PgbenchInvariant checks pgbench's bookkeeping: the sum of account,
 // teller and branch balances each equals the sum of the deltas in history,
 // all read in one snapshot (transactions may still be committing). It

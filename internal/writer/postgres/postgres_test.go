@@ -324,18 +324,7 @@ func prepareBackup(wr *Writer) error {
 // no replication slot is left on the server.
 func assertNoBackupLeft(t *testing.T, pg *testenv.Postgres) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		sessions := pg.QueryInt(t, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'umbra %'")
-		slots := pg.QueryInt(t, "SELECT count(*) FROM pg_replication_slots")
-		if sessions == 0 && slots == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d umbra sessions and %d replication slots left on the server", sessions, slots)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	pg.AssertNoUmbraSession(t)
 }
 
 func newCoordinator(t *testing.T, provs ...provider.Provider) *shadow.Coordinator {
