@@ -63,6 +63,35 @@ func TestPointInTimePostgres(t *testing.T) {
 		return result{stdout: out.String(), stderr: errb.String(), code: code}
 	}
 
+	// Log safety for the WAL archive: a backup killed after its snapshot
+	// prunes nothing; the one that succeeds prunes what precedes it.
+	switchAndArchive(t, pg)
+	archived := walFiles(t, repo.loc)
+	if len(archived) == 0 {
+		t.Fatal("nothing archived by wal-push")
+	}
+	killed := exec.Command(bin, "--state-dir", state, "--config", emptyConfig(t), "backup", "--writer", pg.Spec("main"))
+	killed.Env = append(os.Environ(), append(env, "UMBRA_TEST_PAUSE_AT=post-snapshot")...)
+	stderr, _ := killed.StderrPipe()
+	if err := killed.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	for out := ""; !strings.Contains(out, "paused at post-snapshot"); {
+		n, err := stderr.Read(buf)
+		if err != nil {
+			t.Fatalf("backup to kill ended before pausing: %s", out)
+		}
+		out += string(buf[:n])
+	}
+	_ = killed.Process.Kill()
+	_ = killed.Wait()
+	for _, f := range archived {
+		if _, err := os.Stat(filepath.Join(repo.loc, "wal", f)); err != nil {
+			t.Errorf("archived %s is gone after a killed backup: %v", f, err)
+		}
+	}
+
 	res := run("backup", "--json", "--writer", pg.Spec("main"))
 	if res.code != 0 {
 		t.Fatalf("backup: exit %d: %s", res.code, res.stderr)
@@ -70,6 +99,22 @@ func TestPointInTimePostgres(t *testing.T) {
 	var b appBackupJSON
 	if err := json.Unmarshal([]byte(res.stdout), &b); err != nil {
 		t.Fatal(err)
+	}
+	from := strings.ToLower(b.App.Writers[0].Report.Positions["archive_from"])
+	older := 0
+	for _, f := range archived {
+		if seg := strings.TrimPrefix(f, "postgres-main."); len(seg) == 24 && seg < from {
+			older++
+		}
+	}
+	if older == 0 {
+		t.Fatalf("no archived segment precedes the backup (from %s): %v; the pruning check would be empty", from, archived)
+	}
+	for _, f := range walFiles(t, repo.loc) {
+		seg := strings.TrimPrefix(f, "postgres-main.")
+		if len(seg) == 24 && seg < from {
+			t.Errorf("archived %s precedes the only backup (from %s) and was not pruned", f, from)
+		}
 	}
 	time.Sleep(300 * time.Millisecond) // more load after the backup
 	beforeMarker := time.Now()
@@ -79,17 +124,7 @@ func TestPointInTimePostgres(t *testing.T) {
 	afterMarker := time.Now()
 	time.Sleep(300 * time.Millisecond)
 	load.Stop()
-	var seg string
-	if err := pg.Conn(t).QueryRow(t.Context(), "SELECT pg_walfile_name(pg_switch_wal())").Scan(&seg); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for pg.QueryInt(t, "SELECT count(*) FROM pg_stat_archiver WHERE last_archived_wal >= $1", seg) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("segment %s not archived in 30s; archiver: failed %d", seg, pg.QueryInt(t, "SELECT failed_count FROM pg_stat_archiver"))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	switchAndArchive(t, pg)
 	pg.Stop(t)
 
 	for _, tc := range []struct {
@@ -128,4 +163,35 @@ func copyExecutable(t *testing.T, src, dst string) {
 	if err := out.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// switchAndArchive ends the current WAL segment and waits until the
+// archiver has archived it.
+func switchAndArchive(t *testing.T, pg *testenv.Postgres) {
+	t.Helper()
+	var seg string
+	if err := pg.Conn(t).QueryRow(t.Context(), "SELECT pg_walfile_name(pg_switch_wal())").Scan(&seg); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for pg.QueryInt(t, "SELECT count(*) FROM pg_stat_archiver WHERE last_archived_wal >= $1", seg) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("segment %s not archived in 30s; archiver: failed %d", seg, pg.QueryInt(t, "SELECT failed_count FROM pg_stat_archiver"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// walFiles lists the WAL archive of a local repository.
+func walFiles(t *testing.T, repo string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(repo, "wal"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
 }
