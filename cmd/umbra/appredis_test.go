@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/umbra-backup/umbra/internal/testenv"
@@ -37,7 +38,10 @@ func TestBackupRestoreRedis(t *testing.T) {
 	if err := os.Remove(filepath.Join(r.Dir, "dump.rdb")); err != nil {
 		t.Fatal(err)
 	}
-	if res := umbraRun(t, state, repo.environ(), "restore", b.ID); res.code != 0 {
+	if res := umbraRun(t, state, repo.environ(), "restore", b.ID, "--component", "nosuch"); res.code == 0 || !strings.Contains(res.stderr, "the backup has rdb") {
+		t.Errorf("restore --component nosuch: exit %d, %s; want a refusal listing the components", res.code, res.stderr)
+	}
+	if res := umbraRun(t, state, repo.environ(), "restore", b.ID, "--component", "rdb"); res.code != 0 {
 		t.Fatalf("restore: exit %d: %s%s", res.code, res.stdout, res.stderr)
 	}
 	if n := r.KeyCount(t); n != int64(len(before)) {
