@@ -93,6 +93,9 @@ PostgreSQL takes as the end of the archive.`,
 // the repository this run uses: umbra's own executable, with the run's
 // UMBRA_* settings except a password itself, which must come from a file.
 func (a *app) walFetchShell(f *repoFlags, writerName string) (string, error) {
+	if strings.HasPrefix(f.location(), "s3:") {
+		return "", errors.New("--until with an S3 repository is not supported yet: PostgreSQL's restore_command would need the S3 credentials written into its configuration; restore without --until, or from a local copy of the repository")
+	}
 	if os.Getenv("UMBRA_PASSWORD_FILE") == "" {
 		return "", errors.New("--until needs UMBRA_PASSWORD_FILE, a password file the postgres user can read: PostgreSQL fetches archived WAL with umbra wal-fetch, and a password must not be written into its configuration")
 	}
