@@ -197,6 +197,11 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 	// The manifest is durable: now, and not before, the writers learn
 	// that the backup is safe and may truncate their logs.
 	result := &Result{ID: id, Manifest: m, Info: info, Warnings: res.Warnings}
+	if job.KeepShadows {
+		if err := coord.Keep(set); err != nil {
+			log.Warn("keep the shadow set", "set", set.ID, "err", err)
+		}
+	}
 	result.CompleteErr = complete(ctx, job.Writers, set, job.NoTruncate)
 	if set.Type.Truncates() {
 		if err := pruneArchive(ctx, repo, info, job.NoTruncate); err != nil {

@@ -495,3 +495,23 @@ func TestCreateHeldKeepsLocksUntilRelease(t *testing.T) {
 		t.Errorf("after release: %d shadows live, sets %+v; want the orphan cleaned and reported failed", r.prov.live(), sets)
 	}
 }
+
+func TestKeepHeldSet(t *testing.T) {
+	r := newRig(t, Options{})
+	var wrs []writer.Writer
+	for _, f := range r.writers {
+		wrs = append(wrs, f)
+	}
+	set, release, err := r.coord.CreateHeld(t.Context(), wrs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.coord.Keep(set); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	sets, err := r.coord.List(t.Context())
+	if err != nil || len(sets) != 1 || sets[0].Status != StatusReady || r.prov.live() != 2 {
+		t.Errorf("a kept set after its holder ended: %+v, %v, %d shadows; want it ready and whole", sets, err, r.prov.live())
+	}
+}

@@ -280,3 +280,10 @@ func (c *Coordinator) Settle(ctx context.Context, set *Set, wrs []writer.Writer)
 	}
 	return errors.Join(err, c.Delete(actx, set.ID))
 }
+
+// Keep makes a held set permanent: it stays after its requester ends,
+// until umbra shadow delete (umbra backup --keep-shadows).
+func (c *Coordinator) Keep(set *Set) error {
+	set.Temporary = false
+	return c.store.SaveSet(set)
+}
