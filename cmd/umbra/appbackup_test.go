@@ -148,6 +148,17 @@ func TestBackupRestorePostgresThreeVolumes(t *testing.T) {
 		}
 	}
 	load.Stop()
+	// A copy under a target reaches nothing of the original.
+	target := t.TempDir()
+	if res := umbraRun(t, state, repo.environ(), "restore", b.ID, "--target", target); res.code != 0 {
+		t.Fatalf("restore --target: exit %d: %s", res.code, res.stderr)
+	}
+	if link, err := os.Readlink(filepath.Join(target, data, "pg_wal")); err != nil || !strings.HasPrefix(link, target+"/") {
+		t.Errorf("the target copy's pg_wal leads to %q (%v), want a place under %s", link, err, target)
+	}
+	if m, err := os.ReadFile(filepath.Join(target, data, "tablespace_map")); err != nil || !strings.Contains(string(m), " "+target+"/") {
+		t.Errorf("the target copy's tablespace_map %q (%v) does not lead under %s", m, err, target)
+	}
 	pg.Stop(t)
 	for _, dir := range []string{data, wal, ts} {
 		if err := os.RemoveAll(dir); err != nil {

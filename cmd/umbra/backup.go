@@ -503,16 +503,22 @@ it. --files-only restores a writer backup as plain files.`,
 				job := backup.RestoreJob{
 					Target: target, Force: force, Only: only, Components: components, ToDataDir: toDataDir, ToPort: toPort,
 				}
+				// Recovery reads the WAL archive whenever it can, also
+				// without --until: it must see the archived timeline
+				// histories, or it would pick a timeline already taken.
+				_, fetchErr := a.walFetchShell(&f, "")
+				if fetchErr == nil {
+					job.FetchLog = func(name string) string {
+						cmd, _ := a.walFetchShell(&f, name)
+						return cmd
+					}
+				}
 				if until != "" {
 					if job.Until, err = parseTime(until); err != nil {
 						return usagef("--until %q: %v; write it like 2026-11-22T10:30:00+01:00 or \"2026-11-22 10:30:00\" (local time)", until, err)
 					}
-					if _, err := a.walFetchShell(&f, ""); err != nil {
-						return err
-					}
-					job.FetchLog = func(name string) string {
-						cmd, _ := a.walFetchShell(&f, name)
-						return cmd
+					if fetchErr != nil {
+						return fetchErr
 					}
 				}
 				return a.appRestore(cmd, repo, e, info, job)

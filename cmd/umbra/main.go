@@ -24,6 +24,9 @@ const (
 	exitFail     = 1
 	exitUsage    = 2
 	exitWarnings = 3 // completed with warnings
+	// exitFatal is wal-fetch's failure other than "not archived": above
+	// 125, so that PostgreSQL stops recovery instead of ending it.
+	exitFatal = 126
 )
 
 func main() {
@@ -102,12 +105,25 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if errors.As(err, &usage) {
 		return exitUsage
 	}
+	var code *exitError
+	if errors.As(err, &code) {
+		return code.code
+	}
 	var warn *warningsError
 	if errors.As(err, &warn) {
 		return exitWarnings
 	}
 	return exitFail
 }
+
+// exitError ends umbra with a given status.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
 
 // usageError is a mistake in the command line: exit status 2.
 type usageError struct{ err error }

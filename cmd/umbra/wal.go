@@ -78,10 +78,15 @@ PostgreSQL takes as the end of the archive.`,
 			}
 			defer done()
 			data, err := repo.LoadWAL(cmd.Context(), backup.WALKey(wname, args[0]))
-			if err != nil {
-				return err
+			if err == nil {
+				err = os.WriteFile(args[1], data, 0o600)
 			}
-			return os.WriteFile(args[1], data, 0o600)
+			if err != nil && !errors.Is(err, repository.ErrNoWAL) {
+				// Exit status 1 tells PostgreSQL the archive ends here; a
+				// failure must stop recovery instead (above 125).
+				return &exitError{code: exitFatal, err: err}
+			}
+			return err
 		},
 	}
 	f.register(cmd.Flags())
@@ -103,10 +108,22 @@ func (a *app) walFetchShell(f *repoFlags, writerName string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	env := map[string]string{"UMBRA_REPO": f.location()}
+	// The command runs in the data directory: paths must be absolute.
+	loc := f.location()
+	if !strings.Contains(loc, ":") {
+		if loc, err = filepath.Abs(loc); err != nil {
+			return "", err
+		}
+	}
+	env := map[string]string{"UMBRA_REPO": loc}
 	for _, kv := range os.Environ() {
 		k, v, _ := strings.Cut(kv, "=")
 		if strings.HasPrefix(k, "UMBRA_") && k != "UMBRA_PASSWORD" && k != "UMBRA_REPO" {
+			if k == "UMBRA_PASSWORD_FILE" {
+				if v, err = filepath.Abs(v); err != nil {
+					return "", err
+				}
+			}
 			env[k] = v
 		}
 	}

@@ -198,6 +198,12 @@ func (a *archiver) archiveSources(ctx context.Context, sources []Source, parent 
 			}
 			path := filepath.Join(dir, name)
 			node, err := a.nodeOf(path, name)
+			if err == nil && node.Type == repository.NodeSymlink {
+				// A link on the way to a source (/var/lib/postgresql ->
+				// /srv/pg): recorded as the directory it leads to, or
+				// restore would make the link and never enter it.
+				node, err = a.nodeOf(path+"/.", name)
+			}
 			if err != nil {
 				return repository.ID{}, fmt.Errorf("source directory %s: %w", path, err)
 			}

@@ -143,13 +143,10 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 		}
 	}()
 
-	var fallenExcludes []string
-	for _, f := range down {
-		for _, c := range f.md.Components {
-			fallenExcludes = append(fallenExcludes, c.Excludes...)
-		}
-	}
-	sources, exclude := sourcesOf(set, job.Paths, fallenExcludes)
+	// A fallen writer's data is read whole: its excludes assume the
+	// writer's own consistency (PostgreSQL's pg_wal comes from the writer;
+	// a crash-consistent copy needs it).
+	sources, exclude := sourcesOf(set, job.Paths, nil)
 	recorded := recordedPaths(set, job.Paths)
 	var parent *repository.ManifestEntry
 	if job.FindParent != nil {

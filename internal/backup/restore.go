@@ -111,7 +111,10 @@ func restoreWriter(ctx context.Context, repo *repository.Repository, job Restore
 		}
 	}
 	r := writer.Restore{Metadata: wi.Metadata, Report: wi.Report, Components: rw.Components, Target: job.Target,
-		DataDir: job.ToDataDir, Port: job.ToPort, Until: job.Until}
+		DataDir: job.ToDataDir, Port: job.ToPort, Until: job.Until, Crash: wi.Error != ""}
+	if r.Crash && (!r.Until.IsZero() || r.DataDir != "") {
+		return rw, fmt.Errorf("its data in this backup is only crash-consistent (%s): --until and --to-datadir need an application-consistent backup", wi.Error)
+	}
 	if job.FetchLog != nil {
 		r.FetchLog = job.FetchLog(wi.Name)
 	}

@@ -306,3 +306,29 @@ func TestExclude(t *testing.T) {
 		}
 	}
 }
+
+// TestSourceBelowALink: a source reached through a symbolic link to a
+// directory is stored and restored, not lost behind the link.
+func TestSourceBelowALink(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "real", "data"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "real", "data", "f"), []byte("content"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(root, "real"), filepath.Join(root, "link")); err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(root, "link", "data")
+	repo := newRepo(t)
+	res := backup(t, repo, nil, src)
+	target := t.TempDir()
+	stats, err := restore.Run(t.Context(), repo, res.Tree, target, restore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(target, src, "f")); err != nil || string(b) != "content" || stats.Files != 1 {
+		t.Errorf("restored %d files; %s: %q, %v", stats.Files, filepath.Join(target, src, "f"), b, err)
+	}
+}

@@ -239,6 +239,10 @@ type Restore struct {
 	// to DataDir, listening on Port, started (umbra restore --to-datadir).
 	DataDir string
 	Port    int
+	// Crash says the files are a crash-consistent copy (the backup fell
+	// back without the writer): recover as after a power cut, with
+	// nothing handed on.
+	Crash bool
 	// Until asks for recovery to this moment (point-in-time restore), from
 	// the log archive that FetchLog fetches from (PostgreSQL:
 	// restore_command, with %f and %p).

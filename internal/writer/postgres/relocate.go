@@ -76,6 +76,12 @@ func (w *Writer) relocate(ctx context.Context, r writer.Restore, md writer.Metad
 	if err := prepare(newDir, r.FetchLog, r.Until); err != nil {
 		return err
 	}
+	// postgresql.auto.conf is read last: settings the original made with
+	// ALTER SYSTEM (its port, its archive_command) must not win there.
+	if err := appendFile(filepath.Join(newDir, "postgresql.auto.conf"), fmt.Sprintf(
+		"# umbra restore --to-datadir: this copy's own port, no archiving\nport = %d\narchive_mode = off\narchive_command = ''\ncluster_name = ''\n", r.Port), owner.uid, owner.gid); err != nil {
+		return err
+	}
 	if err := pgCtlStart(ctx, newDir); err != nil {
 		return fmt.Errorf("start the copy: %w", err)
 	}

@@ -115,10 +115,33 @@ func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
 		return nil
 	}
 	root := filepath.Join(r.Target, dataDir)
-	if err := prepare(root, r.FetchLog, r.Until); err != nil {
+	if r.Target != "" {
+		// A copy under a target must not reach the original: its pg_wal
+		// and tablespace links, and tablespace_map, lead into the target,
+		// and it archives nothing.
+		if err := confine(root, r.Target); err != nil {
+			return fmt.Errorf("postgres writer %q: post-restore: %w", w.name, err)
+		}
+	}
+	if r.Crash {
+		// A crash-consistent copy, pg_wal included: crash recovery
+		// replays it; there is no label and no archive to read.
+		for _, f := range []string{"postmaster.pid", "postmaster.opts"} {
+			if err := os.Remove(filepath.Join(root, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+	} else if err := prepare(root, r.FetchLog, r.Until); err != nil {
 		return fmt.Errorf("postgres writer %q: post-restore: %w", w.name, err)
 	}
-	if r.More || r.Target != "" {
+	if r.Target != "" {
+		uid, gid, err := fileOwner(root)
+		if err != nil {
+			return err
+		}
+		return appendFile(filepath.Join(root, "postgresql.auto.conf"), "# umbra restore --target: a copy; it archives nothing\narchive_mode = off\n", uid, gid)
+	}
+	if r.More {
 		return nil
 	}
 	if err := w.startServer(ctx, root); err != nil {
@@ -176,6 +199,48 @@ func prepare(dataDir, fetch string, until time.Time) error {
 // recoveryMark labels the settings prepare adds; they are reset once
 // recovery is over.
 const recoveryMark = "umbra restore: recovery settings, reset when recovery is over"
+
+// confine points the links of a data directory restored under target
+// (pg_wal, pg_tblspc/*) and the paths in its tablespace_map at their copies
+// under target instead of the live system.
+func confine(dataDir, target string) error {
+	relink := func(link string) error {
+		dst, err := os.Readlink(link)
+		if err != nil || !filepath.IsAbs(dst) || within(dst, target) {
+			return nil
+		}
+		if err := os.Remove(link); err != nil {
+			return err
+		}
+		return os.Symlink(filepath.Join(target, dst), link)
+	}
+	if err := relink(filepath.Join(dataDir, "pg_wal")); err != nil {
+		return err
+	}
+	links, _ := filepath.Glob(filepath.Join(dataDir, "pg_tblspc", "*"))
+	for _, l := range links {
+		if err := relink(l); err != nil {
+			return err
+		}
+	}
+	mapFile := filepath.Join(dataDir, "tablespace_map")
+	b, err := os.ReadFile(mapFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var out strings.Builder
+	for line := range strings.Lines(string(b)) {
+		oid, path, ok := strings.Cut(strings.TrimRight(line, "\n"), " ")
+		if ok && filepath.IsAbs(path) && !within(path, target) {
+			path = filepath.Join(target, path)
+		}
+		fmt.Fprintf(&out, "%s %s\n", oid, path)
+	}
+	return os.WriteFile(mapFile, []byte(out.String()), 0o600)
+}
 
 // fileOwner returns the owner of path.
 func fileOwner(path string) (uid, gid int, err error) {
