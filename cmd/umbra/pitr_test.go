@@ -103,7 +103,7 @@ func TestPointInTimePostgres(t *testing.T) {
 	from := strings.ToLower(b.App.Writers[0].Report.Positions["archive_from"])
 	older := 0
 	for _, f := range archived {
-		if seg := strings.TrimPrefix(f, "postgres-main."); len(seg) == 24 && seg < from {
+		if seg := strings.TrimPrefix(f, "postgres-3amain."); len(seg) == 24 && seg < from {
 			older++
 		}
 	}
@@ -111,7 +111,7 @@ func TestPointInTimePostgres(t *testing.T) {
 		t.Fatalf("no archived segment precedes the backup (from %s): %v; the pruning check would be empty", from, archived)
 	}
 	for _, f := range walFiles(t, repo.loc) {
-		seg := strings.TrimPrefix(f, "postgres-main.")
+		seg := strings.TrimPrefix(f, "postgres-3amain.")
 		if len(seg) == 24 && seg < from {
 			t.Errorf("archived %s precedes the only backup (from %s) and was not pruned", f, from)
 		}

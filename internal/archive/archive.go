@@ -427,7 +427,11 @@ func (a *archiver) readFile(ctx context.Context, path string, node *repository.N
 		f, err = os.Open(path) // O_NOATIME needs ownership
 	}
 	if err != nil {
-		a.warn("open %s: %v (skipped)", path, err)
+		// A file read live while its writer covers it (a table dropped
+		// during a PostgreSQL backup) may be gone: not worth a warning.
+		if !(quiet && errors.Is(err, fs.ErrNotExist)) {
+			a.warn("open %s: %v (skipped)", path, err)
+		}
 		node.Content = nil
 		done <- nil
 		return

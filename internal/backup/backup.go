@@ -488,9 +488,9 @@ func complete(ctx context.Context, wrs []writer.Writer, set *shadow.Set, noTrunc
 }
 
 // WALKey is the name under which umbra wal-push --writer NAME archives a
-// WAL file: the writer's name (lower case, other characters as '-'), a
-// dot, the file's name; without a writer, the file's name alone. Several
-// servers can so archive into one repository.
+// WAL file: the writer's name made safe (walPrefix), a dot, the file's
+// name; without a writer, the file's name alone. Several servers can so
+// archive into one repository.
 func WALKey(writerName, file string) string {
 	if writerName == "" {
 		return file
@@ -498,14 +498,19 @@ func WALKey(writerName, file string) string {
 	return walPrefix(writerName) + file
 }
 
+// walPrefix is the writer's name made safe for a repository file name
+// (lower-case letters, digits, '-', '.') with no two names meeting: every
+// byte but a lower-case letter or digit is written as -XX, '-' included.
 func walPrefix(writerName string) string {
-	b := []byte(strings.ToLower(writerName))
-	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-			b[i] = '-'
+	var b strings.Builder
+	for _, c := range []byte(writerName) {
+		if c >= 'a' && c <= 'z' || c >= '0' && c <= '9' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "-%02x", c)
 		}
 	}
-	return string(b) + "."
+	return b.String() + "."
 }
 
 // pruneArchive deletes archived logs that no backup can need any more:

@@ -11,8 +11,11 @@ import (
 )
 
 func TestWALKey(t *testing.T) {
-	if got := WALKey("postgres:Main", "000000010000000000000003"); got != "postgres-main.000000010000000000000003" {
+	if got := WALKey("postgres:Main", "000000010000000000000003"); got != "postgres-3a-4dain.000000010000000000000003" {
 		t.Errorf("WALKey = %q", got)
+	}
+	if WALKey("a.b", "x") == WALKey("a-b", "x") || WALKey("a-b", "x") == WALKey("a-2db", "x") {
+		t.Error("two writer names share a WAL prefix")
 	}
 	if got := WALKey("", "00000002.history"); got != "00000002.history" {
 		t.Errorf("WALKey without a writer = %q", got)
@@ -54,9 +57,9 @@ func TestPruneArchive(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		"postgres-main.000000010000000000000002", "postgres-main.000000010000000000000005", "postgres-main.00000002.history",
-		"postgres-other.000000010000000000000001", "postgres-other.000000010000000000000002",
-		"postgres-other.000000010000000000000005", "postgres-other.00000002.history",
+		"postgres-3amain.000000010000000000000002", "postgres-3amain.000000010000000000000005", "postgres-3amain.00000002.history",
+		"postgres-3aother.000000010000000000000001", "postgres-3aother.000000010000000000000002",
+		"postgres-3aother.000000010000000000000005", "postgres-3aother.00000002.history",
 	}
 	slices.Sort(names)
 	if !slices.Equal(names, want) {

@@ -205,7 +205,15 @@ func placeHandOn(ctx context.Context, repo *repository.Repository, job RestoreJo
 	if len(files) == 0 {
 		return nil, nil
 	}
-	scratch, err := os.MkdirTemp("", "umbra-handon-")
+	// Next to the data, not in /tmp (often a small tmpfs): a backup's WAL
+	// can be large, and the application is down meanwhile.
+	var near string
+	for _, r := range roots {
+		if near == "" || r < near {
+			near = r
+		}
+	}
+	scratch, err := os.MkdirTemp(filepath.Dir(near), ".umbra-handon-")
 	if err != nil {
 		return nil, err
 	}
@@ -253,6 +261,9 @@ func underTarget(target, root, dst string) (string, error) {
 				next = filepath.Join(target, link)
 			} else {
 				next = filepath.Join(cur, link)
+			}
+			if !strings.HasPrefix(next, strings.TrimSuffix(target, "/")+"/") {
+				return dst, fmt.Errorf("%s leads out of %s", filepath.Join(cur, part), target)
 			}
 		}
 		cur = next

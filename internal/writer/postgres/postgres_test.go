@@ -403,3 +403,12 @@ func TestCheckVersion(t *testing.T) {
 		t.Errorf("PostgreSQL 14 uses %s/%s, want the pre-15 names", start.name, stop.name)
 	}
 }
+
+func TestMountPoint(t *testing.T) {
+	if !mountPoint("/proc") || !mountPoint("/") {
+		t.Error("/proc or / is not seen as a mount point")
+	}
+	if mountPoint(t.TempDir()) {
+		t.Error("a temporary directory is seen as a mount point")
+	}
+}
