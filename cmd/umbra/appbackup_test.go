@@ -235,3 +235,40 @@ func threeVolumePostgres(t *testing.T) (pg *testenv.Postgres, bfs *testenv.FS, d
 	pg.PgbenchInit(t, "--tablespace=ts1", "--index-tablespace=ts1")
 	return pg, bfs, data, wal, ts
 }
+
+// TestFallbackPostgres: a server the writer cannot back up (no free
+// replication slot) is, with --fallback, read whole from the btrfs
+// snapshot as a crash-consistent copy; restored, it comes up by crash
+// recovery with pgbench's invariant.
+func TestFallbackPostgres(t *testing.T) {
+	fs := testenv.Btrfs(t)
+	data := filepath.Join(fs.Subvolume(t, "pg"), "data")
+	pg := testenv.InitPostgres(t, data, testenv.PostgresOptions{Settings: []string{"max_replication_slots = 0", "max_wal_senders = 0"}})
+	load := pg.StartPgbench(t, 4)
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	before := pg.QueryInt(t, "SELECT count(*) FROM pgbench_history")
+	res := umbraRun(t, state, repo.environ(), "backup", "--json", "--retries", "0", "--fallback", "--writer", pg.Spec("main"))
+	if res.code != 0 {
+		t.Fatalf("backup --fallback: exit %d: %s", res.code, res.stderr)
+	}
+	var b appBackupJSON
+	if err := json.Unmarshal([]byte(res.stdout), &b); err != nil {
+		t.Fatal(err)
+	}
+	if w := b.App.Writers[0]; w.Consistency != shadow.Crash || !strings.Contains(w.Error, "replication slot") {
+		t.Fatalf("writer %+v: want crash, failed for want of a replication slot", w)
+	}
+	load.Stop()
+	pg.Stop(t)
+	if err := os.RemoveAll(data); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pgCtlStop(t, data) })
+	if res := umbraRun(t, state, repo.environ(), "restore", b.ID); res.code != 0 {
+		t.Fatalf("restore: exit %d: %s%s", res.code, res.stdout, res.stderr)
+	}
+	if after := pg.PgbenchInvariant(t); after < before {
+		t.Errorf("restored %d pgbench transactions; %d had committed before the backup began", after, before)
+	}
+}
