@@ -137,10 +137,10 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
 		abort(actx, job.Writers, set)
-		release()
-		if err := coord.Delete(actx, set.ID); err != nil && !errors.Is(err, shadow.ErrNoSet) {
+		if err := coord.DeleteHeld(actx, set); err != nil {
 			log.Warn("delete the set after a failed backup", "set", set.ID, "err", err)
 		}
+		release()
 	}()
 
 	// A fallen writer's data is read whole: its excludes assume the
@@ -205,12 +205,12 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 			result.CompleteErr = errors.Join(result.CompleteErr, fmt.Errorf("prune the WAL archive: %w", err))
 		}
 	}
-	release()
 	if !job.KeepShadows {
-		if err := coord.Delete(context.WithoutCancel(ctx), set.ID); err != nil && !errors.Is(err, shadow.ErrNoSet) {
+		if err := coord.DeleteHeld(context.WithoutCancel(ctx), set); err != nil {
 			log.Warn("delete the set after the backup", "set", set.ID, "err", err)
 		}
 	}
+	release()
 	return result, nil
 }
 

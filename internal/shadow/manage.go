@@ -60,6 +60,18 @@ func (c *Coordinator) Delete(ctx context.Context, id string) error {
 		return fmt.Errorf("delete set %s: it is still being created: %w", id, err)
 	}
 	defer l.Unlock()
+	return c.deleteSet(ctx, set)
+}
+
+// DeleteHeld deletes a set made by CreateHeld while its holder still has
+// its locks (the holder releases them after), so no other process's clean-
+// up of dead sets deletes it at the same time.
+func (c *Coordinator) DeleteHeld(ctx context.Context, set *Set) error {
+	return c.deleteSet(ctx, set)
+}
+
+func (c *Coordinator) deleteSet(ctx context.Context, set *Set) error {
+	id := set.ID
 	for _, dir := range set.Exposed {
 		if err := unix.Unmount(dir, 0); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("delete set %s: unmount %s: %w; stop what uses it, or umount -l %s", id, dir, err, dir)
