@@ -21,6 +21,21 @@ type appBackupJSON struct {
 	App   *backup.Info `json:"app"`
 }
 
+// mustAppBackup runs umbra backup --json with args and returns what it
+// printed, failing the test unless it succeeded.
+func mustAppBackup(t *testing.T, state string, env []string, args ...string) appBackupJSON {
+	t.Helper()
+	res := umbraRun(t, state, env, append([]string{"backup", "--json"}, args...)...)
+	if res.code != 0 {
+		t.Fatalf("backup %v: exit %d: %s", args, res.code, res.stderr)
+	}
+	var b appBackupJSON
+	if err := json.Unmarshal([]byte(res.stdout), &b); err != nil {
+		t.Fatalf("backup --json: %v\n%s", err, res.stdout)
+	}
+	return b
+}
+
 // TestAppBackupPostgres: umbra backup --writer postgres:... under pgbench
 // stores the data directory from a btrfs snapshot, without what PostgreSQL
 // leaves out, plus the label and WAL the writer handed on; a server
@@ -134,14 +149,7 @@ func TestBackupRestorePostgresThreeVolumes(t *testing.T) {
 	state := t.TempDir()
 
 	before := pg.QueryInt(t, "SELECT count(*) FROM pgbench_history")
-	res := umbraRun(t, state, repo.environ(), "backup", "--json", "--writer", pg.Spec("main"))
-	if res.code != 0 {
-		t.Fatalf("backup: exit %d: %s", res.code, res.stderr)
-	}
-	var b appBackupJSON
-	if err := json.Unmarshal([]byte(res.stdout), &b); err != nil {
-		t.Fatal(err)
-	}
+	b := mustAppBackup(t, state, repo.environ(), "--writer", pg.Spec("main"))
 	for _, c := range b.App.Writers[0].Components {
 		if c.Consistency != shadow.Application {
 			t.Errorf("component %s: %s, want application", c.Name, c.Consistency)
@@ -188,19 +196,12 @@ func TestRestoreBesidePostgres(t *testing.T) {
 	state := t.TempDir()
 
 	before := pg.QueryInt(t, "SELECT count(*) FROM pgbench_history")
-	res := umbraRun(t, state, repo.environ(), "backup", "--json", "--writer", pg.Spec("main"))
-	if res.code != 0 {
-		t.Fatalf("backup: exit %d: %s", res.code, res.stderr)
-	}
-	var b appBackupJSON
-	if err := json.Unmarshal([]byte(res.stdout), &b); err != nil {
-		t.Fatal(err)
-	}
+	b := mustAppBackup(t, state, repo.environ(), "--writer", pg.Spec("main"))
 	load.Stop()
 	copyDir := filepath.Join(bfs.Mount, "copy")
 	port := testenv.FreePort(t)
 	t.Cleanup(func() { pgCtlStop(t, copyDir) })
-	res = umbraRun(t, state, repo.environ(), "restore", b.ID, "--writer", "postgres:main",
+	res := umbraRun(t, state, repo.environ(), "restore", b.ID, "--writer", "postgres:main",
 		"--to-datadir", copyDir, "--to-port", strconv.Itoa(port))
 	if res.code != 0 {
 		t.Fatalf("restore --to-datadir: exit %d: %s%s", res.code, res.stdout, res.stderr)
@@ -248,14 +249,7 @@ func TestFallbackPostgres(t *testing.T) {
 	repo := newRepoDir(t)
 	state := t.TempDir()
 	before := pg.QueryInt(t, "SELECT count(*) FROM pgbench_history")
-	res := umbraRun(t, state, repo.environ(), "backup", "--json", "--retries", "0", "--fallback", "--writer", pg.Spec("main"))
-	if res.code != 0 {
-		t.Fatalf("backup --fallback: exit %d: %s", res.code, res.stderr)
-	}
-	var b appBackupJSON
-	if err := json.Unmarshal([]byte(res.stdout), &b); err != nil {
-		t.Fatal(err)
-	}
+	b := mustAppBackup(t, state, repo.environ(), "--retries", "0", "--fallback", "--writer", pg.Spec("main"))
 	if w := b.App.Writers[0]; w.Consistency != shadow.Crash || !strings.Contains(w.Error, "replication slot") {
 		t.Fatalf("writer %+v: want crash, failed for want of a replication slot", w)
 	}

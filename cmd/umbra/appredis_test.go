@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,14 +22,7 @@ func TestBackupRestoreRedis(t *testing.T) {
 	spec := "redis:addr=" + r.Addr + ",start=" + r.StartCommand(t)
 
 	before := load.Acked()
-	res := umbraRun(t, state, repo.environ(), "backup", "--json", "--writer", spec)
-	if res.code != 0 {
-		t.Fatalf("backup: exit %d: %s", res.code, res.stderr)
-	}
-	var b appBackupJSON
-	if err := json.Unmarshal([]byte(res.stdout), &b); err != nil {
-		t.Fatal(err)
-	}
+	b := mustAppBackup(t, state, repo.environ(), "--writer", spec)
 	if err := load.Stop(); err != nil {
 		t.Fatal(err)
 	}

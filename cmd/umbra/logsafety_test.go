@@ -50,14 +50,7 @@ func TestLogSafetyMariaDB(t *testing.T) {
 		t.Fatalf("a killed backup changed the binary logs: %v, then %v", logs, after)
 	}
 
-	res := umbraRun(t, state, env, "backup", "--json", "--writer", spec)
-	if res.code != 0 {
-		t.Fatalf("backup after the killed one: exit %d: %s", res.code, res.stderr)
-	}
-	var b appBackupJSON
-	if err := json.Unmarshal([]byte(res.stdout), &b); err != nil {
-		t.Fatal(err)
-	}
+	b := mustAppBackup(t, state, env, "--writer", spec)
 	file := b.App.Writers[0].Report.Positions["binlog_file"]
 	for _, f := range binlogs(t, m) {
 		if filepath.Base(f) < file {

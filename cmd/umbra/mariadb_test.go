@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"os"
 	"syscall"
 	"testing"
@@ -58,14 +57,7 @@ func TestBackupRestoreMariaDB(t *testing.T) {
 
 	before := len(load.Acks())
 	acked := load.Acks()[:before]
-	res := umbraRun(t, state, env, "backup", "--json", "--writer", spec)
-	if res.code != 0 {
-		t.Fatalf("backup: exit %d: %s", res.code, res.stderr)
-	}
-	var b appBackupJSON
-	if err := json.Unmarshal([]byte(res.stdout), &b); err != nil {
-		t.Fatal(err)
-	}
+	b := mustAppBackup(t, state, env, "--writer", spec)
 	if b.App == nil || b.App.Writers[0].Report.Positions["gtid_binlog_pos"] == "" {
 		t.Fatalf("backup info %+v: want the GTID recorded", b.App)
 	}

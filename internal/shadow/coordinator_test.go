@@ -108,11 +108,15 @@ func newRig(t *testing.T, opts Options) *rig {
 }
 
 func (r *rig) create(ctx context.Context) (*Set, error) {
+	return r.coord.Create(ctx, r.writerList(), nil)
+}
+
+func (r *rig) writerList() []writer.Writer {
 	var wrs []writer.Writer
 	for _, f := range r.writers {
 		wrs = append(wrs, f)
 	}
-	return r.coord.Create(ctx, wrs, nil)
+	return wrs
 }
 
 // assertAborted checks the aftermath of a failed set: every writer aborted,
@@ -463,10 +467,7 @@ func TestSettle(t *testing.T) {
 
 func TestCreateHeldKeepsLocksUntilRelease(t *testing.T) {
 	r := newRig(t, Options{})
-	var wrs []writer.Writer
-	for _, f := range r.writers {
-		wrs = append(wrs, f)
-	}
+	wrs := r.writerList()
 	set, release, err := r.coord.CreateHeld(t.Context(), wrs, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -498,10 +499,7 @@ func TestCreateHeldKeepsLocksUntilRelease(t *testing.T) {
 
 func TestKeepHeldSet(t *testing.T) {
 	r := newRig(t, Options{})
-	var wrs []writer.Writer
-	for _, f := range r.writers {
-		wrs = append(wrs, f)
-	}
+	wrs := r.writerList()
 	set, release, err := r.coord.CreateHeld(t.Context(), wrs, nil)
 	if err != nil {
 		t.Fatal(err)
