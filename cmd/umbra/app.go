@@ -47,11 +47,14 @@ func (a *app) rootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "umbra",
 		Short: "Application-consistent shadow copies for Linux",
-		Long: `umbra makes application-consistent shadow copies of Linux volumes, the way
-the Volume Shadow Copy Service does on Windows: writers (SQLite, scripts, …)
-bring each application to a consistent point and freeze it for a few
-milliseconds, providers (btrfs, reflink, live) take a point-in-time copy of
-every volume, and umbra keeps track of the sets it made.
+		Long: `umbra makes application-consistent shadow copies of Linux volumes and backs
+them up, the way the Volume Shadow Copy Service does on Windows: writers
+(PostgreSQL, MariaDB, Redis, SQLite, scripts) bring each application to a
+consistent point, freezing it for a few milliseconds where it must,
+providers (btrfs, reflink, live) take a point-in-time copy of every volume,
+and a backup stores it and only then lets the writers truncate their logs.
+A restore brings each application back: stopped, restored, recovered,
+started.
 
 Configuration is read from ` + config.DefaultPath + ` (see "umbra help config");
 state is kept in ` + defaultStateDir + `.
@@ -60,7 +63,14 @@ Backups go to a deduplicating, encrypted repository: a local directory
 (default ` + defaultRepo + `, or --repo / UMBRA_REPO) or an S3 bucket.
 
 Exit status: 0 success, 1 failure, 2 bad command line, 3 completed with
-warnings (some files could not be read).`,
+warnings (some files could not be read, a log was not truncated), 126
+wal-fetch failed otherwise than "not archived".
+
+The whole story (docs/writers.md has every writer's options):
+  umbra writers --writer postgres:host=/run/postgresql,user=postgres
+  umbra backup --writer postgres:host=/run/postgresql,user=postgres
+  umbra backups
+  umbra restore latest --force`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

@@ -68,7 +68,9 @@ aborts the writers and truncates nothing. A retryable failure of the set
 		Example: `  umbra backup /etc /srv/www
   umbra backup --tag nightly --json /home
   umbra backup --writer postgres:host=/run/postgresql,user=postgres
-  umbra backup                    # every writer in the configuration file`,
+  umbra backup                    # every writer in the configuration file
+  umbra backup --job nightly      # a [[job]] of the configuration file
+  MYSQL_PWD=… umbra backup --writer mariadb:socket=/run/mysqld/mysqld.sock --fallback`,
 		RunE: func(cmd *cobra.Command, paths []string) error {
 			ctx := cmd.Context()
 			cfg, err := a.config()
