@@ -133,3 +133,22 @@ type Backend interface {
 	// Close releases connections; the backend is unusable afterwards.
 	Close() error
 }
+
+// CheckEnd checks that rd has nothing left after size bytes were read from
+// it: a caller that gave a wrong size must not get a short or cut file.
+func CheckEnd(rd io.Reader, size int64) error {
+	var one [1]byte
+	for range 100 {
+		m, err := rd.Read(one[:])
+		if m > 0 {
+			return fmt.Errorf("reader gave more than %d bytes", size)
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read: %w", err)
+		}
+	}
+	return fmt.Errorf("read: %w", io.ErrNoProgress)
+}

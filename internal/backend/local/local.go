@@ -243,20 +243,7 @@ func write(ctx context.Context, f *os.File, size int64, rd io.Reader) error {
 		return err
 	}
 	// The reader must end here: more bytes mean the caller's size is wrong.
-	var one [1]byte
-	for range 100 {
-		m, err := rd.Read(one[:])
-		if m > 0 {
-			return fmt.Errorf("reader gave more than %d bytes", size)
-		}
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("read: %w", err)
-		}
-	}
-	return fmt.Errorf("read: %w", io.ErrNoProgress)
+	return backend.CheckEnd(rd, size)
 }
 
 // ctxReader stops a copy when its context is done, and tells the reader's

@@ -390,7 +390,7 @@ func (b *Backend) put(ctx context.Context, key string, size int64, rd io.Reader,
 	}
 	if size == 0 {
 		// No body to withhold: check the reader before the PUT.
-		if err := ends(rd, 0); err != nil {
+		if err := backend.CheckEnd(rd, 0); err != nil {
 			return err
 		}
 	}
@@ -445,30 +445,12 @@ func (r *exactReader) Read(p []byte) (int, error) {
 	case err != nil && err != io.EOF:
 		r.err = fmt.Errorf("read: %w", err)
 	case r.left == 0 && err == nil:
-		r.err = ends(r.rd, r.size)
+		r.err = backend.CheckEnd(r.rd, r.size)
 	}
 	if r.err != nil {
 		return 0, r.err
 	}
 	return n, nil
-}
-
-// ends checks that rd has nothing after size bytes.
-func ends(rd io.Reader, size int64) error {
-	var one [1]byte
-	for range 100 {
-		m, err := rd.Read(one[:])
-		if m > 0 {
-			return fmt.Errorf("reader gave more than %d bytes", size)
-		}
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("read: %w", err)
-		}
-	}
-	return fmt.Errorf("read: %w", io.ErrNoProgress)
 }
 
 // Load returns length bytes of h from offset, or the rest of h if length is
