@@ -189,27 +189,22 @@ func recordedSpecs(specs []config.Spec) map[string]backup.Spec {
 }
 
 // applyRetention forgets the backups of the same host and paths as m that
-// the policy does not keep, and returns their ids.
+// the policy does not keep, as umbra forget does, and returns their ids.
 func applyRetention(ctx context.Context, repo *repository.Repository, m *repository.Manifest, keep retention.Policy) ([]string, error) {
 	all, err := repo.Manifests(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var items []retention.Item
-	for _, e := range all {
-		if e.Host == m.Host && slices.Equal(e.Paths, m.Paths) {
-			items = append(items, retention.Item{ID: e.ID.String(), Time: e.Time})
-		}
-	}
+	all = slices.DeleteFunc(all, func(e repository.ManifestEntry) bool { return !slices.Equal(e.Paths, m.Paths) })
 	var gone []string
-	for _, d := range retention.Apply(items, keep, time.Local) {
-		if d.Keep {
+	for _, v := range policyVerdicts(all, m.Host, keep) {
+		if v.Keep {
 			continue
 		}
-		if err := repo.Backend().Remove(ctx, backend.Handle{Type: backend.TypeManifest, Name: d.ID}); err != nil {
+		if err := repo.Backend().Remove(ctx, backend.Handle{Type: backend.TypeManifest, Name: v.ID.String()}); err != nil {
 			return gone, err
 		}
-		gone = append(gone, d.ID)
+		gone = append(gone, v.ID.String())
 	}
 	return gone, nil
 }

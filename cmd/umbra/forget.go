@@ -54,14 +54,6 @@ Forget removes only the records; the data they alone use stays until
 			}
 			defer lock.Unlock(ctx)
 
-			type verdict struct {
-				ID      repository.ID `json:"id"`
-				Time    time.Time     `json:"time"`
-				Host    string        `json:"host"`
-				Paths   []string      `json:"paths"`
-				Keep    bool          `json:"keep"`
-				Reasons []string      `json:"reasons,omitempty"`
-			}
 			var verdicts []verdict
 			if len(ids) > 0 {
 				for _, ref := range ids {
@@ -76,30 +68,7 @@ Forget removes only the records; the data they alone use stays until
 				if err != nil {
 					return err
 				}
-				groups := map[string][]repository.ManifestEntry{}
-				var order []string
-				for _, e := range all {
-					if host != "" && e.Host != host {
-						continue
-					}
-					key := e.Host + "\x00" + strings.Join(e.Paths, "\x00")
-					if _, ok := groups[key]; !ok {
-						order = append(order, key)
-					}
-					groups[key] = append(groups[key], e)
-				}
-				for _, key := range order {
-					byID := map[string]repository.ManifestEntry{}
-					var items []retention.Item
-					for _, e := range groups[key] {
-						byID[e.ID.String()] = e
-						items = append(items, retention.Item{ID: e.ID.String(), Time: e.Time})
-					}
-					for _, d := range retention.Apply(items, policy, time.Local) {
-						e := byID[d.ID]
-						verdicts = append(verdicts, verdict{ID: e.ID, Time: e.Time, Host: e.Host, Paths: e.Paths, Keep: d.Keep, Reasons: d.Reasons})
-					}
-				}
+				verdicts = policyVerdicts(all, host, policy)
 			}
 			removed := 0
 			var errs []error
@@ -204,4 +173,45 @@ func (a *app) printPrune(rep *repository.PruneReport) {
 	}
 	fmt.Fprintf(a.stdout, "%s %s: %d packs deleted, %d rewritten into %d, %d left by interrupted backups; %d kept for %d backups.\n",
 		verb, size(rep.BytesFreed), rep.PacksDeleted, rep.PacksRepacked, rep.PacksWritten, rep.PacksOrphan, rep.PacksKept, rep.Backups)
+}
+
+// verdict is forget's decision on one backup.
+type verdict struct {
+	ID      repository.ID `json:"id"`
+	Time    time.Time     `json:"time"`
+	Host    string        `json:"host"`
+	Paths   []string      `json:"paths"`
+	Keep    bool          `json:"keep"`
+	Reasons []string      `json:"reasons,omitempty"`
+}
+
+// policyVerdicts applies a keep policy to the backups of each host and set
+// of paths on its own (of host only, unless it is empty).
+func policyVerdicts(all []repository.ManifestEntry, host string, policy retention.Policy) []verdict {
+	groups := map[string][]repository.ManifestEntry{}
+	var order []string
+	for _, e := range all {
+		if host != "" && e.Host != host {
+			continue
+		}
+		key := e.Host + "\x00" + strings.Join(e.Paths, "\x00")
+		if _, ok := groups[key]; !ok {
+			order = append(order, key)
+		}
+		groups[key] = append(groups[key], e)
+	}
+	var verdicts []verdict
+	for _, key := range order {
+		byID := map[string]repository.ManifestEntry{}
+		var items []retention.Item
+		for _, e := range groups[key] {
+			byID[e.ID.String()] = e
+			items = append(items, retention.Item{ID: e.ID.String(), Time: e.Time})
+		}
+		for _, d := range retention.Apply(items, policy, time.Local) {
+			e := byID[d.ID]
+			verdicts = append(verdicts, verdict{ID: e.ID, Time: e.Time, Host: e.Host, Paths: e.Paths, Keep: d.Keep, Reasons: d.Reasons})
+		}
+	}
+	return verdicts
 }
