@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -48,30 +49,49 @@ func onlyWriters(wrs []writer.Writer, specs []config.Spec, names, inline []strin
 	return w2, s2
 }
 
-// appBackup backs up the writers' data and paths from one shadow set.
-func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wrs []writer.Writer, specs []config.Spec, paths []string, o appBackupOptions) error {
-	ctx := cmd.Context()
+// existingPaths makes each path absolute and checks that it exists.
+func existingPaths(paths []string) ([]string, error) {
 	var abs []string
 	for _, p := range paths {
 		p, err := filepath.Abs(p)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if _, err := os.Lstat(p); err != nil {
-			return fmt.Errorf("%s: %w; check the path", p, err)
+			return nil, fmt.Errorf("%s: %w; check the path", p, errors.Unwrap(err))
 		}
 		abs = append(abs, p)
 	}
-	repo, done, err := a.openRepo(ctx, f)
+	return abs, nil
+}
+
+// openForBackup opens the repository and takes a shared lock: backups run
+// side by side, prune waits for them. done unlocks and closes.
+func (a *app) openForBackup(ctx context.Context, f *repoFlags) (*repository.Repository, func(), error) {
+	repo, closeRepo, err := a.openRepo(ctx, f)
+	if err != nil {
+		return nil, nil, err
+	}
+	lock, err := repo.Lock(ctx, false, "backup")
+	if err != nil {
+		closeRepo()
+		return nil, nil, err
+	}
+	return repo, func() { lock.Unlock(ctx); closeRepo() }, nil
+}
+
+// appBackup backs up the writers' data and paths from one shadow set.
+func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wrs []writer.Writer, specs []config.Spec, paths []string, o appBackupOptions) error {
+	ctx := cmd.Context()
+	abs, err := existingPaths(paths)
+	if err != nil {
+		return err
+	}
+	repo, done, err := a.openForBackup(ctx, f)
 	if err != nil {
 		return err
 	}
 	defer done()
-	lock, err := repo.Lock(ctx, false, "backup")
-	if err != nil {
-		return err
-	}
-	defer lock.Unlock(ctx)
 	store, err := a.store(cfg)
 	if err != nil {
 		return err

@@ -111,28 +111,19 @@ aborts the writers and truncates nothing. A retryable failure of the set
 			if len(paths) == 0 {
 				return &usageError{errors.New("nothing to back up: give PATH..., --writer SPEC, or configure writers in the configuration file")}
 			}
-			var sources []archive.Source
-			for _, p := range paths {
-				abs, err := filepath.Abs(p)
-				if err != nil {
-					return err
-				}
-				if _, err := os.Lstat(abs); err != nil {
-					return fmt.Errorf("%s: %w; check the path", abs, errors.Unwrap(err))
-				}
-				sources = append(sources, archive.Source{Path: abs})
+			abs, err := existingPaths(paths)
+			if err != nil {
+				return err
 			}
-			repo, done, err := a.openRepo(ctx, &f)
+			var sources []archive.Source
+			for _, p := range abs {
+				sources = append(sources, archive.Source{Path: p})
+			}
+			repo, done, err := a.openForBackup(ctx, &f)
 			if err != nil {
 				return err
 			}
 			defer done()
-			// Shared: backups run side by side; prune waits for them.
-			lock, err := repo.Lock(ctx, false, "backup")
-			if err != nil {
-				return err
-			}
-			defer lock.Unlock(ctx)
 			if host == "" {
 				host, _ = os.Hostname()
 			}
