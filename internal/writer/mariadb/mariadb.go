@@ -212,8 +212,10 @@ func (w *Writer) Identify(ctx context.Context) (writer.Metadata, error) {
 
 // PrepareBackup checks, without holding anything afterwards, that the
 // writer's user may run what the set needs: BACKUP STAGE (RELOAD), SHOW
-// MASTER STATUS (BINLOG MONITOR), and with purge_binlogs PURGE BINARY LOGS
-// (BINLOG ADMIN) and seeing replicas' threads (PROCESS).
+// MASTER STATUS (BINLOG MONITOR), with a relaxed
+// innodb_flush_log_at_trx_commit setting it for Freeze's flush (SUPER), and
+// with purge_binlogs PURGE BINARY LOGS (BINLOG ADMIN) and seeing replicas'
+// threads (PROCESS).
 func (w *Writer) PrepareBackup(ctx context.Context, _ writer.Set) error {
 	db, conn, err := w.connect(ctx)
 	if err != nil {
@@ -240,6 +242,9 @@ func (w *Writer) PrepareBackup(ctx context.Context, _ writer.Set) error {
 		if _, err := readPosition(ctx, conn); err != nil {
 			return w.sqlErr(ctx, writer.PhasePrepareBackup, "SHOW MASTER STATUS", f.user, "BINLOG MONITOR", err)
 		}
+	}
+	if _, err := w.setRedoFlush(ctx, conn, writer.PhasePrepareBackup, f.user, -1); err != nil {
+		return err
 	}
 	if !w.purge {
 		return nil
@@ -292,6 +297,12 @@ func (w *Writer) Freeze(ctx context.Context, set writer.Set) error {
 	if err := w.advance(ctx, s, stageBlockCommit, writer.PhaseFreeze); err != nil {
 		return errors.Join(err, w.drop(s))
 	}
+	fctx, done := s.Bind(ctx)
+	err = w.flushRedo(fctx, s)
+	done()
+	if err != nil {
+		return errors.Join(err, w.drop(s))
+	}
 	pos := &position{}
 	if s.logBin {
 		fctx, done := s.Bind(ctx)
@@ -311,6 +322,62 @@ func (w *Writer) Freeze(ctx context.Context, set writer.Set) error {
 	}
 	w.positions[set.ID] = pos
 	return nil
+}
+
+// flushRedo makes InnoDB's redo log durable up to the last commit, with
+// commits blocked. With innodb_flush_log_at_trx_commit=0 acknowledged
+// commits wait in the log buffer for up to a second (with 2, in the page
+// cache), and BLOCK_COMMIT writes none of them: a snapshot would lose them,
+// and disagree with the binary log it holds. FLUSH ENGINE LOGS writes the
+// buffer only as durably as the setting says (with 0, not at all), so the
+// setting is 1 for the instant of the flush and then what it was. Nothing
+// commits meanwhile, so the application pays nothing for it.
+func (w *Writer) flushRedo(ctx context.Context, s *session) error {
+	trx, err := w.setRedoFlush(ctx, s.Conn.Conn, writer.PhaseFreeze, s.user, 1)
+	if err != nil || trx == durableTrx {
+		return err
+	}
+	_, err = s.Conn.Conn.ExecContext(ctx, "FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS")
+	if err != nil {
+		err = w.sqlErr(ctx, writer.PhaseFreeze, "FLUSH ENGINE LOGS", s.user, "RELOAD", err)
+	}
+	// The setting goes back even when the flush failed, and even if ctx
+	// has ended (the session is still ours until drop).
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if _, rerr := s.Conn.Conn.ExecContext(rctx, fmt.Sprintf("SET GLOBAL innodb_flush_log_at_trx_commit=%d", trx)); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("mariadb writer %q: freeze: innodb_flush_log_at_trx_commit could not be set back to %d and is 1 now (durable, slower); SET GLOBAL innodb_flush_log_at_trx_commit=%d: %w", w.name, trx, trx, rerr))
+	}
+	return err
+}
+
+// durableTrx stands for the innodb_flush_log_at_trx_commit settings that
+// make every commit durable when it is acknowledged (1 and 3).
+const durableTrx = -1
+
+// setRedoFlush reads innodb_flush_log_at_trx_commit and, unless it is
+// durable (then it returns durableTrx), sets it to v. PrepareBackup sets it
+// to what it is, the one sure test that the user may (roles included).
+func (w *Writer) setRedoFlush(ctx context.Context, conn *sql.Conn, phase writer.Phase, user string, v int) (int, error) {
+	var trx int
+	if err := conn.QueryRowContext(ctx, "SELECT @@global.innodb_flush_log_at_trx_commit").Scan(&trx); err != nil {
+		return 0, w.sqlErr(ctx, phase, "read innodb_flush_log_at_trx_commit", user, "", err)
+	}
+	if trx == 1 || trx == 3 {
+		return durableTrx, nil
+	}
+	if v < 0 {
+		v = trx
+	}
+	q := fmt.Sprintf("SET GLOBAL innodb_flush_log_at_trx_commit=%d", v)
+	if _, err := conn.ExecContext(ctx, q); err != nil {
+		if context.Cause(ctx) != nil {
+			return 0, w.sqlErr(ctx, phase, q, user, "", err)
+		}
+		return 0, fmt.Errorf("mariadb writer %q: %s: innodb_flush_log_at_trx_commit=%d leaves acknowledged commits out of the redo log, so umbra sets it to 1 for the instant of a flush while commits are blocked, and the user may not: %s: %w; GRANT SUPER ON *.* TO %s, or run the server with innodb_flush_log_at_trx_commit=1",
+			w.name, phase, trx, q, err, user)
+	}
+	return trx, nil
 }
 
 // advance runs the BACKUP STAGEs up to stage upto, each with

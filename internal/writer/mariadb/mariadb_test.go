@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
+
 	"github.com/umbra-backup/umbra/internal/testenv"
 	"github.com/umbra-backup/umbra/internal/writer"
 	"github.com/umbra-backup/umbra/internal/writer/writertest"
@@ -520,6 +522,10 @@ func TestReplicaStopsPurge(t *testing.T) {
 		t.Fatal(err)
 	}
 	replica.Wait()
+	// The server notices a vanished replica only when it next writes to
+	// it, which on an idle log may be never: end its thread, as an
+	// operator would.
+	killDumpThreads(t, m)
 	waitFor(t, "the Binlog Dump thread to end", func() bool { return dumpThreads(t, m) == 0 })
 	if md, err := wr.Identify(t.Context()); err != nil || md.LogsOwnedBy != "" {
 		t.Errorf("Identify without a replica: got LogsOwnedBy %q, %v; want nobody", md.LogsOwnedBy, err)
@@ -550,6 +556,33 @@ func startReplica(t *testing.T, m *testenv.MariaDB) *exec.Cmd {
 	})
 	waitFor(t, "mariadb-binlog to connect", func() bool { return dumpThreads(t, m) == 1 })
 	return cmd
+}
+
+// killDumpThreads ends every Binlog Dump thread of m.
+func killDumpThreads(t *testing.T, m *testenv.MariaDB) {
+	t.Helper()
+	rows, err := m.DB(t).QueryContext(t.Context(), "SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		// 1094: the thread ended by itself meanwhile.
+		var me *mysql.MySQLError
+		if _, err := m.DB(t).ExecContext(t.Context(), "KILL CONNECTION "+strconv.FormatInt(id, 10)); err != nil && !(errors.As(err, &me) && me.Number == 1094) {
+			t.Fatalf("KILL CONNECTION %d: %v", id, err)
+		}
+	}
 }
 
 func dumpThreads(t *testing.T, m *testenv.MariaDB) int {

@@ -1,0 +1,195 @@
+package mariadb
+
+import (
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/umbra-backup/umbra/internal/provider"
+	"github.com/umbra-backup/umbra/internal/provider/btrfs"
+	"github.com/umbra-backup/umbra/internal/shadow"
+	"github.com/umbra-backup/umbra/internal/shadow/shadowtest"
+	"github.com/umbra-backup/umbra/internal/testenv"
+	"github.com/umbra-backup/umbra/internal/writer"
+)
+
+// TestDurabilitySettings makes a shadow set under the transfer load for
+// every durability setting operators run: innodb_flush_log_at_trx_commit 0,
+// 1 and 2, sync_binlog 0 and 1, binary log on and off. With 0, InnoDB keeps
+// acknowledged commits in its log buffer for up to a second; BLOCK_COMMIT
+// alone leaves them there, and a copy would lose them. Each set must be
+// labelled application and hold every transfer acknowledged before Thaw,
+// none sent after, and exactly the transfers of the binary log up to the
+// recorded position; CHECK TABLE passes on the copy.
+func TestDurabilitySettings(t *testing.T) {
+	testenv.NeedRoot(t)
+	testenv.NeedCommand(t, "mariadbd")
+	fs := testenv.Btrfs(t)
+	store, err := shadow.OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	coord := shadow.New([]provider.Provider{btrfs.New()}, store, shadow.Options{})
+	for _, binlog := range []bool{true, false} {
+		for _, trx := range []int{0, 1, 2} {
+			for _, sync := range []int{0, 1} {
+				if !binlog && sync == 1 {
+					continue // sync_binlog means nothing without a binary log
+				}
+				name := fmt.Sprintf("trx_commit=%d,sync_binlog=%d,log_bin=%v", trx, sync, binlog)
+				t.Run(name, func(t *testing.T) {
+					extra := []string{
+						"innodb_flush_log_at_trx_commit=" + strconv.Itoa(trx),
+						"sync_binlog=" + strconv.Itoa(sync),
+					}
+					if !binlog {
+						extra = append(extra, "skip-log-bin")
+					}
+					m := testenv.StartMariaDB(t, fs.Subvolume(t, fmt.Sprintf("m%d%d%v", trx, sync, binlog)), extra...)
+					checkDurableSet(t, fs, m, coord, binlog)
+				})
+			}
+		}
+	}
+}
+
+// checkDurableSet runs one set under load and checks its copy.
+func checkDurableSet(t *testing.T, fs *testenv.FS, m *testenv.MariaDB, coord *shadow.Coordinator, binlog bool) {
+	load := m.StartTransferLoad(t, 4)
+	// Enough commits in flight that a lost log buffer would show.
+	for len(load.Acks()) < 300 {
+		if err := load.WaitProgress(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tw := &timed{Writer: newWriter(t, m, nil)}
+	set := createSet(t, coord, tw)
+	if err := load.WaitProgress(10 * time.Second); err != nil {
+		t.Fatalf("after the set: %v", err)
+	}
+	for range 20 { // transfers begun after Thaw
+		if err := load.WaitProgress(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	acks := load.Stop()
+	if set.Writers[0].Consistency != shadow.Application {
+		t.Errorf("set: got consistency %s, want application", set.Writers[0].Consistency)
+	}
+	copyDir := filepath.Join(fs.Mount, "copy-"+set.ID)
+	shadowtest.CopyComponents(t, set, tw.Name(), func(string) string { return copyDir })
+	c := m.StartCopy(t, copyDir)
+	led, err := c.Ledger(t)
+	if err != nil {
+		t.Fatalf("copy of the snapshot: %v", err)
+	}
+	checkAcks(t, acks, led, tw)
+	checkTables(t, c, "bank.accounts", "bank.transfers")
+	pos := set.Writers[0].Report.Positions
+	if !binlog {
+		if pos[PosFile] != "" {
+			t.Errorf("positions without a binary log: got %v, want none", pos)
+		}
+		return
+	}
+	var gtid string
+	if err := c.DB(t).QueryRowContext(t.Context(), "SELECT @@gtid_binlog_pos").Scan(&gtid); err != nil {
+		t.Fatal(err)
+	}
+	if gtid != pos[PosGTID] {
+		t.Errorf("copy's @@gtid_binlog_pos: got %q, want the recorded %q", gtid, pos[PosGTID])
+	}
+	logged := binlogTransfers(t, copyDir, pos[PosFile], pos[PosPos])
+	var missing, extra []int64
+	for id := range logged {
+		if !led.Transfers[id] {
+			missing = append(missing, id)
+		}
+	}
+	for id := range led.Transfers {
+		if !logged[id] {
+			extra = append(extra, id)
+		}
+	}
+	if len(missing) > 0 || len(extra) > 0 {
+		t.Errorf("copy disagrees with its binary log up to %s:%s (%d transfers logged): %d logged transfers missing (first %v), %d in the data but not logged (first %v)",
+			pos[PosFile], pos[PosPos], len(logged), len(missing), missing[:min(5, len(missing))], len(extra), extra[:min(5, len(extra))])
+	}
+}
+
+// binlogTransfers returns the ids of the transfers in the binary logs of
+// dataDir up to file:pos, as mariadb-binlog decodes them.
+func binlogTransfers(t *testing.T, dataDir, file, pos string) map[int64]bool {
+	t.Helper()
+	testenv.NeedCommand(t, "mariadb-binlog")
+	logs, err := filepath.Glob(filepath.Join(dataDir, "mysql-bin.[0-9]*"))
+	if err != nil || len(logs) == 0 {
+		t.Fatalf("binary logs in %s: %v %v", dataDir, logs, err)
+	}
+	ids := map[int64]bool{}
+	insert := regexp.MustCompile(`(?i)INSERT INTO bank\.transfers VALUES \((\d+),`)
+	for _, l := range logs {
+		if filepath.Base(l) > file {
+			continue
+		}
+		args := []string{"--base64-output=decode-rows", "-v"}
+		if filepath.Base(l) == file {
+			args = append(args, "--stop-position="+pos)
+		}
+		out, err := exec.Command("mariadb-binlog", append(args, l)...).Output()
+		if err != nil {
+			t.Fatalf("mariadb-binlog %s: %v", l, err)
+		}
+		for _, m := range insert.FindAllSubmatch(out, -1) {
+			id, _ := strconv.ParseInt(string(m[1]), 10, 64)
+			ids[id] = true
+		}
+	}
+	return ids
+}
+
+// checkTables runs CHECK TABLE on the server and fails unless each says OK.
+func checkTables(t *testing.T, m *testenv.MariaDB, tables ...string) {
+	t.Helper()
+	for _, tbl := range tables {
+		var table, op, typ, msg string
+		if err := m.DB(t).QueryRowContext(t.Context(), "CHECK TABLE "+tbl).Scan(&table, &op, &typ, &msg); err != nil {
+			t.Fatalf("CHECK TABLE %s: %v", tbl, err)
+		}
+		if msg != "OK" {
+			t.Errorf("CHECK TABLE %s: %s %s", tbl, typ, msg)
+		}
+	}
+}
+
+// TestRelaxedDurabilityNeedsSuper: with innodb_flush_log_at_trx_commit=2,
+// a user who may not SET GLOBAL is refused at PrepareBackup, with the
+// setting and both ways out named, and the setting is left as it was.
+func TestRelaxedDurabilityNeedsSuper(t *testing.T) {
+	m := testenv.StartMariaDB(t, t.TempDir(), "innodb_flush_log_at_trx_commit=2")
+	m.Exec(t, "CREATE USER 'nosuper'@'localhost' IDENTIFIED BY 'pw'",
+		"GRANT RELOAD, BINLOG MONITOR ON *.* TO 'nosuper'@'localhost'")
+	wr, err := New("mariadb:test", map[string]string{"socket": m.Socket, "user": "nosuper", "password": "pw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = wr.PrepareBackup(t.Context(), writer.Set{})
+	if err == nil {
+		t.Fatal("PrepareBackup without SUPER, innodb_flush_log_at_trx_commit=2: got nil, want a refusal")
+	}
+	for _, want := range []string{"innodb_flush_log_at_trx_commit=2", "GRANT SUPER ON *.* TO 'nosuper'@'localhost'", "innodb_flush_log_at_trx_commit=1"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("refusal %q does not say %q", err, want)
+		}
+	}
+	var trx int
+	if err := m.DB(t).QueryRowContext(t.Context(), "SELECT @@global.innodb_flush_log_at_trx_commit").Scan(&trx); err != nil || trx != 2 {
+		t.Errorf("innodb_flush_log_at_trx_commit after the refusal: got %d (%v), want 2", trx, err)
+	}
+	assertNoBackupStage(t, m)
+}
