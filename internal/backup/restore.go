@@ -175,7 +175,9 @@ func restoreBeside(ctx context.Context, repo *repository.Repository, job Restore
 	}
 	job.ToDataDir = dataDir
 	job.Target = dataDir + ".umbra-staging"
-	if err := os.Mkdir(job.Target, 0o700); err != nil {
+	// Searchable, as / is: the restored directories below keep their own
+	// modes, and the application's user must reach its data through it.
+	if err := os.Mkdir(job.Target, 0o755); err != nil {
 		return nil, fmt.Errorf("staging directory for the restore: %w", err)
 	}
 	defer os.RemoveAll(job.Target)

@@ -66,7 +66,9 @@ func Run(ctx context.Context, repo *repository.Repository, root repository.ID, t
 			return Stats{}, fmt.Errorf("--include %q: %w", p, err)
 		}
 	}
-	if err := os.MkdirAll(target, 0o700); err != nil {
+	// The target stands in for /: open to all, like /, since the
+	// directories below it come back with their own modes.
+	if err := os.MkdirAll(target, 0o755); err != nil {
 		return Stats{}, err
 	}
 	r := &restorer{repo: repo, target: target, include: opts.Include, progress: opts.Progress,
@@ -161,7 +163,10 @@ func (r *restorer) restoreNode(ctx context.Context, n *repository.Node, path str
 func (r *restorer) restoreEntry(ctx context.Context, n *repository.Node, path, dst string, included bool) error {
 	switch n.Type {
 	case repository.NodeDir:
-		if err := os.Mkdir(dst, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		created := true
+		if err := os.Mkdir(dst, 0o700); errors.Is(err, fs.ErrExist) {
+			created = false
+		} else if err != nil {
 			return err
 		}
 		r.mu.Lock()
@@ -172,8 +177,13 @@ func (r *restorer) restoreEntry(ctx context.Context, n *repository.Node, path, d
 				return err
 			}
 		}
-		if !included {
-			return nil // a directory on the way to an included path
+		if !included && !created {
+			// A directory on the way to an included path that was
+			// there already (/var/lib in place) keeps its own mode and
+			// owner; one this restore made (under a --target) gets the
+			// backed-up ones, so the application's user can reach
+			// its files as before.
+			return nil
 		}
 	case repository.NodeFile:
 		if linked, err := r.hardLink(n, dst); linked || err != nil {

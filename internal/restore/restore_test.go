@@ -6,6 +6,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/umbra-backup/umbra/internal/archive"
@@ -330,5 +331,52 @@ func TestSourceBelowALink(t *testing.T) {
 	}
 	if b, err := os.ReadFile(filepath.Join(target, src, "f")); err != nil || string(b) != "content" || stats.Files != 1 {
 		t.Errorf("restored %d files; %s: %q, %v", stats.Files, filepath.Join(target, src, "f"), b, err)
+	}
+}
+
+// TestIncludeKeepsDirectoriesAbove: restoring one directory (a writer's
+// component) under a new target brings the directories above it back with
+// their backed-up mode and owner, as a database's own user needs to reach
+// its data directory; directories that existed already keep theirs.
+func TestIncludeKeepsDirectoriesAbove(t *testing.T) {
+	testenv.NeedRoot(t)
+	top := t.TempDir()
+	above := filepath.Join(top, "srv", "pg")
+	data := filepath.Join(above, "data")
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(data, "PG_VERSION"), []byte("15\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for p, mode := range map[string]os.FileMode{filepath.Join(top, "srv"): 0o751, above: 0o750, data: 0o700} {
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(p, 4242, 4343); err != nil {
+			t.Fatal(err)
+		}
+	}
+	repo := newRepo(t)
+	res := backup(t, repo, nil, data)
+	target := filepath.Join(t.TempDir(), "copy")
+	if err := os.MkdirAll(filepath.Join(target, top), 0o700); err != nil { // there already: left alone
+		t.Fatal(err)
+	}
+	if _, err := restore.Run(t.Context(), repo, res.Tree, target, restore.Options{Include: []string{data}}); err != nil {
+		t.Fatal(err)
+	}
+	for p, mode := range map[string]os.FileMode{filepath.Join(top, "srv"): 0o751, above: 0o750, data: 0o700} {
+		fi, err := os.Stat(filepath.Join(target, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if fi.Mode().Perm() != mode || st.Uid != 4242 || st.Gid != 4343 {
+			t.Errorf("%s restored under the target: mode %v owner %d:%d, want %v 4242:4343 as backed up", p, fi.Mode().Perm(), st.Uid, st.Gid, mode)
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(target, top)); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("a directory that was there before the restore: got %v (%v), want it left 0700", fi.Mode().Perm(), err)
 	}
 }
