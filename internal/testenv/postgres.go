@@ -36,6 +36,10 @@ type PostgresOptions struct {
 	WALDir string
 	// Settings are extra postgresql.conf lines, such as "archive_mode = on".
 	Settings []string
+	// CommandLine leaves the port and socket directory out of
+	// postgresql.conf: only the server's command line has them (-p, -k),
+	// as with pg_ctl -o, containers and init scripts.
+	CommandLine bool
 }
 
 // PostgresBin finds the newest installed server's bin directory, skipping
@@ -83,9 +87,14 @@ func InitPostgres(t testing.TB, dataDir string, opts PostgresOptions) *Postgres 
 	pg.run(t, "initdb", args...)
 	pg.SocketDir = socketDir(t)
 	pg.Port = FreePort(t)
-	conf := append([]string{
-		fmt.Sprintf("port = %d", pg.Port),
-		fmt.Sprintf("unix_socket_directories = '%s'", pg.SocketDir),
+	var conf []string
+	if !opts.CommandLine {
+		conf = []string{
+			fmt.Sprintf("port = %d", pg.Port),
+			fmt.Sprintf("unix_socket_directories = '%s'", pg.SocketDir),
+		}
+	}
+	conf = append(conf, []string{
 		"listen_addresses = ''",
 		"shared_buffers = 16MB",
 		"max_wal_size = 64MB",
@@ -93,7 +102,8 @@ func InitPostgres(t testing.TB, dataDir string, opts PostgresOptions) *Postgres 
 		"checkpoint_timeout = 5min",
 		"log_min_messages = warning",
 		"fsync = on",
-	}, opts.Settings...)
+	}...)
+	conf = append(conf, opts.Settings...)
 	f, err := os.OpenFile(filepath.Join(dataDir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)

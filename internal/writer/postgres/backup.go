@@ -249,7 +249,14 @@ func (w *Writer) finish(ctx context.Context, s *session, set writer.Set) (writer
 	for _, f := range files {
 		rep.Files = append(rep.Files, writer.HandOn{Component: "data", Path: filepath.Join("pg_wal", f), Source: filepath.Join(dir, "pg_wal", f)})
 	}
-	for name, content := range map[string]string{"backup_label": label, "tablespace_map": spcmap} {
+	// How the server was started (its command line: a port, a socket
+	// directory, a configuration file given as options), which base
+	// backups leave out: restore starts the server the same way.
+	opts, err := os.ReadFile(filepath.Join(s.srv.dataDir, "postmaster.opts"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return writer.Report{}, fmt.Errorf("postgres writer %q: read how the server was started: %w", w.name, err)
+	}
+	for name, content := range map[string]string{"backup_label": label, "tablespace_map": spcmap, "postmaster.opts": string(opts)} {
 		if content == "" {
 			continue
 		}

@@ -66,6 +66,7 @@ var options = map[string]string{
 	"service":       "systemd unit that runs the server, used to stop and start it at restore (such as postgresql@15-main)",
 	"start":         "command that starts the server at restore (instead of service)",
 	"stop":          "command that stops the server at restore (instead of service)",
+	"start_timeout": "how long restore waits for the server to stop, and for the restored one to recover and accept connections (default 1h)",
 }
 
 // New returns the writer named name (such as "postgres:main").
@@ -88,8 +89,15 @@ func New(name string, opts map[string]string) (*Writer, error) {
 		kw = append(kw, k+"="+quote(v))
 	}
 	w := &Writer{name: name, connStr: strings.Join(kw, " "), restore: restoreOptions{
-		service: opts["service"], start: opts["start"], stop: opts["stop"],
+		service: opts["service"], start: opts["start"], stop: opts["stop"], startLimit: defaultStartLimit,
 	}}
+	if v := opts["start_timeout"]; v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("postgres writer %q: start_timeout=%s: want a duration such as 10m or 2h", name, v)
+		}
+		w.restore.startLimit = d
+	}
 	if _, err := pgx.ParseConfig(w.connStr); err != nil {
 		return nil, fmt.Errorf("postgres writer %q: %w", name, err)
 	}

@@ -82,11 +82,17 @@ func (w *Writer) relocate(ctx context.Context, r writer.Restore, md writer.Metad
 		"# umbra restore --to-datadir: this copy's own port, no archiving\nport = %d\narchive_mode = off\narchive_command = ''\ncluster_name = ''\n", r.Port), owner.uid, owner.gid); err != nil {
 		return err
 	}
-	if err := pgCtlStart(ctx, newDir); err != nil {
+	opts, err := startOptions(newDir, true)
+	if err != nil {
+		return err
+	}
+	copyW := &Writer{name: w.name, connStr: withPort(w.connStr, r.Port), pass: w.pass, restore: restoreOptions{startLimit: w.restore.startLimit}}
+	sctx, cancel := context.WithTimeout(ctx, w.restore.startLimit)
+	defer cancel()
+	if err := pgCtlStart(sctx, newDir, opts); err != nil {
 		return fmt.Errorf("start the copy: %w", err)
 	}
-	copyW := &Writer{name: w.name, connStr: withPort(w.connStr, r.Port), pass: w.pass}
-	return copyW.awaitRecovery(ctx)
+	return copyW.awaitRecovery(ctx, newDir, filepath.Join(newDir, restoreLog))
 }
 
 // relocateTablespaces moves each tablespace named in tablespace_map from

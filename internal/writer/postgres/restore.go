@@ -1,12 +1,14 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -16,7 +18,16 @@ import (
 )
 
 // restoreOptions say how the server is stopped and started at restore.
-type restoreOptions struct{ service, start, stop string }
+type restoreOptions struct {
+	service, start, stop string
+	// startLimit bounds starting the restored server and its recovery,
+	// and stopping the running one.
+	startLimit time.Duration
+}
+
+// defaultStartLimit is start_timeout's default: recovery of a backup's own
+// WAL takes seconds, a point-in-time recovery may replay hours of archive.
+const defaultStartLimit = time.Hour
 
 // PreRestore stops the server and moves its data directory, tablespaces and
 // separate pg_wal aside (to NAME.umbra-before-restore-TIME), so that the
@@ -85,7 +96,7 @@ func dataDirOf(md writer.Metadata) (string, error) {
 // command or systemd unit when configured, else a fast shutdown (SIGINT)
 // of the postmaster named in postmaster.pid.
 func (w *Writer) stopServer(ctx context.Context, dataDir string) error {
-	pid := postmasterPID(dataDir)
+	pid := readPostmasterPID(dataDir).pid
 	if pid == 0 {
 		return nil
 	}
@@ -101,29 +112,16 @@ func (w *Writer) stopServer(ctx context.Context, dataDir string) error {
 	if err != nil {
 		return fmt.Errorf("postgres writer %q: stop the server (pid %d): %w", w.name, pid, err)
 	}
+	ctx, cancel := context.WithTimeout(ctx, w.restore.startLimit)
+	defer cancel()
 	for syscall.Kill(pid, 0) == nil {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("postgres writer %q: the server (pid %d) did not stop: %w: %w", w.name, pid, ctx.Err(), writer.ErrRetryable)
+			return fmt.Errorf("postgres writer %q: the server (pid %d) did not stop within %v (start_timeout=): %w; nothing was moved aside; stop it yourself and restore again: %w", w.name, pid, w.restore.startLimit, ctx.Err(), writer.ErrRetryable)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
 	return nil
-}
-
-// postmasterPID returns the pid in dataDir/postmaster.pid if that process
-// is alive, else 0.
-func postmasterPID(dataDir string) int {
-	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
-	if err != nil {
-		return 0
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	pid, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil || pid <= 0 || syscall.Kill(pid, 0) != nil {
-		return 0
-	}
-	return pid
 }
 
 // PostRestore makes the restored data directory ready to recover (the
@@ -153,10 +151,8 @@ func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
 	if r.Crash {
 		// A crash-consistent copy, pg_wal included: crash recovery
 		// replays it; there is no label and no archive to read.
-		for _, f := range []string{"postmaster.pid", "postmaster.opts"} {
-			if err := os.Remove(filepath.Join(root, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return err
-			}
+		if err := os.Remove(filepath.Join(root, "postmaster.pid")); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
 		}
 	} else if err := prepare(root, r.FetchLog, r.Until); err != nil {
 		return fmt.Errorf("postgres writer %q: post-restore: %w", w.name, err)
@@ -174,7 +170,7 @@ func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
 	if err := w.startServer(ctx, root); err != nil {
 		return err
 	}
-	return w.awaitRecovery(ctx)
+	return w.awaitRecovery(ctx, root, w.logHint(root))
 }
 
 // Prepare readies a data directory restored from a backup (files plus the
@@ -205,10 +201,10 @@ func prepare(dataDir, fetch string, until time.Time) error {
 			return err
 		}
 	}
-	for _, f := range []string{"postmaster.pid", "postmaster.opts"} {
-		if err := os.Remove(filepath.Join(dataDir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
+	// postmaster.opts stays: it is how the server was started (the
+	// writer hands it on), and startServer starts it the same way.
+	if err := os.Remove(filepath.Join(dataDir, "postmaster.pid")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
 	if fetch == "" {
 		fetch = "false"
@@ -295,8 +291,12 @@ func appendFile(path, text string, uid, gid int) error {
 }
 
 // startServer starts the server with the start command or systemd unit
-// when configured, else with pg_ctl as the data directory's owner.
+// when configured, else with pg_ctl as the data directory's owner and the
+// options it was started with before (postmaster.opts, handed on by the
+// backup).
 func (w *Writer) startServer(ctx context.Context, dataDir string) error {
+	ctx, cancel := context.WithTimeout(ctx, w.restore.startLimit)
+	defer cancel()
 	var err error
 	switch {
 	case w.restore.start != "":
@@ -304,19 +304,90 @@ func (w *Writer) startServer(ctx context.Context, dataDir string) error {
 	case w.restore.service != "":
 		err = runCommand(ctx, "systemctl", "start", w.restore.service)
 	default:
-		err = pgCtlStart(ctx, dataDir)
+		var opts []string
+		if opts, err = startOptions(dataDir, false); err == nil {
+			err = pgCtlStart(ctx, dataDir, opts)
+		}
 	}
 	if err != nil {
-		return fmt.Errorf("postgres writer %q: start the server: %w", w.name, err)
+		return fmt.Errorf("postgres writer %q: start the server: %w; its log: %s", w.name, err, w.logHint(dataDir))
 	}
 	return nil
 }
 
-// pgCtlStart runs pg_ctl start for a data directory that holds its own
-// postgresql.conf (Debian's clusters keep theirs in /etc: those need
-// service=).
-func pgCtlStart(ctx context.Context, dataDir string) error {
-	if _, err := os.Stat(filepath.Join(dataDir, "postgresql.conf")); err != nil {
+// restoreLog is the log of a server restore starts with pg_ctl, in its
+// data directory.
+const restoreLog = "umbra-restore.log"
+
+// logHint says where the log of the server on dataDir is.
+func (w *Writer) logHint(dataDir string) string {
+	switch {
+	case w.restore.start != "":
+		return "the log of start=" + w.restore.start + " (and log_directory in postgresql.conf)"
+	case w.restore.service != "":
+		return "journalctl -u " + w.restore.service + " (and log_directory in postgresql.conf)"
+	}
+	return filepath.Join(dataDir, restoreLog)
+}
+
+// startOptions reads the command line the server was started with from
+// dataDir/postmaster.opts (its program, then each argument in double
+// quotes) and returns the arguments to start it again with, without the
+// data directory (pg_ctl gives it). A copy relocated beside the original
+// also leaves out what would make it the original again: its port and
+// the files its configuration names.
+func startOptions(dataDir string, relocated bool) ([]string, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.opts"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil // a backup made before umbra handed it on
+	}
+	if err != nil {
+		return nil, err
+	}
+	line := strings.TrimSpace(string(b))
+	_, rest, ok := strings.Cut(line, ` "`)
+	if !ok {
+		return nil, nil // the program alone
+	}
+	args := strings.Split(strings.TrimSuffix(rest, `"`), `" "`)
+	var out []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "-D" || (relocated && a == "-p"):
+			i++ // and its value
+		case strings.HasPrefix(a, "-D") || (relocated && strings.HasPrefix(a, "-p")):
+		case a == "-c" && i+1 < len(args):
+			if !relocated || !ownSetting(args[i+1]) {
+				out = append(out, a, args[i+1])
+			}
+			i++
+		case relocated && (strings.HasPrefix(a, "-c") || strings.HasPrefix(a, "--")) && ownSetting(strings.TrimLeft(a[2:], "-")):
+		default:
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// ownSetting reports whether a name=value setting is one a relocated copy
+// sets for itself.
+func ownSetting(kv string) bool {
+	name, _, _ := strings.Cut(kv, "=")
+	switch strings.ReplaceAll(name, "-", "_") {
+	case "port", "data_directory", "config_file", "hba_file", "ident_file", "external_pid_file", "archive_mode", "archive_command", "cluster_name":
+		return true
+	}
+	return false
+}
+
+// pgCtlStart runs pg_ctl start, as the data directory's owner, for a data
+// directory that holds its own postgresql.conf or whose options name one
+// (Debian's clusters keep theirs in /etc: those need service=), with the
+// server options opts. It returns once the server accepts connections or
+// has reached a consistent state in recovery, within ctx.
+func pgCtlStart(ctx context.Context, dataDir string, opts []string) error {
+	if _, err := os.Stat(filepath.Join(dataDir, "postgresql.conf")); err != nil && !slices.ContainsFunc(opts, func(o string) bool { return strings.Contains(o, "config_file=") }) {
 		return fmt.Errorf("%s has no postgresql.conf, so umbra cannot start it with pg_ctl; configure the writer with service=UNIT (such as postgresql@15-main) or start=COMMAND", dataDir)
 	}
 	major, err := os.ReadFile(filepath.Join(dataDir, "PG_VERSION"))
@@ -332,8 +403,20 @@ func pgCtlStart(ctx context.Context, dataDir string) error {
 		return err
 	}
 	st := fi.Sys().(*syscall.Stat_t)
-	logFile := filepath.Join(dataDir, "umbra-restore.log")
-	cmd := exec.CommandContext(ctx, pgCtl, "start", "-D", dataDir, "-l", logFile, "-w", "-t", "86400")
+	logFile := filepath.Join(dataDir, restoreLog)
+	wait := 3600
+	if d, ok := ctx.Deadline(); ok {
+		wait = max(1, int(time.Until(d).Seconds()))
+	}
+	args := []string{"start", "-D", dataDir, "-l", logFile, "-w", "-t", strconv.Itoa(wait)}
+	if len(opts) > 0 {
+		quoted := make([]string, len(opts))
+		for i, o := range opts {
+			quoted[i] = "'" + strings.ReplaceAll(o, "'", `'\''`) + "'"
+		}
+		args = append(args, "-o", strings.Join(quoted, " "))
+	}
+	cmd := exec.CommandContext(ctx, pgCtl, args...)
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: st.Uid, Gid: st.Gid}, Setsid: true}
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -343,21 +426,83 @@ func pgCtlStart(ctx context.Context, dataDir string) error {
 	return nil
 }
 
-// awaitRecovery waits until the server accepts connections and has left
-// recovery, then resets the restore_command PostRestore put in.
-func (w *Writer) awaitRecovery(ctx context.Context) error {
+// startGrace is how long a server that says it is ready may refuse the
+// writer's connections before restore says where it listens instead, and
+// how long a start command may take to leave a running server behind.
+const startGrace = 15 * time.Second
+
+// awaitRecovery waits, within the writer's start limit, until the server
+// on dataDir accepts connections and has left recovery, then resets the
+// restore_command PostRestore put in. It gives up at once when the server
+// has exited, and soon when the server says it is ready but not where the
+// writer connects; each error names the server's log.
+func (w *Writer) awaitRecovery(ctx context.Context, dataDir, logHint string) error {
+	ctx, cancel := context.WithTimeout(ctx, w.restore.startLimit)
+	defer cancel()
 	var last error
+	var refusedSince time.Time
+	begun, seen := time.Now(), false
 	for {
 		last = w.recovered(ctx)
 		if last == nil {
 			return nil
 		}
+		st := readPostmasterPID(dataDir)
+		switch {
+		case st.pid == 0:
+			// A service manager may return before the server has
+			// written postmaster.pid: only a server seen and gone, or
+			// never seen for a while, has stopped.
+			if seen || time.Since(begun) > startGrace {
+				return fmt.Errorf("postgres writer %q: the restored server on %s is not running (it stopped, or never started): %v; its log: %s", w.name, dataDir, last, logHint)
+			}
+		case st.status == "ready" || st.status == "standby":
+			seen = true
+			if refusedSince.IsZero() {
+				refusedSince = time.Now()
+			}
+			if time.Since(refusedSince) > startGrace {
+				return fmt.Errorf("postgres writer %q: the restored server (pid %d) is %s on port %s, socket directory %q, listen addresses %q, but the writer cannot connect with %s: %v; make host= and port= match how the server runs, or its options (postmaster.opts, postgresql.conf); its log: %s",
+					w.name, st.pid, st.status, st.port, st.socketDir, st.listen, w.connStr, last, logHint)
+			}
+		default:
+			seen = true
+			refusedSince = time.Time{}
+		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("postgres writer %q: the restored server did not finish recovery: %v: %w", w.name, last, ctx.Err())
+			return fmt.Errorf("postgres writer %q: the restored server on %s (pid %d, %s) did not finish recovery within %v (start_timeout=): %v; its log: %s", w.name, dataDir, st.pid, cmp.Or(st.status, "starting"), w.restore.startLimit, last, logHint)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// postmasterState is what postmaster.pid says of a running server.
+type postmasterState struct {
+	pid                             int
+	port, socketDir, listen, status string
+}
+
+// readPostmasterPID reads dataDir/postmaster.pid: pid, data directory,
+// start time, port, socket directory, listen addresses, shared memory key,
+// status. pid is 0 unless that process is alive.
+func readPostmasterPID(dataDir string) postmasterState {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return postmasterState{}
+	}
+	lines := strings.Split(string(b), "\n")
+	field := func(i int) string {
+		if i < len(lines) {
+			return strings.TrimSpace(lines[i])
+		}
+		return ""
+	}
+	pid, err := strconv.Atoi(field(0))
+	if err != nil || pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return postmasterState{}
+	}
+	return postmasterState{pid: pid, port: field(3), socketDir: field(4), listen: field(5), status: field(7)}
 }
 
 func (w *Writer) recovered(ctx context.Context) error {
