@@ -300,10 +300,14 @@ func existing(paths []string) []string {
 // path, and the exclusion of what the components leave out.
 func sourcesOf(set *shadow.Set, paths, excludes []string) ([]archive.Source, func(string) bool) {
 	var recorded []string
+	own := map[string]string{} // path → the writer's own copy of it ("" leaves it out)
 	for _, w := range set.Writers {
 		for _, c := range w.Metadata.Components {
 			recorded = append(recorded, c.Paths...)
 			excludes = append(excludes, c.Excludes...)
+		}
+		for _, c := range w.Report.Copies {
+			own[filepath.Clean(c.Path)] = c.Source
 		}
 	}
 	recorded = append(recorded, paths...)
@@ -315,6 +319,12 @@ func sourcesOf(set *shadow.Set, paths, excludes []string) ([]archive.Source, fun
 			continue
 		}
 		seen[p] = true
+		if src, ok := own[p]; ok {
+			if src != "" {
+				sources = append(sources, archive.Source{Path: p, Read: src})
+			}
+			continue
+		}
 		if _, err := os.Lstat(p); err != nil {
 			continue // a component path that does not exist (an SQLite -wal file between checkpoints)
 		}

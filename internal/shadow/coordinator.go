@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -201,11 +202,34 @@ func (r *creation) create(ctx context.Context, paths []string) error {
 	}); err != nil {
 		return err
 	}
+	if err := r.checkOwnCopies(); err != nil {
+		return err
+	}
 	if err := r.onPhase(ctx, writer.PhasePostSnapshot); err != nil {
 		return err
 	}
 	r.set.Status = StatusReady
 	return r.save()
+}
+
+// checkOwnCopies makes sure every writer that was to copy a component
+// itself said, by PostSnapshot, where each of its paths is to be read: the
+// live files of such a component are not consistent.
+func (r *creation) checkOwnCopies() error {
+	for _, res := range r.set.Writers {
+		for _, comp := range res.Metadata.Components {
+			if !slices.Contains(r.set.OwnCopies, res.Name+"/"+comp.Name) {
+				continue
+			}
+			for _, p := range comp.Paths {
+				if !slices.ContainsFunc(res.Report.Copies, func(c writer.OwnCopy) bool { return c.Path == p }) {
+					return &PhaseError{Who: res.Name, Phase: writer.PhasePostSnapshot, Err: fmt.Errorf(
+						"component %s: no provider can copy %s consistently, so the writer was to copy it itself, but it gave no copy of it", comp.Name, p)}
+				}
+			}
+		}
+	}
+	return nil
 }
 
 func (r *creation) save() error {

@@ -3,6 +3,7 @@ package shadow
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -39,6 +40,7 @@ func (r *creation) plan(userPaths []string) error {
 	type need struct {
 		need writer.Need
 		who  string
+		own  string // "writer/component" when the writer can copy it itself
 	}
 	needs := map[string][]need{}
 	for _, wr := range sortedWriters(r.wrs) {
@@ -49,7 +51,11 @@ func (r *creation) plan(userPaths []string) error {
 				if err != nil {
 					return &PhaseError{Who: wr.Name(), Phase: writer.PhaseIdentify, Err: fmt.Errorf("component %s: %w", comp.Name, err)}
 				}
-				needs[p.vol.Mount] = append(needs[p.vol.Mount], need{comp.Needs, fmt.Sprintf("%s component %s", wr.Name(), comp.Name)})
+				n := need{need: comp.Needs, who: fmt.Sprintf("%s component %s", wr.Name(), comp.Name)}
+				if comp.OwnCopy {
+					n.own = wr.Name() + "/" + comp.Name
+				}
+				needs[p.vol.Mount] = append(needs[p.vol.Mount], n)
 			}
 		}
 	}
@@ -86,7 +92,27 @@ func (r *creation) plan(userPaths []string) error {
 		}
 		prov, err := r.c.chooseProvider(p.vol, reqs, whos)
 		if err != nil {
-			return &PhaseError{Phase: writer.PhaseIdentify, Err: err}
+			// Writers that can copy their components themselves do so
+			// where no provider can (SQLite, MariaDB on ext4).
+			var owns []string
+			relaxed := slices.Clone(reqs)
+			for i, n := range needs[m] {
+				if n.own != "" {
+					relaxed[i] = writer.NeedLive
+					owns = append(owns, n.own)
+				}
+			}
+			if len(owns) == 0 {
+				return &PhaseError{Phase: writer.PhaseIdentify, Err: err}
+			}
+			if prov, err = r.c.chooseProvider(p.vol, relaxed, whos); err != nil {
+				return &PhaseError{Phase: writer.PhaseIdentify, Err: err}
+			}
+			for _, o := range owns {
+				if !contains(r.set.OwnCopies, o) {
+					r.set.OwnCopies = append(r.set.OwnCopies, o)
+				}
+			}
 		}
 		if r.c.opts.FSFreeze && !prov.Capabilities().FrozenCommit {
 			return &PhaseError{Phase: writer.PhaseIdentify, Err: fmt.Errorf(
@@ -205,15 +231,19 @@ func (c *Coordinator) volumeOf(path string) (provider.Volume, error) {
 	p := path
 	for {
 		if _, err := os.Lstat(p); err == nil {
-			break
+			vol, err := c.opts.Mounts(p)
+			// A file that came and went meanwhile (an SQLite -journal
+			// in rollback mode): its directory says as much.
+			if !errors.Is(err, fs.ErrNotExist) {
+				return vol, err
+			}
 		}
 		parent := filepath.Dir(p)
 		if parent == p {
-			break
+			return c.opts.Mounts(p)
 		}
 		p = parent
 	}
-	return c.opts.Mounts(p)
 }
 
 func sortedWriters(wrs []writer.Writer) []writer.Writer {

@@ -65,7 +65,10 @@ type Set struct {
 	Exposed []string `json:"exposed,omitempty"`
 	// Scratch holds the files writers hand on; it goes with the set.
 	Scratch string `json:"scratch,omitempty"`
-	Error   string `json:"error,omitempty"`
+	// OwnCopies are the components ("writer/component") whose writer
+	// makes their copy itself, as no provider could (writer.Set).
+	OwnCopies []string `json:"own_copies,omitempty"`
+	Error     string   `json:"error,omitempty"`
 }
 
 // Planned is a volume and the provider chosen for it.
@@ -122,7 +125,7 @@ func (s *Set) Volumes() []Volume {
 
 // writerVolumes is the set as writers see it.
 func (s *Set) writerSet() writer.Set {
-	ws := writer.Set{ID: s.ID, Type: s.Type, Scratch: s.Scratch}
+	ws := writer.Set{ID: s.ID, Type: s.Type, Scratch: s.Scratch, OwnCopies: s.OwnCopies}
 	for _, v := range s.Volumes() {
 		ws.Volumes = append(ws.Volumes, writer.Volume{Source: v.Source, Snapshot: v.Snapshot, Live: v.Live})
 	}

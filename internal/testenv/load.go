@@ -3,6 +3,7 @@ package testenv
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -32,6 +33,19 @@ type loadConfig struct {
 	DBs    []string `json:"dbs"`
 	Acks   string   `json:"acks"`   // file the acknowledgements are appended to
 	Parent int      `json:"parent"` // the test process; the load ends with it
+	// Synchronous is the load connections' PRAGMA synchronous; "" keeps
+	// SQLite's default.
+	Synchronous string `json:"synchronous,omitempty"`
+}
+
+// SQLiteLoadOptions are the durability settings of a load's databases.
+type SQLiteLoadOptions struct {
+	// JournalMode of a database the load creates: "" or WAL, DELETE,
+	// TRUNCATE, PERSIST.
+	JournalMode string
+	// Synchronous of the load's connections: "" (SQLite's default), OFF,
+	// NORMAL, FULL.
+	Synchronous string
 }
 
 // Main runs the tests, or, in a process started by StartSQLiteLoad, the
@@ -87,11 +101,17 @@ type Load struct {
 // The process is killed when the test ends.
 func StartSQLiteLoad(t testing.TB, dbs ...string) *Load {
 	t.Helper()
+	return StartSQLiteLoadWith(t, SQLiteLoadOptions{}, dbs...)
+}
+
+// StartSQLiteLoadWith is StartSQLiteLoad with durability settings.
+func StartSQLiteLoadWith(t testing.TB, opts SQLiteLoadOptions, dbs ...string) *Load {
+	t.Helper()
 	if len(dbs) == 0 {
 		t.Fatal("StartSQLiteLoad: no databases")
 	}
 	for _, db := range dbs {
-		if err := createCounterDB(t.Context(), db); err != nil {
+		if err := createCounterDB(t.Context(), db, cmp.Or(opts.JournalMode, "WAL")); err != nil {
 			t.Fatalf("StartSQLiteLoad: %v", err)
 		}
 	}
@@ -101,7 +121,7 @@ func StartSQLiteLoad(t testing.TB, dbs ...string) *Load {
 		out:    &syncBuffer{},
 		exited: make(chan struct{}),
 	}
-	cfg, err := json.Marshal(loadConfig{DBs: dbs, Acks: l.acks, Parent: os.Getpid()})
+	cfg, err := json.Marshal(loadConfig{DBs: dbs, Acks: l.acks, Parent: os.Getpid(), Synchronous: opts.Synchronous})
 	if err != nil {
 		t.Fatalf("StartSQLiteLoad: %v", err)
 	}
@@ -275,19 +295,19 @@ func parseAcks(b []byte) ([]Ack, int, error) {
 }
 
 // createCounterDB creates the load's database at path unless it exists.
-func createCounterDB(ctx context.Context, path string) error {
+func createCounterDB(ctx context.Context, path, journalMode string) error {
 	if _, err := os.Stat(path); err == nil {
 		return nil
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	db, err := sql.Open("sqlite", loadDSN(path))
+	db, err := sql.Open("sqlite", loadDSN(path, ""))
 	if err != nil {
 		return err
 	}
 	defer db.Close()
 	for _, q := range []string{
-		"PRAGMA journal_mode=WAL",
+		"PRAGMA journal_mode=" + journalMode,
 		"CREATE TABLE counter(id INTEGER PRIMARY KEY, n INTEGER)",
 		"INSERT INTO counter(id, n) VALUES (1, 0)",
 	} {
@@ -298,9 +318,13 @@ func createCounterDB(ctx context.Context, path string) error {
 	return db.Close()
 }
 
-func loadDSN(path string) string {
+func loadDSN(path, synchronous string) string {
 	esc := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(path)
-	return "file:" + esc + "?_pragma=busy_timeout(120000)"
+	dsn := "file:" + esc + "?_pragma=busy_timeout(120000)"
+	if synchronous != "" {
+		dsn += "&_pragma=synchronous(" + synchronous + ")"
+	}
+	return dsn
 }
 
 // runLoad is the load process's main; it returns the exit status.
@@ -329,7 +353,7 @@ func runLoad(cfgJSON string) int {
 		return 2
 	}
 	log := newAckLog(f)
-	err = load(ctx, cfg.DBs, log)
+	err = load(ctx, cfg.DBs, cfg.Synchronous, log)
 	if ctx.Err() != nil {
 		err = nil // stopped by a signal: a commit cut short is not a failure
 	}
@@ -343,10 +367,10 @@ func runLoad(cfgJSON string) int {
 	return 0
 }
 
-func load(ctx context.Context, paths []string, log *ackLog) error {
+func load(ctx context.Context, paths []string, synchronous string, log *ackLog) error {
 	dbs := make([]*sql.DB, len(paths))
 	for i, p := range paths {
-		db, err := sql.Open("sqlite", loadDSN(p))
+		db, err := sql.Open("sqlite", loadDSN(p, synchronous))
 		if err != nil {
 			return err
 		}

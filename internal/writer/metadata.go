@@ -61,6 +61,11 @@ type Component struct {
 	Needs       Need          `json:"needs"`
 	Restore     RestoreMethod `json:"restore"`
 	Logs        LogFacts      `json:"logs,omitzero"`
+	// OwnCopy says the writer can make a consistent copy of the component
+	// itself (SQLite's online backup API) where no provider meets Needs,
+	// as on ext4: the coordinator then tells it so in Set.OwnCopies, and
+	// the writer's Report.Copies say where its copy is to be read.
+	OwnCopy bool `json:"own_copy,omitempty"`
 }
 
 // Validate reports the first thing wrong with md.

@@ -33,6 +33,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -95,6 +96,16 @@ type Set struct {
 	// files they hand on (a backup label, copied WAL) until the set is
 	// deleted. A writer uses ScratchFor(its name), made on first use.
 	Scratch string
+	// OwnCopies names the components ("writer/component") that no
+	// provider can copy consistently and whose writer makes the copy
+	// itself (Component.OwnCopy): known from PrepareBackup on.
+	OwnCopies []string
+}
+
+// CopiesOwn reports whether the writer makes the copy of its component
+// itself in this set.
+func (s Set) CopiesOwn(writerName, component string) bool {
+	return slices.Contains(s.OwnCopies, writerName+"/"+component)
 }
 
 // ScratchFor returns the writer's own scratch directory in the set, creating
@@ -179,6 +190,18 @@ const PosArchiveFrom = "archive_from"
 type Report struct {
 	Positions map[string]string `json:"positions,omitempty"`
 	Files     []HandOn          `json:"files,omitempty"`
+	// Copies say, for a component the writer copies itself
+	// (Set.OwnCopies), where each of its paths is to be read instead of
+	// the live system; every path of such a component needs one.
+	Copies []OwnCopy `json:"copies,omitempty"`
+}
+
+// OwnCopy is the writer's own consistent copy of one component path: Source
+// is read and stored as Path. An empty Source leaves Path out of the
+// backup (an SQLite -wal file that the copy has folded in).
+type OwnCopy struct {
+	Path   string `json:"path"`
+	Source string `json:"source,omitempty"`
 }
 
 // CopyCompleter is a writer whose hand-on files can only be made once the

@@ -67,8 +67,9 @@ type Writer struct {
 
 // session is the held connection of one set.
 type session struct {
-	*heldconn.Conn      // every statement runs under Bind: closing never waits
-	frozen         bool // guarded by Writer.mu
+	*heldconn.Conn          // every statement runs under Bind: closing never waits
+	frozen         bool     // guarded by Writer.mu
+	own            *ownCopy // the set's own copy, where the writer makes it; guarded by Writer.mu
 }
 
 // New returns the writer named name (such as "sqlite:app") for the database
@@ -116,6 +117,7 @@ func (w *Writer) Identify(ctx context.Context) (writer.Metadata, error) {
 			Needs:       writer.NeedQuiesced,
 			Restore:     writer.RestoreMethod{Method: "stop-service"},
 			Logs:        writer.LogFacts{Truncates: "WAL (wal_checkpoint(TRUNCATE)) at BackupComplete"},
+			OwnCopy:     true,
 		}},
 	}, nil
 }
@@ -140,8 +142,11 @@ func (w *Writer) PrepareSnapshot(ctx context.Context, _ writer.Set) error {
 
 // Freeze takes the write lock with BEGIN IMMEDIATE. It waits for a writer
 // that is in a transaction now, for as long as ctx allows; when ctx ends
-// first it returns an error wrapping writer.ErrRetryable.
-func (w *Writer) Freeze(ctx context.Context, _ writer.Set) error {
+// first it returns an error wrapping writer.ErrRetryable. Where the writer
+// makes the set's copy itself (set.OwnCopies), it then pins the database
+// with a read transaction of its own, and in a rollback journal mode
+// copies it at once (see ownCopy).
+func (w *Writer) Freeze(ctx context.Context, set writer.Set) error {
 	s, err := w.session(ctx)
 	if err != nil {
 		return fmt.Errorf("sqlite writer %q: freeze: %w", w.name, err)
@@ -165,6 +170,25 @@ func (w *Writer) Freeze(ctx context.Context, _ writer.Set) error {
 		err = w.sqlErr(fctx, writer.PhaseFreeze, "BEGIN IMMEDIATE (waiting for the write lock)", err)
 		return errors.Join(err, w.drop(s))
 	}
+	if !set.CopiesOwn(w.name, w.component) {
+		return nil
+	}
+	oc, err := w.beginOwnCopy(fctx, s)
+	if err == nil && !oc.wal {
+		var scratch string
+		if scratch, err = set.ScratchFor(w.name); err == nil {
+			err = oc.make(fctx, w.path, scratch)
+		}
+		if err != nil {
+			err = errors.Join(fmt.Errorf("sqlite writer %q: freeze: %w", w.name, err), oc.close())
+		}
+	}
+	if err != nil {
+		return errors.Join(err, w.drop(s))
+	}
+	w.mu.Lock()
+	s.own = oc
+	w.mu.Unlock()
 	return nil
 }
 
@@ -304,8 +328,14 @@ func (w *Writer) drop(s *session) error {
 	if w.sess == s {
 		w.sess = nil
 	}
+	oc := s.own
+	s.own = nil
 	w.mu.Unlock()
-	return s.Close()
+	err := s.Close()
+	if oc != nil {
+		err = errors.Join(err, oc.close())
+	}
+	return err
 }
 
 // sqlErr describes a failed statement; time-outs and busy or locked
