@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -74,7 +75,11 @@ func (a *app) printShow(e repository.ManifestEntry, info *backup.Info) {
 	for _, wi := range info.Writers {
 		fmt.Fprintf(w, "Writer %s (%s %s): %s\n", wi.Name, wi.Metadata.Writer, wi.Metadata.Version, wi.Consistency)
 		for _, c := range wi.Components {
-			fmt.Fprintf(w, "  Component %s: %s, %s\n", c.Name, c.Consistency, strings.Join(c.Paths, " "))
+			how := ""
+			if slices.Contains(wi.OwnCopies, c.Name) {
+				how = " (copied by the writer itself: no volume snapshot)"
+			}
+			fmt.Fprintf(w, "  Component %s: %s%s, %s\n", c.Name, c.Consistency, how, strings.Join(c.Paths, " "))
 		}
 		for _, k := range sortedKeys(wi.Report.Positions) {
 			fmt.Fprintf(w, "  Position %s: %s\n", k, wi.Report.Positions[k])

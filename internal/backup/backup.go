@@ -90,6 +90,9 @@ type WriterInfo struct {
 	// Error is why the writer failed when the backup fell back to a
 	// crash-consistent copy of its data.
 	Error string `json:"error,omitempty"`
+	// OwnCopies are the components the writer copied itself, as no
+	// volume snapshot could (writer.Set.OwnCopies).
+	OwnCopies []string `json:"own_copies,omitempty"`
 }
 
 // ReadInfo returns the Info of a manifest, or nil for a backup of plain
@@ -405,6 +408,11 @@ func storeHandOn(ctx context.Context, repo *repository.Repository, set *shadow.S
 	for _, w := range set.Writers {
 		wi := WriterInfo{Name: w.Name, Spec: job.Specs[w.Name], Consistency: w.Consistency, Metadata: w.Metadata,
 			Components: w.Components, Report: writer.Report{Positions: w.Report.Positions}}
+		for _, c := range w.Metadata.Components {
+			if slices.Contains(set.OwnCopies, w.Name+"/"+c.Name) {
+				wi.OwnCopies = append(wi.OwnCopies, c.Name)
+			}
+		}
 		dir := safeName(w.Name)
 		for _, f := range w.Report.Files {
 			rel := filepath.Join(dir, f.Component, filepath.Clean("/" + f.Path)[1:])

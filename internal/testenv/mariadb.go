@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -123,9 +124,12 @@ func StartMariaDB(t testing.TB, parent string, extra ...string) *MariaDB {
 // of m's data directory (cp -a of a shadow copy, a restore). The copy must
 // belong to the mysql user, as cp -a keeps it. The server recovers InnoDB
 // as after a crash before it accepts connections.
-func (m *MariaDB) StartCopy(t testing.TB, dataDir string) *MariaDB {
+//
+// extra lines follow m's in the option file, so they win, such as a
+// log-bin= that names the copy's own binary log directory.
+func (m *MariaDB) StartCopy(t testing.TB, dataDir string, extra ...string) *MariaDB {
 	t.Helper()
-	c := newMariaDB(t, dataDir, m.extra)
+	c := newMariaDB(t, dataDir, append(slices.Clone(m.extra), extra...))
 	c.RootPassword = m.RootPassword
 	c.start(t, m.RootPassword)
 	return c

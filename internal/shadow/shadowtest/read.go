@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -38,18 +39,26 @@ func Writer(t testing.TB, set *shadow.Set, name string) shadow.WriterResult {
 	return shadow.WriterResult{}
 }
 
-// CopyComponents copies each component of writer name from its shadow to
-// to(path) (cp -a, reflinked where the filesystem can), leaving out what
-// the component excludes.
+// CopyComponents copies each component of writer name from its shadow, or
+// from the writer's own copy (Report.Copies), to to(path) (cp -a,
+// reflinked where the filesystem can), leaving out what the component
+// excludes, as the requester reads them.
 func CopyComponents(t testing.TB, set *shadow.Set, name string, to func(string) string) {
 	t.Helper()
-	for _, c := range Writer(t, set, name).Metadata.Components {
+	res := Writer(t, set, name)
+	for _, c := range res.Metadata.Components {
 		for _, p := range c.Paths {
+			src := SnapshotOf(t, set, p)
+			if i := slices.IndexFunc(res.Report.Copies, func(o writer.OwnCopy) bool { return o.Path == p }); i >= 0 {
+				if src = res.Report.Copies[i].Source; src == "" {
+					continue
+				}
+			}
 			dst := to(p)
 			if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 				t.Fatal(err)
 			}
-			run(t, "cp", "-a", "--reflink=auto", SnapshotOf(t, set, p), dst)
+			run(t, "cp", "-a", "--reflink=auto", src, dst)
 			err := filepath.Walk(dst, func(q string, _ os.FileInfo, err error) error {
 				if err != nil {
 					return err

@@ -1,10 +1,13 @@
 package mariadb
 
 import (
+	"cmp"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,6 +15,8 @@ import (
 
 	"github.com/umbra-backup/umbra/internal/provider"
 	"github.com/umbra-backup/umbra/internal/provider/btrfs"
+	"github.com/umbra-backup/umbra/internal/provider/live"
+	"github.com/umbra-backup/umbra/internal/provider/reflink"
 	"github.com/umbra-backup/umbra/internal/shadow"
 	"github.com/umbra-backup/umbra/internal/shadow/shadowtest"
 	"github.com/umbra-backup/umbra/internal/testenv"
@@ -58,8 +63,12 @@ func TestDurabilitySettings(t *testing.T) {
 	}
 }
 
-// checkDurableSet runs one set under load and checks its copy.
-func checkDurableSet(t *testing.T, fs *testenv.FS, m *testenv.MariaDB, coord *shadow.Coordinator, binlog bool) {
+// checkDurableSet runs one set under load and checks its copy: every
+// transfer acknowledged before Thaw (before the set began, where the writer
+// copies the data itself after Thaw) is there, none sent after, the data
+// agrees with the binary log up to the recorded position, CHECK TABLE
+// passes.
+func checkDurableSet(t *testing.T, fs *testenv.FS, m *testenv.MariaDB, coord *shadow.Coordinator, binlog bool) *shadow.Set {
 	load := m.StartTransferLoad(t, 4)
 	// Enough commits in flight that a lost log buffer would show.
 	for len(load.Acks()) < 300 {
@@ -68,7 +77,9 @@ func checkDurableSet(t *testing.T, fs *testenv.FS, m *testenv.MariaDB, coord *sh
 		}
 	}
 	tw := &timed{Writer: newWriter(t, m, nil)}
+	start := time.Now()
 	set := createSet(t, coord, tw)
+	end := time.Now()
 	if err := load.WaitProgress(10 * time.Second); err != nil {
 		t.Fatalf("after the set: %v", err)
 	}
@@ -81,21 +92,52 @@ func checkDurableSet(t *testing.T, fs *testenv.FS, m *testenv.MariaDB, coord *sh
 	if set.Writers[0].Consistency != shadow.Application {
 		t.Errorf("set: got consistency %s, want application", set.Writers[0].Consistency)
 	}
-	copyDir := filepath.Join(fs.Mount, "copy-"+set.ID)
-	shadowtest.CopyComponents(t, set, tw.Name(), func(string) string { return copyDir })
-	c := m.StartCopy(t, copyDir)
+	copyDir, logDir := filepath.Join(fs.Mount, "copy-"+set.ID), ""
+	shadowtest.CopyComponents(t, set, tw.Name(), func(p string) string {
+		if within(p, m.DataDir) {
+			return copyDir + strings.TrimPrefix(p, m.DataDir)
+		}
+		logDir = copyDir + "-binlog" // a binary log directory of its own
+		return logDir
+	})
+	var copyOpts []string
+	if logDir != "" {
+		// The index names the live logs: the copy must read its own.
+		index, err := filepath.Glob(filepath.Join(logDir, "*.index"))
+		if err != nil || len(index) != 1 {
+			t.Fatalf("binary log index in %s: %v %v", logDir, index, err)
+		}
+		b, err := os.ReadFile(index[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var lines []string
+		for _, l := range strings.Fields(string(b)) {
+			lines = append(lines, filepath.Join(logDir, filepath.Base(l)))
+		}
+		if err := os.WriteFile(index[0], []byte(strings.Join(lines, "\n")+"\n"), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		testenv.Traversable(t, logDir)
+		copyOpts = append(copyOpts, "log-bin="+strings.TrimSuffix(index[0], ".index"))
+	}
+	c := m.StartCopy(t, copyDir, copyOpts...)
 	led, err := c.Ledger(t)
 	if err != nil {
 		t.Fatalf("copy of the snapshot: %v", err)
 	}
-	checkAcks(t, acks, led, tw)
+	if set.Writers[0].Report.Copies != nil {
+		checkAcksAround(t, acks, led, "the set", start, end)
+	} else {
+		checkAcks(t, acks, led, tw)
+	}
 	checkTables(t, c, "bank.accounts", "bank.transfers")
 	pos := set.Writers[0].Report.Positions
 	if !binlog {
 		if pos[PosFile] != "" {
 			t.Errorf("positions without a binary log: got %v, want none", pos)
 		}
-		return
+		return set
 	}
 	var gtid string
 	if err := c.DB(t).QueryRowContext(t.Context(), "SELECT @@gtid_binlog_pos").Scan(&gtid); err != nil {
@@ -104,7 +146,7 @@ func checkDurableSet(t *testing.T, fs *testenv.FS, m *testenv.MariaDB, coord *sh
 	if gtid != pos[PosGTID] {
 		t.Errorf("copy's @@gtid_binlog_pos: got %q, want the recorded %q", gtid, pos[PosGTID])
 	}
-	logged := binlogTransfers(t, copyDir, pos[PosFile], pos[PosPos])
+	logged := binlogTransfers(t, cmp.Or(logDir, copyDir), pos[PosFile], pos[PosPos])
 	var missing, extra []int64
 	for id := range logged {
 		if !led.Transfers[id] {
@@ -119,6 +161,72 @@ func checkDurableSet(t *testing.T, fs *testenv.FS, m *testenv.MariaDB, coord *sh
 	if len(missing) > 0 || len(extra) > 0 {
 		t.Errorf("copy disagrees with its binary log up to %s:%s (%d transfers logged): %d logged transfers missing (first %v), %d in the data but not logged (first %v)",
 			pos[PosFile], pos[PosPos], len(logged), len(missing), missing[:min(5, len(missing))], len(extra), extra[:min(5, len(extra))])
+	}
+	return set
+}
+
+// TestOwnCopy: where no provider can copy MariaDB's data or binary logs
+// atomically (ext4, XFS), the writer copies them itself (mariadb-backup,
+// prepared; binary logs up to the recorded position), for relaxed and
+// strict durability, with and without a binary log, and with the binary
+// log on a volume of its own; each set is application-consistent by the
+// same checks as a snapshot's.
+func TestOwnCopy(t *testing.T) {
+	testenv.NeedRoot(t)
+	testenv.NeedCommand(t, "mariadbd")
+	testenv.NeedCommand(t, "mariadb-backup")
+	store, err := shadow.OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// cmd/umbra's providers, in its order.
+	coord := shadow.New([]provider.Provider{btrfs.New(), reflink.New(), live.New()}, store, shadow.Options{})
+	ext4 := testenv.Ext4(t)
+	tests := []struct {
+		name   string
+		data   func(t *testing.T) (*testenv.FS, string)
+		binlog func(t *testing.T) string // a directory of its own for the binary log, or ""
+		extra  []string
+		owns   []string
+	}{
+		{name: "ext4/trx_commit=0", extra: []string{"innodb_flush_log_at_trx_commit=0", "sync_binlog=0"}, owns: []string{DataComponent}},
+		{name: "ext4/trx_commit=1", owns: []string{DataComponent}},
+		{name: "ext4/trx_commit=2/no_binlog", extra: []string{"innodb_flush_log_at_trx_commit=2", "skip-log-bin"}, owns: []string{DataComponent}},
+		{name: "ext4/binlog_on_xfs", binlog: func(t *testing.T) string { return filepath.Join(testenv.XFS(t).Mount, "binlog") }, owns: []string{DataComponent, BinlogComponent}},
+		{name: "btrfs/binlog_on_ext4", data: func(t *testing.T) (*testenv.FS, string) {
+			fs := testenv.Btrfs(t)
+			return fs, fs.Subvolume(t, "maria")
+		}, binlog: func(t *testing.T) string { return filepath.Join(ext4.Mount, "binlog-of-btrfs") }, owns: []string{BinlogComponent}},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs, parent := ext4, filepath.Join(ext4.Mount, fmt.Sprintf("m%d", i))
+			if tt.data != nil {
+				fs, parent = tt.data(t)
+			} else if err := os.Mkdir(parent, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			extra := tt.extra
+			if tt.binlog != nil {
+				dir := tt.binlog(t)
+				if err := os.MkdirAll(dir, 0o750); err != nil {
+					t.Fatal(err)
+				}
+				uid, gid := testenv.SystemUser(t, "mysql")
+				testenv.Chown(t, dir, uid, gid)
+				testenv.Traversable(t, dir)
+				extra = append(extra, "log-bin="+filepath.Join(dir, "mysql-bin"))
+			}
+			m := testenv.StartMariaDB(t, parent, extra...)
+			set := checkDurableSet(t, fs, m, coord, !slices.Contains(extra, "skip-log-bin"))
+			var want []string
+			for _, c := range tt.owns {
+				want = append(want, "mariadb:test/"+c)
+			}
+			if !slices.Equal(set.OwnCopies, want) {
+				t.Errorf("set copied by the writer: %v, want %v", set.OwnCopies, want)
+			}
+		})
 	}
 }
 

@@ -18,6 +18,7 @@ type facts struct {
 	user     string // 'name'@'host', as GRANT wants it
 	dataDir  string
 	logBin   bool
+	binBase  string // the binary logs' path without the .NNNNNN suffix
 	binDir   string
 	extra    []string // InnoDB directories outside the data directory
 	excludes []string // files of the component never to restore, as globs
@@ -53,7 +54,8 @@ func (w *Writer) facts(ctx context.Context, conn *sql.Conn, phase writer.Phase) 
 	}
 	f.logBin = logBin == 1 && binBase.Valid && binBase.String != ""
 	if f.logBin {
-		f.binDir = filepath.Dir(abs(binBase.String))
+		f.binBase = abs(binBase.String)
+		f.binDir = filepath.Dir(f.binBase)
 	}
 	home := f.dataDir
 	if dataHome.Valid && dataHome.String != "" {
@@ -110,6 +112,10 @@ func (w *Writer) metadata(f facts) writer.Metadata {
 		BackupTypes: []writer.BackupType{writer.Full, writer.Copy},
 		Needs:       writer.NeedAtomic,
 		Restore:     restore,
+		// mariadb-backup copies it where no volume snapshot can;
+		// not with InnoDB files outside it, which it would gather in one
+		// directory.
+		OwnCopy: len(f.extra) == 0,
 	}
 	md := writer.Metadata{Writer: "mariadb", Instance: w.name, Version: f.version}
 	if !f.logBin || f.binlogComponent() == DataComponent {
@@ -125,6 +131,7 @@ func (w *Writer) metadata(f facts) writer.Metadata {
 		Needs:       writer.NeedAtomic,
 		Restore:     restore,
 		Logs:        writer.LogFacts{Truncates: truncates},
+		OwnCopy:     data.OwnCopy,
 	}}
 	return md
 }

@@ -269,7 +269,10 @@ func (w *Writer) PrepareBackup(ctx context.Context, _ writer.Set) error {
 // FLUSH and BLOCK_DDL: from here until Thaw, DDL waits, DML goes on. A
 // lock wait that outlasts ctx is retryable; any failure closes the
 // connection, which releases what was taken.
-func (w *Writer) PrepareSnapshot(ctx context.Context, _ writer.Set) error {
+func (w *Writer) PrepareSnapshot(ctx context.Context, set writer.Set) error {
+	if w.ownCopyData(set) {
+		return nil // mariadb-backup takes BACKUP STAGE at PostSnapshot
+	}
 	s, err := w.session(ctx, writer.PhasePrepareSnapshot)
 	if err != nil {
 		return err
@@ -285,6 +288,9 @@ func (w *Writer) PrepareSnapshot(ctx context.Context, _ writer.Set) error {
 // @@gtid_binlog_pos. When ctx ends first it returns an error wrapping
 // writer.ErrRetryable.
 func (w *Writer) Freeze(ctx context.Context, set writer.Set) error {
+	if w.ownCopyData(set) {
+		return nil
+	}
 	// Only PrepareSnapshot opens the session: a Freeze that comes after an
 	// Abort must not freeze again with no Thaw to follow.
 	w.mu.Lock()
@@ -427,26 +433,37 @@ func (w *Writer) Thaw(ctx context.Context, _ writer.Set) error {
 
 // PostSnapshot returns the binary log position recorded at Freeze, and
 // keeps it in the set's scratch directory for BackupComplete.
-func (w *Writer) PostSnapshot(_ context.Context, set writer.Set) (writer.Report, error) {
+func (w *Writer) PostSnapshot(ctx context.Context, set writer.Set) (writer.Report, error) {
 	w.mu.Lock()
 	pos := w.positions[set.ID]
 	w.mu.Unlock()
-	if pos == nil {
+	if pos == nil && !w.ownCopyData(set) {
 		return writer.Report{}, fmt.Errorf("mariadb writer %q: post-snapshot: no binary log position recorded for set %s: Freeze did not run in this set", w.name, set.ID)
 	}
+	var rep writer.Report
+	if w.ownCopyData(set) || set.CopiesOwn(w.name, BinlogComponent) {
+		var err error
+		if rep, pos, err = w.ownCopy(ctx, set, pos); err != nil {
+			return writer.Report{}, err
+		}
+		w.mu.Lock()
+		w.positions[set.ID] = pos
+		w.mu.Unlock()
+	}
 	if pos.File == "" {
-		return writer.Report{}, nil
+		return rep, nil
 	}
 	if set.Scratch != "" {
 		if err := savePosition(set, w.name, pos); err != nil {
 			return writer.Report{}, fmt.Errorf("mariadb writer %q: post-snapshot: %w", w.name, err)
 		}
 	}
-	return writer.Report{Positions: map[string]string{
+	rep.Positions = map[string]string{
 		PosFile: pos.File,
 		PosPos:  strconv.FormatUint(pos.Pos, 10),
 		PosGTID: pos.GTID,
-	}}, nil
+	}
+	return rep, nil
 }
 
 // BackupComplete purges the binary logs before the file of the backup's
