@@ -266,3 +266,35 @@ func TestFallbackPostgres(t *testing.T) {
 		t.Errorf("restored %d pgbench transactions; %d had committed before the backup began", after, before)
 	}
 }
+
+// TestRestoreThatCannotFinish: an in-place restore whose server cannot be
+// started (start= fails) ends with an error that says where the data from
+// before the restore is and the command that puts it back; that command
+// brings the server back with its newer data.
+func TestRestoreThatCannotFinish(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	pg := testenv.InitPostgres(t, data, testenv.PostgresOptions{})
+	pg.Exec(t, "CREATE TABLE marks (what text)")
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	b := mustAppBackup(t, state, repo.environ(), "--writer", pg.Spec("main")+",start=false")
+	pg.Exec(t, "INSERT INTO marks VALUES ('after the backup')")
+
+	res := umbraRun(t, state, repo.environ(), "restore", b.ID, "--force")
+	if res.code == 0 {
+		t.Fatal("restore with a start command that fails: exit 0, want a failure")
+	}
+	_, cmd, ok := strings.Cut(res.stderr, "stop the application, then: ")
+	if !ok || !strings.Contains(res.stderr, "The data from before this restore is kept at "+data+".umbra-before-restore-") {
+		t.Fatalf("restore that cannot finish: got %s; want it to say where the previous data is and how to put it back", res.stderr)
+	}
+	cmd, _, _ = strings.Cut(cmd, "\n")
+	t.Logf("put back with: %s", cmd)
+	if out, err := exec.Command("sh", "-c", cmd).CombinedOutput(); err != nil {
+		t.Fatalf("the put-back command: %v\n%s", err, out)
+	}
+	pg.Start(t)
+	if n := pg.QueryInt(t, "SELECT count(*) FROM marks"); n != 1 {
+		t.Errorf("after putting the data back: %d rows in marks, want the 1 written after the backup", n)
+	}
+}

@@ -137,18 +137,41 @@ func restoreWriter(ctx context.Context, repo *repository.Repository, job Restore
 	stats, err := restore.Run(ctx, repo, job.Manifest.Tree, target, restore.Options{Include: include, Progress: job.Progress})
 	rw.Stats = stats
 	if err != nil {
-		return rw, fmt.Errorf("restore files: %w", err)
+		return rw, fmt.Errorf("restore files: %w%s", err, putBack(wr))
 	}
 	if rw.HandedOn, err = placeHandOn(ctx, repo, job, wi, comps, target); err != nil {
-		return rw, err
+		return rw, fmt.Errorf("%w%s", err, putBack(wr))
 	}
 	if restorer != nil {
 		if err := restorer.PostRestore(ctx, r); err != nil {
-			return rw, fmt.Errorf("post-restore: %w", err)
+			return rw, fmt.Errorf("post-restore: %w%s", err, putBack(wr))
 		}
 	}
 	return rw, nil
 }
+
+// putBack says, for a restore that could not finish, where the writer's
+// PreRestore put the data from before it and how to put that back.
+func putBack(wr writer.Writer) string {
+	m, ok := wr.(writer.AsideMover)
+	if !ok {
+		return ""
+	}
+	moved := m.MovedAside()
+	if len(moved) == 0 {
+		return ""
+	}
+	var where, cmds []string
+	for _, mv := range moved {
+		where = append(where, mv.To)
+		cmds = append(cmds, fmt.Sprintf("rm -rf %s && mv %s %s", shellQuote(mv.From), shellQuote(mv.To), shellQuote(mv.From)))
+	}
+	return fmt.Sprintf("\nThe data from before this restore is kept at %s; to put it back, stop the application, then: %s",
+		strings.Join(where, ", "), strings.Join(cmds, " && "))
+}
+
+// shellQuote quotes s for sh.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // restoreBeside restores one writer's data into a staging directory next to
 // ToDataDir and has the writer bring it up there on ToPort.

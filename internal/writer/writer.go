@@ -35,6 +35,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -273,9 +274,52 @@ type Restore struct {
 	FetchLog string
 }
 
+// AsideMover is a Restorer whose PreRestore moves the live data aside: it
+// says where, so that a restore that cannot finish tells the operator where
+// the previous data is and how to put it back. MovedAside lists what the
+// last PreRestore moved.
+type AsideMover interface {
+	Restorer
+	MovedAside() []Moved
+}
+
+// Moved is a live path that PreRestore renamed.
+type Moved struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+}
+
 // Relocator is a writer that can bring a restored copy up in another data
 // directory on another port, beside the original.
 type Relocator interface {
 	Restorer
 	Relocates()
+}
+
+// AsideList records what a writer's PreRestore moved aside, for
+// MovedAside; its zero value is empty, and it is safe for concurrent use.
+type AsideList struct {
+	mu    sync.Mutex
+	moved []Moved
+}
+
+// Reset forgets what an earlier PreRestore moved.
+func (l *AsideList) Reset() {
+	l.mu.Lock()
+	l.moved = nil
+	l.mu.Unlock()
+}
+
+// Add records that from was renamed to to.
+func (l *AsideList) Add(from, to string) {
+	l.mu.Lock()
+	l.moved = append(l.moved, Moved{From: from, To: to})
+	l.mu.Unlock()
+}
+
+// List returns what was moved.
+func (l *AsideList) List() []Moved {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.moved)
 }

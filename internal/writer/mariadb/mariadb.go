@@ -96,6 +96,8 @@ type Writer struct {
 	sess      *session             // nil between sets
 	gen       int                  // counts Aborts, so a phase racing one does not open a session after it
 	positions map[string]*position // set id → recorded at Freeze
+
+	aside writer.AsideList // what PreRestore moved aside
 }
 
 // session is the held connection of one set.

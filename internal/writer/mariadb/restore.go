@@ -63,13 +63,21 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 		}
 	}
 	stamp := time.Now().Format("20060102T150405")
+	w.aside.Reset()
 	for _, d := range dirs {
-		if err := moveAside(d, d+asideSuffix+stamp); err != nil {
+		moved, err := moveAside(d, d+asideSuffix+stamp)
+		if moved {
+			w.aside.Add(d, d+asideSuffix+stamp)
+		}
+		if err != nil {
 			return fmt.Errorf("mariadb writer %q: pre-restore: %w", w.name, err)
 		}
 	}
 	return nil
 }
+
+// MovedAside lists what the last PreRestore moved aside.
+func (w *Writer) MovedAside() []writer.Moved { return w.aside.List() }
 
 // PostRestore starts the server (start= or service=) once the last restore
 // is written (not while r.More), waits until it accepts connections, and
@@ -226,27 +234,28 @@ func restoreDirs(r writer.Restore) ([]string, error) {
 
 // moveAside renames dir to aside and makes an empty dir with the same mode
 // and owner in its place.
-func moveAside(dir, aside string) error {
+// It reports whether dir was moved.
+func moveAside(dir, aside string) (bool, error) {
 	fi, err := os.Lstat(dir)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	if err := os.Rename(dir, aside); err != nil {
-		return fmt.Errorf("move %s aside: %w; if it is a mount point, empty it yourself or restore to a target directory", dir, err)
+		return false, fmt.Errorf("move %s aside: %w; if it is a mount point, empty it yourself or restore to a target directory", dir, err)
 	}
 	if err := os.Mkdir(dir, fi.Mode().Perm()); err != nil {
-		return fmt.Errorf("moved %s aside to %s, then: %w", dir, aside, err)
+		return true, fmt.Errorf("moved %s aside to %s, then: %w", dir, aside, err)
 	}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		if err := os.Lchown(dir, int(st.Uid), int(st.Gid)); err != nil {
-			return fmt.Errorf("moved %s aside to %s, then: %w", dir, aside, err)
+			return true, fmt.Errorf("moved %s aside to %s, then: %w", dir, aside, err)
 		}
 	}
 	// Mkdir obeys the umask; the server wants the mode it had.
-	return os.Chmod(dir, fi.Mode().Perm())
+	return true, os.Chmod(dir, fi.Mode().Perm())
 }
 
 // lockedFiles are files a running MariaDB server holds an fcntl lock on.

@@ -52,6 +52,8 @@ type Writer struct {
 
 	mu   sync.Mutex
 	sess *session // the set's held connection, nil between sets
+
+	aside writer.AsideList // what PreRestore moved aside
 }
 
 // options the writer accepts, with what each means (for the error text).

@@ -54,15 +54,24 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 		return err
 	}
 	suffix := ".umbra-before-restore-" + time.Now().UTC().Format("20060102T150405Z")
+	w.aside.Reset()
 	for _, c := range r.Metadata.Components {
 		for _, p := range c.Paths {
-			if err := os.Rename(p, p+suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+			err := os.Rename(p, p+suffix)
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err != nil {
 				return fmt.Errorf("postgres writer %q: pre-restore: move %s aside: %w; if it is a mount point, empty it yourself and restore again", w.name, p, err)
 			}
+			w.aside.Add(p, p+suffix)
 		}
 	}
 	return nil
 }
+
+// MovedAside lists what the last PreRestore moved aside.
+func (w *Writer) MovedAside() []writer.Moved { return w.aside.List() }
 
 // mountPoint reports whether path is a mount point (in
 // /proc/self/mountinfo, whose fifth field is the mount point, with space,

@@ -77,6 +77,8 @@ type Writer struct {
 	aof      *bool             // appendonly as the last Identify saw it
 	saved    map[string]string // positions of the save of set savedFor; nil between sets
 	savedFor string
+
+	aside writer.AsideList // what PreRestore moved aside
 }
 
 // New returns the writer named name (such as "redis:cache") for the Redis

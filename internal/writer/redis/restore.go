@@ -103,6 +103,7 @@ func gone(err error) bool {
 // moveAside renames the live paths of the restored components.
 func (w *Writer) moveAside(r writer.Restore) error {
 	suffix := ".pre-restore-" + time.Now().UTC().Format("20060102T150405Z")
+	w.aside.Reset()
 	for _, comp := range r.Metadata.Components {
 		if len(r.Components) > 0 && !slices.Contains(r.Components, comp.Name) {
 			continue
@@ -114,10 +115,14 @@ func (w *Writer) moveAside(r writer.Restore) error {
 			if err := os.Rename(p, p+suffix); err != nil {
 				return fmt.Errorf("redis writer %q: %s: move %s aside: %w; Redis is stopped", w.name, writer.PhasePreRestore, p, err)
 			}
+			w.aside.Add(p, p+suffix)
 		}
 	}
 	return nil
 }
+
+// MovedAside lists what the last PreRestore moved aside.
+func (w *Writer) MovedAside() []writer.Moved { return w.aside.List() }
 
 // PostRestore starts Redis (service= or start=) and waits until it answers
 // PING with its data set loaded. When more restores follow (r.More), or the
