@@ -407,7 +407,7 @@ func storeHandOn(ctx context.Context, repo *repository.Repository, set *shadow.S
 	any := false
 	for _, w := range set.Writers {
 		wi := WriterInfo{Name: w.Name, Spec: job.Specs[w.Name], Consistency: w.Consistency, Metadata: w.Metadata,
-			Components: w.Components, Report: writer.Report{Positions: w.Report.Positions}}
+			Components: w.Components, Report: writer.Report{Positions: w.Report.Positions, Started: w.Report.Started}}
 		for _, c := range w.Metadata.Components {
 			if slices.Contains(set.OwnCopies, w.Name+"/"+c.Name) {
 				wi.OwnCopies = append(wi.OwnCopies, c.Name)

@@ -195,6 +195,17 @@ type Report struct {
 	// (Set.OwnCopies), where each of its paths is to be read instead of
 	// the live system; every path of such a component needs one.
 	Copies []OwnCopy `json:"copies,omitempty"`
+	// Started is how the application's server was started (its command
+	// line and user), for a restore in place to start it the same way
+	// when the writer has no start command configured.
+	Started *Started `json:"started,omitempty"`
+}
+
+// Started is a server's command line as the kernel saw it, and its user.
+type Started struct {
+	Argv []string `json:"argv"`
+	UID  int      `json:"uid"`
+	GID  int      `json:"gid"`
 }
 
 // OwnCopy is the writer's own consistent copy of one component path: Source

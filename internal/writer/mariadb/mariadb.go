@@ -452,6 +452,11 @@ func (w *Writer) PostSnapshot(ctx context.Context, set writer.Set) (writer.Repor
 		w.positions[set.ID] = pos
 		w.mu.Unlock()
 	}
+	// How the server runs, for a restore with no start= or service=.
+	if db, conn, err := w.connect(ctx); err == nil {
+		rep.Started = started(ctx, conn)
+		closeConn(db, conn)
+	}
 	if pos.File == "" {
 		return rep, nil
 	}

@@ -44,7 +44,7 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 	if r.Target != "" {
 		return nil
 	}
-	if err := w.canStart(writer.PhasePreRestore); err != nil {
+	if err := w.canStart(writer.PhasePreRestore, r); err != nil {
 		return err
 	}
 	dirs, err := restoreDirs(r)
@@ -89,14 +89,27 @@ func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
 	if r.Target != "" || r.More {
 		return nil
 	}
-	if err := w.canStart(phase); err != nil {
+	if err := w.canStart(phase, r); err != nil {
 		return err
 	}
 	var err error
-	if w.start != "" {
+	var proc *os.Process
+	logHint := "see its error log"
+	switch {
+	case w.start != "":
 		err = run(ctx, "sh", "-c", w.start)
-	} else {
+	case w.service != "":
 		err = run(ctx, "systemctl", "start", w.service)
+	default:
+		// As it ran when the backup was made: its command line (options
+		// included) and user.
+		dirs, derr := restoreDirs(r)
+		if derr != nil || len(dirs) == 0 {
+			return fmt.Errorf("mariadb writer %q: %s: %v", w.name, phase, derr)
+		}
+		logFile := filepath.Join(filepath.Dir(dirs[0]), filepath.Base(dirs[0])+".umbra-restore.log")
+		logHint = "its output is in " + logFile + ", and see its error log"
+		proc, err = startRecorded(r.Report.Started, logFile)
 	}
 	if err != nil {
 		return fmt.Errorf("mariadb writer %q: %s: start the server: %w", w.name, phase, err)
@@ -104,6 +117,9 @@ func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
 	ctx, cancel := context.WithTimeout(ctx, startLimit)
 	defer cancel()
 	for {
+		if proc != nil && !alive(proc.Pid) {
+			return fmt.Errorf("mariadb writer %q: %s: the server started as when the backup was made (%s) exited; %s", w.name, phase, strings.Join(r.Report.Started.Argv, " "), logHint)
+		}
 		db, conn, err := w.connect(ctx)
 		if err == nil {
 			defer closeConn(db, conn)
@@ -125,7 +141,7 @@ func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("mariadb writer %q: %s: the server did not accept connections at %s in time: %w; see its error log", w.name, phase, w.where, context.Cause(ctx))
+			return fmt.Errorf("mariadb writer %q: %s: the server did not accept connections at %s within %v: %w; %s", w.name, phase, w.where, startLimit, context.Cause(ctx), logHint)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -155,8 +171,8 @@ func (w *Writer) checkGTID(ctx context.Context, conn *sql.Conn, r writer.Restore
 	return nil
 }
 
-func (w *Writer) canStart(phase writer.Phase) error {
-	if w.start == "" && w.service == "" {
+func (w *Writer) canStart(phase writer.Phase, r writer.Restore) error {
+	if w.start == "" && w.service == "" && r.Report.Started == nil {
 		return fmt.Errorf("mariadb writer %q: %s: a restore in place must start the server again: set start=COMMAND or service=UNIT (and stop=COMMAND if SHUTDOWN is not the way to stop it), or restore to a target directory", w.name, phase)
 	}
 	return nil
@@ -325,4 +341,66 @@ func run(ctx context.Context, name string, args ...string) error {
 		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(b)))
 	}
 	return nil
+}
+
+// started reads how the server runs: the pid in @@pid_file, then its
+// command line and user from /proc. It returns nil where it cannot tell
+// (a server on another host, a pid file it may not read).
+func started(ctx context.Context, conn *sql.Conn) *writer.Started {
+	var pidFile string
+	if err := conn.QueryRowContext(ctx, "SELECT @@pid_file").Scan(&pidFile); err != nil {
+		return nil
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return nil
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return nil
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || len(cmdline) == 0 {
+		return nil
+	}
+	fi, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+	if err != nil {
+		return nil
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	argv := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	if !filepath.IsAbs(argv[0]) {
+		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		if err != nil {
+			return nil
+		}
+		argv[0] = exe
+	}
+	return &writer.Started{Argv: argv, UID: int(st.Uid), GID: int(st.Gid)}
+}
+
+// startRecorded starts the server with the command line and user the
+// backup recorded, detached, its output in logFile; it returns the process,
+// which the caller watches.
+func startRecorded(s *writer.Started, logFile string) (*os.Process, error) {
+	out, err := os.OpenFile(logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		return nil, err
+	}
+	defer out.Close()
+	cmd := exec.Command(s.Argv[0], s.Argv[1:]...)
+	cmd.Dir = "/"
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if os.Geteuid() == 0 && s.UID != 0 {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(s.UID), Gid: uint32(s.GID)}
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	go cmd.Wait() // reap it if it exits while umbra runs
+	return cmd.Process, nil
 }
