@@ -134,6 +134,7 @@ type config struct {
 	rdb     string // the RDB file
 	aof     bool
 	aofPath string // the append-only directory (Redis ≥ 7) or file
+	aofName string // appendfilename: the files' and the manifest's base name
 }
 
 // Identify describes the server's data. The RDB file is one component,
@@ -187,6 +188,7 @@ func (w *Writer) Identify(ctx context.Context) (writer.Metadata, error) {
 			Needs:       writer.NeedAtomic,
 			Restore:     restore,
 			Logs:        writer.LogFacts{Truncates: "nothing"},
+			OwnCopy:     true, // see copyAOF
 		})
 	}
 	return writer.Metadata{Writer: "redis", Instance: w.name, Version: cfg.version, Components: comps}, nil
@@ -211,6 +213,7 @@ func (w *Writer) config(ctx context.Context, c *goredis.Client) (config, error) 
 	cfg.dir = get["dir"]
 	cfg.rdb = filepath.Join(cfg.dir, get["dbfilename"])
 	cfg.aof = get["appendonly"] == "yes"
+	cfg.aofName = get["appendfilename"]
 	cfg.aofPath = filepath.Join(cfg.dir, get["appenddirname"]) // Redis ≥ 7: a directory
 	if get["appenddirname"] == "" {
 		cfg.aofPath = filepath.Join(cfg.dir, get["appendfilename"]) // before 7: one file
@@ -336,13 +339,33 @@ func keyCount(info map[string]string) int64 {
 // PostSnapshot reports what the set's save recorded: "keys", the number of
 // keys in all databases when the save was complete, and, for an RDB save,
 // "rdb_last_save_time" (Unix seconds).
-func (w *Writer) PostSnapshot(_ context.Context, set writer.Set) (writer.Report, error) {
+//
+// Where no provider can copy the append-only data atomically, it copies it
+// itself (copyAOF) and says so in the report's Copies.
+func (w *Writer) PostSnapshot(ctx context.Context, set writer.Set) (writer.Report, error) {
+	const phase = writer.PhasePostSnapshot
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	if w.saved == nil || w.savedFor != set.ID {
-		return writer.Report{}, fmt.Errorf("redis writer %q: %s: no save recorded for set %q; PrepareSnapshot must come first", w.name, writer.PhasePostSnapshot, set.ID)
+		w.mu.Unlock()
+		return writer.Report{}, fmt.Errorf("redis writer %q: %s: no save recorded for set %q; PrepareSnapshot must come first", w.name, phase, set.ID)
 	}
-	return writer.Report{Positions: maps.Clone(w.saved)}, nil
+	rep := writer.Report{Positions: maps.Clone(w.saved)}
+	w.mu.Unlock()
+	if !set.CopiesOwn(w.name, componentAOF) {
+		return rep, nil
+	}
+	c := w.client()
+	defer c.Close()
+	cfg, err := w.config(ctx, c)
+	if err != nil {
+		return writer.Report{}, w.cmdErr(ctx, phase, "read configuration", err)
+	}
+	src, err := w.copyAOF(ctx, set, cfg.aofPath, cfg.aofName+".manifest")
+	if err != nil {
+		return writer.Report{}, fmt.Errorf("redis writer %q: %s: copy the append-only data %s: %w", w.name, phase, cfg.aofPath, err)
+	}
+	rep.Copies = []writer.OwnCopy{{Path: cfg.aofPath, Source: src}}
+	return rep, nil
 }
 
 // Abort forgets the set's save. It has nothing to release: the writer holds

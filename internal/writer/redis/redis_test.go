@@ -270,30 +270,31 @@ func TestErrors(t *testing.T) {
 // acknowledged before Create began, at most the last one sent when it
 // returned.
 func TestSnapshotUnderLoad(t *testing.T) {
-	for _, aof := range []bool{false, true} {
-		t.Run(fmt.Sprintf("btrfs/appendonly=%v", aof), func(t *testing.T) {
+	for _, fsync := range []string{"", "always", "everysec", "no"} {
+		aof := fsync != ""
+		opts := []testenv.RedisOption{testenv.RedisAppendOnly(aof)}
+		if aof {
+			// The RDB file is saved too, as with both turned on.
+			opts = append(opts, testenv.RedisConfig("appendfsync "+fsync, "save 3600 1"))
+		}
+		t.Run(fmt.Sprintf("btrfs/appendonly=%v/appendfsync=%s", aof, fsync), func(t *testing.T) {
 			fsys := testenv.Btrfs(t)
-			snapshotUnderLoad(t, btrfs.New(), fsys.Subvolume(t, "redis"), aof)
+			snapshotUnderLoad(t, btrfs.New(), fsys.Subvolume(t, "redis"), opts...)
+		})
+		// The append-only data needs an atomic copy, which the live
+		// provider cannot make: the writer copies it itself.
+		t.Run(fmt.Sprintf("ext4-live/appendonly=%v/appendfsync=%s", aof, fsync), func(t *testing.T) {
+			fsys := testenv.Ext4(t)
+			set := snapshotUnderLoad(t, live.New(), filepath.Join(fsys.Mount, "redis"), opts...)
+			if own := set.OwnCopies; aof != (len(own) == 1 && own[0] == "redis:test/"+componentAOF) {
+				t.Errorf("set copied by the writer: %v (appendonly %v)", own, aof)
+			}
 		})
 	}
-	t.Run("ext4-live/appendonly=false", func(t *testing.T) {
-		fsys := testenv.Ext4(t)
-		snapshotUnderLoad(t, live.New(), filepath.Join(fsys.Mount, "redis"), false)
-	})
-	// The AOF needs an atomic copy, which the live provider cannot make.
-	t.Run("ext4-live/appendonly=true", func(t *testing.T) {
-		fsys := testenv.Ext4(t)
-		srv := testenv.StartRedis(t, filepath.Join(fsys.Mount, "redis"), testenv.RedisAppendOnly(true))
-		coord := newCoordinator(t, live.New())
-		_, err := coord.Create(t.Context(), []writer.Writer{newWriter(t, srv, nil)}, nil)
-		if err == nil || !strings.Contains(err.Error(), "redis:test component aof needs atomic") {
-			t.Errorf("Create with AOF on ext4 and the live provider: got %v, want a refusal naming component aof", err)
-		}
-	})
 }
 
-func snapshotUnderLoad(t *testing.T, prov provider.Provider, dir string, aof bool) {
-	srv := testenv.StartRedis(t, dir, testenv.RedisAppendOnly(aof))
+func snapshotUnderLoad(t *testing.T, prov provider.Provider, dir string, opts ...testenv.RedisOption) *shadow.Set {
+	srv := testenv.StartRedis(t, dir, opts...)
 	load := testenv.StartRedisLoad(t, srv, 20)
 	// A stale RDB file from before the set: a copy of it would fail.
 	srv.Do(t, "SAVE")
@@ -335,13 +336,18 @@ func snapshotUnderLoad(t *testing.T, prov provider.Provider, dir string, aof boo
 	for _, c := range md.Components {
 		for _, p := range c.Paths {
 			snap := shadowPath(t, set, p)
+			for _, c := range rep.Copies {
+				if c.Path == p {
+					snap = c.Source // the writer's own copy
+				}
+			}
 			if _, err := os.Lstat(snap); errors.Is(err, fs.ErrNotExist) {
 				continue // the RDB file, with AOF on and no save yet
 			}
 			copyData(t, snap, filepath.Join(copyDir, filepath.Base(p)))
 		}
 	}
-	second := testenv.StartRedis(t, copyDir, testenv.RedisAppendOnly(aof))
+	second := testenv.StartRedis(t, copyDir, opts...)
 	if n := second.KeyCount(t); n != 20 {
 		t.Errorf("Redis on the copy: got %d keys, want 20", n)
 	}
@@ -354,8 +360,9 @@ func snapshotUnderLoad(t *testing.T, prov provider.Provider, dir string, aof boo
 	if err := load.Stop(); err != nil {
 		t.Errorf("load: %v", err)
 	}
-	t.Logf("provider %s, appendonly %v: key 0 acknowledged %d before Create, sent %d when it returned; freeze window %v",
-		prov.Name(), aof, acked[0], issued[0], set.FreezeWindow())
+	t.Logf("provider %s: key 0 acknowledged %d before Create, sent %d when it returned; freeze window %v",
+		prov.Name(), acked[0], issued[0], set.FreezeWindow())
+	return set
 }
 
 // TestRestore backs up Redis, changes the data, and restores in place:
