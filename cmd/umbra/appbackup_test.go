@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -139,11 +140,12 @@ func pgCtlStop(t *testing.T, dataDir string) {
 
 // TestBackupRestorePostgresThreeVolumes: data on btrfs, pg_wal on XFS
 // (reflink provider), a tablespace holding pgbench's tables on ext4 (live
-// provider, read while the backup is still open): umbra backup, the three
-// directories destroyed, umbra restore: the server recovers with the
-// invariant and every transaction committed before the backup.
+// provider, read while the backup is still open): umbra backup; restore
+// --target, where PostgreSQL's own user starts a server on the copy as it
+// is; the three directories destroyed, umbra restore: the server recovers
+// with the invariant and every transaction committed before the backup.
 func TestBackupRestorePostgresThreeVolumes(t *testing.T) {
-	pg, _, data, wal, ts := threeVolumePostgres(t)
+	pg, bfs, data, wal, ts := threeVolumePostgres(t)
 	load := pg.StartPgbench(t, 4)
 	repo := newRepoDir(t)
 	state := t.TempDir()
@@ -157,10 +159,29 @@ func TestBackupRestorePostgresThreeVolumes(t *testing.T) {
 	}
 	load.Stop()
 	// A copy under a target reaches nothing of the original.
-	target := t.TempDir()
+	target := filepath.Join(bfs.Mount, "target") // made by umbra, like /
 	if res := umbraRun(t, state, repo.environ(), "restore", b.ID, "--target", target); res.code != 0 {
 		t.Fatalf("restore --target: exit %d: %s", res.code, res.stderr)
 	}
+	// PostgreSQL's own user starts a server on it as it is: the
+	// directories above the data directory came back with their modes.
+	port := testenv.FreePort(t)
+	copyData := filepath.Join(target, data)
+	t.Cleanup(func() { pgCtlStop(t, copyData) })
+	uid, gid := pg.Owner()
+	start := exec.Command(filepath.Join(pg.Bin, "pg_ctl"), "start", "-D", copyData, "-w", "-t", "120",
+		"-l", filepath.Join(pg.SocketDir, "target-copy.log"), "-o", fmt.Sprintf("-p %d -k %s", port, pg.SocketDir))
+	testenv.AsUser(start, uid, gid)
+	start.Dir = "/"
+	if out, err := start.CombinedOutput(); err != nil {
+		log, _ := os.ReadFile(filepath.Join(pg.SocketDir, "target-copy.log"))
+		t.Fatalf("start a server on the --target copy as postgres: %v\n%s%s", err, out, log)
+	}
+	cp := &testenv.Postgres{DataDir: copyData, SocketDir: pg.SocketDir, Port: port}
+	if after := cp.PgbenchInvariant(t); after < before {
+		t.Errorf("the --target copy has %d pgbench transactions; %d had committed before the backup began", after, before)
+	}
+	pgCtlStop(t, copyData)
 	if link, err := os.Readlink(filepath.Join(target, data, "pg_wal")); err != nil || !strings.HasPrefix(link, target+"/") {
 		t.Errorf("the target copy's pg_wal leads to %q (%v), want a place under %s", link, err, target)
 	}

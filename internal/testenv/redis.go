@@ -140,6 +140,18 @@ func (r *Redis) StartCommand(t testing.TB) string {
 	return fmt.Sprintf("redis-server %s --daemonize yes --pidfile %s", r.Config, pidFile)
 }
 
+// ShutdownAtCleanup stops, when the test ends, whatever Redis then listens
+// at r.Addr, such as one a restore started by itself.
+func (r *Redis) ShutdownAtCleanup(t testing.TB) {
+	t.Cleanup(func() {
+		c := r.newClient()
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = c.ShutdownNoSave(ctx).Err()
+	})
+}
+
 // quoteRedis quotes s for a redis.conf line.
 func quoteRedis(s string) string { return strconv.Quote(s) }
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/umbra-backup/umbra/internal/writer"
+	"github.com/umbra-backup/umbra/internal/writer/server"
 )
 
 // Ceilings on waiting for the server to stop and to start (InnoDB recovery
@@ -109,7 +110,7 @@ func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
 		}
 		logFile := filepath.Join(filepath.Dir(dirs[0]), filepath.Base(dirs[0])+".umbra-restore.log")
 		logHint = "its output is in " + logFile + ", and see its error log"
-		proc, err = startRecorded(r.Report.Started, logFile)
+		proc, err = server.Start(r.Report.Started, logFile)
 	}
 	if err != nil {
 		return fmt.Errorf("mariadb writer %q: %s: start the server: %w", w.name, phase, err)
@@ -117,7 +118,7 @@ func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
 	ctx, cancel := context.WithTimeout(ctx, startLimit)
 	defer cancel()
 	for {
-		if proc != nil && !alive(proc.Pid) {
+		if proc != nil && !server.Alive(proc.Pid) {
 			return fmt.Errorf("mariadb writer %q: %s: the server started as when the backup was made (%s) exited; %s", w.name, phase, strings.Join(r.Report.Started.Argv, " "), logHint)
 		}
 		db, conn, err := w.connect(ctx)
@@ -214,7 +215,7 @@ func (w *Writer) stopServer(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, stopLimit)
 	defer cancel()
 	for {
-		gone := pid == 0 || !alive(pid)
+		gone := pid == 0 || !server.Alive(pid)
 		if gone {
 			db, conn, err := w.connect(ctx)
 			if err == nil {
@@ -306,20 +307,6 @@ func down(err error) bool {
 	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)
 }
 
-// alive reports whether pid runs (a zombie has ended).
-func alive(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
-		return false
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	end := strings.LastIndexByte(s, ')')
-	return end < 0 || end+2 >= len(s) || s[end+2] != 'Z'
-}
-
 // run runs a stop or start command, its output in a file rather than a
 // pipe, so that a server it leaves running in the background cannot hold
 // run up.
@@ -344,8 +331,8 @@ func run(ctx context.Context, name string, args ...string) error {
 }
 
 // started reads how the server runs: the pid in @@pid_file, then its
-// command line and user from /proc. It returns nil where it cannot tell
-// (a server on another host, a pid file it may not read).
+// command line and user. It returns nil where it cannot tell (a server on
+// another host, a pid file it may not read).
 func started(ctx context.Context, conn *sql.Conn) *writer.Started {
 	var pidFile string
 	if err := conn.QueryRowContext(ctx, "SELECT @@pid_file").Scan(&pidFile); err != nil {
@@ -359,48 +346,9 @@ func started(ctx context.Context, conn *sql.Conn) *writer.Started {
 	if err != nil || pid <= 0 {
 		return nil
 	}
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil || len(cmdline) == 0 {
-		return nil
-	}
-	fi, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+	s, err := server.Recorded(pid)
 	if err != nil {
 		return nil
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return nil
-	}
-	argv := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
-	if !filepath.IsAbs(argv[0]) {
-		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-		if err != nil {
-			return nil
-		}
-		argv[0] = exe
-	}
-	return &writer.Started{Argv: argv, UID: int(st.Uid), GID: int(st.Gid)}
-}
-
-// startRecorded starts the server with the command line and user the
-// backup recorded, detached, its output in logFile; it returns the process,
-// which the caller watches.
-func startRecorded(s *writer.Started, logFile string) (*os.Process, error) {
-	out, err := os.OpenFile(logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
-	if err != nil {
-		return nil, err
-	}
-	defer out.Close()
-	cmd := exec.Command(s.Argv[0], s.Argv[1:]...)
-	cmd.Dir = "/"
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if os.Geteuid() == 0 && s.UID != 0 {
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(s.UID), Gid: uint32(s.GID)}
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	go cmd.Wait() // reap it if it exits while umbra runs
-	return cmd.Process, nil
+	return s
 }

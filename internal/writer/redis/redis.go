@@ -351,11 +351,12 @@ func (w *Writer) PostSnapshot(ctx context.Context, set writer.Set) (writer.Repor
 	}
 	rep := writer.Report{Positions: maps.Clone(w.saved)}
 	w.mu.Unlock()
+	c := w.client()
+	defer c.Close()
+	rep.Started = w.started(ctx, c)
 	if !set.CopiesOwn(w.name, componentAOF) {
 		return rep, nil
 	}
-	c := w.client()
-	defer c.Close()
 	cfg, err := w.config(ctx, c)
 	if err != nil {
 		return writer.Report{}, w.cmdErr(ctx, phase, "read configuration", err)

@@ -9,13 +9,17 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
+
 	"github.com/umbra-backup/umbra/internal/writer"
+	"github.com/umbra-backup/umbra/internal/writer/server"
 )
 
 // PreRestore stops Redis and waits until it no longer answers, then moves
@@ -35,7 +39,7 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 	if r.Target != "" {
 		return nil
 	}
-	if w.start == "" && w.service == "" {
+	if w.start == "" && w.service == "" && r.Report.Started == nil {
 		return fmt.Errorf("redis writer %q: %s: no way to start Redis after the restore, so it was left running; set start=COMMAND or service=UNIT", w.name, phase)
 	}
 	var err error
@@ -50,11 +54,20 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 	if err != nil {
 		return err
 	}
-	if err := w.waitGone(ctx); err != nil {
+	wctx, cancel := context.WithTimeout(ctx, stopLimit)
+	defer cancel()
+	if err := w.waitGone(wctx); err != nil {
 		return err
 	}
 	return w.moveAside(r)
 }
+
+// Limits of the waits around a restore: a large data set takes a while to
+// save at a stop, or to load at a start.
+const (
+	stopLimit  = 5 * time.Minute
+	startLimit = 10 * time.Minute
+)
 
 // shutdownNoSave stops the server without saving. On success the server
 // closes the connection without a reply. A server that is down already
@@ -138,21 +151,84 @@ func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
 		return nil
 	}
 	var err error
+	var proc *os.Process
+	logHint := "its log says why"
 	switch {
 	case w.service != "":
 		err = w.run(ctx, phase, "service="+w.service, "systemctl", "start", w.service)
 	case w.start != "":
 		err = w.run(ctx, phase, "start="+w.start, "/bin/sh", "-c", w.start)
+	case r.Report.Started != nil:
+		// As it ran when the backup was made.
+		logFile := filepath.Join(os.TempDir(), "umbra-restore-"+strings.NewReplacer("/", "_", ":", "_").Replace(w.name)+".log")
+		logHint = "its output is in " + logFile
+		proc, err = server.Start(r.Report.Started, logFile)
+		if err != nil {
+			err = fmt.Errorf("redis writer %q: %s: start %s: %w", w.name, phase, strings.Join(r.Report.Started.Argv, " "), err)
+		}
 	default:
 		err = fmt.Errorf("redis writer %q: %s: no way to start Redis; set start=COMMAND or service=UNIT, or start it by hand", w.name, phase)
 	}
 	if err != nil {
 		return err
 	}
-	if err := w.waitReady(ctx); err != nil {
+	wctx, cancel := context.WithTimeout(ctx, startLimit)
+	defer cancel()
+	if err := w.waitReady(wctx, proc, logHint); err != nil {
 		return err
 	}
 	return w.checkKeys(ctx, r.Report)
+}
+
+// started records how the server runs, for a restore with no start= or
+// service=: its program and configuration file (Redis rewrites its
+// process title, so /proc has no command line to replay), in the
+// foreground, with the settings that place it as they are now, whether
+// they came from the file or the command line.
+func (w *Writer) started(ctx context.Context, c *goredis.Client) *writer.Started {
+	inf, err := info(ctx, c, "server")
+	if err != nil || inf["executable"] == "" {
+		return nil
+	}
+	pid, err := strconv.Atoi(inf["process_id"])
+	if err != nil {
+		return nil
+	}
+	s, err := server.Owner(pid)
+	if err != nil {
+		return nil
+	}
+	// INFO's executable joins a relative argv[0] to the working
+	// directory, which may not hold it; the program's name matters
+	// (Debian's redis-server is a link to redis-check-rdb, which acts on
+	// the name it is called by): the same name beside what the kernel
+	// ran, or on PATH.
+	exe := inf["executable"]
+	if _, err := os.Stat(exe); err != nil {
+		name := filepath.Base(exe)
+		if real, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
+			exe = filepath.Join(filepath.Dir(real), name)
+		}
+		if _, err := os.Stat(exe); err != nil {
+			if exe, err = exec.LookPath(name); err != nil {
+				return nil
+			}
+		}
+	}
+	s.Argv = []string{exe}
+	if inf["config_file"] != "" {
+		s.Argv = append(s.Argv, inf["config_file"])
+	}
+	s.Argv = append(s.Argv, "--daemonize", "no")
+	for _, name := range []string{"port", "bind", "unixsocket", "dir", "dbfilename", "appendonly", "appenddirname", "appendfilename"} {
+		v, err := configGet(ctx, c, name)
+		if err != nil || v == "" {
+			continue
+		}
+		s.Argv = append(s.Argv, "--"+name)
+		s.Argv = append(s.Argv, strings.Fields(v)...)
+	}
+	return s
 }
 
 // checkKeys fails when Redis holds no keys but rep recorded some.
@@ -185,7 +261,7 @@ func (w *Writer) checkKeys(ctx context.Context, rep writer.Report) error {
 // waitReady waits until the server answers PING and INFO says loading:0.
 // Wrong credentials end the wait at once; anything else may be a server
 // still starting.
-func (w *Writer) waitReady(ctx context.Context) error {
+func (w *Writer) waitReady(ctx context.Context, proc *os.Process, logHint string) error {
 	const phase = writer.PhasePostRestore
 	var last error
 	for {
@@ -196,10 +272,13 @@ func (w *Writer) waitReady(ctx context.Context) error {
 		if !errors.Is(last, writer.ErrRetryable) {
 			return last
 		}
+		if proc != nil && !server.Alive(proc.Pid) {
+			return fmt.Errorf("redis writer %q: %s: Redis, started as when the backup was made, exited (%w); %s", w.name, phase, last, logHint)
+		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("redis writer %q: %s: Redis at %s not ready after it was started (%w); its log says why: %w",
-				w.name, phase, w.addr, last, writer.ErrRetryable)
+			return fmt.Errorf("redis writer %q: %s: Redis at %s not ready after it was started (%w); %s: %w",
+				w.name, phase, w.addr, last, logHint, writer.ErrRetryable)
 		case <-time.After(pollEvery):
 		}
 	}
