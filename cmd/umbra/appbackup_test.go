@@ -163,6 +163,12 @@ func TestBackupRestorePostgresThreeVolumes(t *testing.T) {
 	if res := umbraRun(t, state, repo.environ(), "restore", b.ID, "--target", target); res.code != 0 {
 		t.Fatalf("restore --target: exit %d: %s", res.code, res.stderr)
 	}
+	if link, err := os.Readlink(filepath.Join(target, data, "pg_wal")); err != nil || !strings.HasPrefix(link, target+"/") {
+		t.Errorf("the target copy's pg_wal leads to %q (%v), want a place under %s", link, err, target)
+	}
+	if m, err := os.ReadFile(filepath.Join(target, data, "tablespace_map")); err != nil || !strings.Contains(string(m), " "+target+"/") {
+		t.Errorf("the target copy's tablespace_map %q (%v) does not lead under %s", m, err, target)
+	}
 	// PostgreSQL's own user starts a server on it as it is: the
 	// directories above the data directory came back with their modes.
 	port := testenv.FreePort(t)
@@ -182,12 +188,6 @@ func TestBackupRestorePostgresThreeVolumes(t *testing.T) {
 		t.Errorf("the --target copy has %d pgbench transactions; %d had committed before the backup began", after, before)
 	}
 	pgCtlStop(t, copyData)
-	if link, err := os.Readlink(filepath.Join(target, data, "pg_wal")); err != nil || !strings.HasPrefix(link, target+"/") {
-		t.Errorf("the target copy's pg_wal leads to %q (%v), want a place under %s", link, err, target)
-	}
-	if m, err := os.ReadFile(filepath.Join(target, data, "tablespace_map")); err != nil || !strings.Contains(string(m), " "+target+"/") {
-		t.Errorf("the target copy's tablespace_map %q (%v) does not lead under %s", m, err, target)
-	}
 	pg.Stop(t)
 	for _, dir := range []string{data, wal, ts} {
 		if err := os.RemoveAll(dir); err != nil {
