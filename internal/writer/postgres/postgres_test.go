@@ -138,36 +138,14 @@ func TestThreeVolumesRestoreInPlace(t *testing.T) {
 
 	// Read the set, as the requester does, while the load goes on.
 	staging := t.TempDir()
-	stage := func(p string) string { return filepath.Join(staging, p) }
-	shadowtest.CopyComponents(t, set, wr.Name(), stage)
+	shadowtest.CopyComponents(t, set, wr.Name(), func(p string) string { return filepath.Join(staging, p) })
 	if err := coord.CompleteCopy(t.Context(), set, []writer.Writer{wr}); err != nil {
 		t.Fatal(err)
 	}
 	assertNoBackupLeft(t, pg)
 	load.Stop()
 
-	md := set.Writers[0].Metadata
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	if err := wr.PreRestore(ctx, writer.Restore{Metadata: md}); err != nil {
-		t.Fatal(err)
-	}
-	if !pg.Server.Exited() {
-		t.Fatal("PreRestore left the server running")
-	}
-	for _, c := range md.Components {
-		for _, p := range c.Paths {
-			if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
-				t.Fatalf("PreRestore left %s in place (%v)", p, err)
-			}
-			run(t, "cp", "-a", stage(p), p)
-		}
-	}
-	shadowtest.HandOn(t, set, wr.Name(), func(p string) string { return p })
-	t.Cleanup(func() { pgCtl(t, data, "stop", "-m", "immediate") })
-	if err := wr.PostRestore(ctx, writer.Restore{Metadata: md}); err != nil {
-		t.Fatal(err)
-	}
+	restoreInPlace(t, pg, wr, set, staging)
 	after := pg.PgbenchInvariant(t)
 	if after < before {
 		t.Errorf("restored %d pgbench transactions, %d had committed before the set began", after, before)
