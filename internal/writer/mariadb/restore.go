@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/umbra-backup/umbra/internal/writer"
-	"github.com/umbra-backup/umbra/internal/writer/server"
+	"github.com/umbra-backup/umbra/internal/writer/process"
 )
 
 // Ceilings on waiting for the server to stop and to start (InnoDB recovery
@@ -110,7 +110,7 @@ func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
 		}
 		logFile := filepath.Join(filepath.Dir(dirs[0]), filepath.Base(dirs[0])+".umbra-restore.log")
 		logHint = "its output is in " + logFile + ", and see its error log"
-		proc, err = server.Start(r.Report.Started, logFile)
+		proc, err = process.Start(r.Report.Started, logFile)
 	}
 	if err != nil {
 		return fmt.Errorf("mariadb writer %q: %s: start the server: %w", w.name, phase, err)
@@ -118,7 +118,7 @@ func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
 	ctx, cancel := context.WithTimeout(ctx, startLimit)
 	defer cancel()
 	for {
-		if proc != nil && !server.Alive(proc.Pid) {
+		if proc != nil && !process.Alive(proc.Pid) {
 			return fmt.Errorf("mariadb writer %q: %s: the server started as when the backup was made (%s) exited; %s", w.name, phase, strings.Join(r.Report.Started.Argv, " "), logHint)
 		}
 		db, conn, err := w.connect(ctx)
@@ -215,7 +215,7 @@ func (w *Writer) stopServer(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, stopLimit)
 	defer cancel()
 	for {
-		gone := pid == 0 || !server.Alive(pid)
+		gone := pid == 0 || !process.Alive(pid)
 		if gone {
 			db, conn, err := w.connect(ctx)
 			if err == nil {
@@ -346,7 +346,7 @@ func started(ctx context.Context, conn *sql.Conn) *writer.Started {
 	if err != nil || pid <= 0 {
 		return nil
 	}
-	s, err := server.Recorded(pid)
+	s, err := process.Recorded(pid)
 	if err != nil {
 		return nil
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/umbra-backup/umbra/internal/writer"
+	"github.com/umbra-backup/umbra/internal/writer/process"
 )
 
 // restoreOptions say how the server is stopped and started at restore.
@@ -427,7 +428,7 @@ func pgCtlStart(ctx context.Context, dataDir string, opts []string) error {
 	}
 	cmd := exec.CommandContext(ctx, pgCtl, args...)
 	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: st.Uid, Gid: st.Gid}, Setsid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: process.Credential(int(st.Uid), int(st.Gid)), Setsid: true}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		tail, _ := os.ReadFile(logFile)
 		return fmt.Errorf("pg_ctl start: %w\n%s%s", err, out, lastLines(tail, 20))

@@ -19,7 +19,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/umbra-backup/umbra/internal/writer"
-	"github.com/umbra-backup/umbra/internal/writer/server"
+	"github.com/umbra-backup/umbra/internal/writer/process"
 )
 
 // PreRestore stops Redis and waits until it no longer answers, then moves
@@ -162,7 +162,7 @@ func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
 		// As it ran when the backup was made.
 		logFile := filepath.Join(os.TempDir(), "umbra-restore-"+strings.NewReplacer("/", "_", ":", "_").Replace(w.name)+".log")
 		logHint = "its output is in " + logFile
-		proc, err = server.Start(r.Report.Started, logFile)
+		proc, err = process.Start(r.Report.Started, logFile)
 		if err != nil {
 			err = fmt.Errorf("redis writer %q: %s: start %s: %w", w.name, phase, strings.Join(r.Report.Started.Argv, " "), err)
 		}
@@ -194,7 +194,7 @@ func (w *Writer) started(ctx context.Context, c *goredis.Client) *writer.Started
 	if err != nil {
 		return nil
 	}
-	s, err := server.Owner(pid)
+	s, err := process.Owner(pid)
 	if err != nil {
 		return nil
 	}
@@ -272,7 +272,7 @@ func (w *Writer) waitReady(ctx context.Context, proc *os.Process, logHint string
 		if !errors.Is(last, writer.ErrRetryable) {
 			return last
 		}
-		if proc != nil && !server.Alive(proc.Pid) {
+		if proc != nil && !process.Alive(proc.Pid) {
 			return fmt.Errorf("redis writer %q: %s: Redis, started as when the backup was made, exited (%w); %s", w.name, phase, last, logHint)
 		}
 		select {

@@ -1,13 +1,15 @@
-// Package server records how an application's server process was started
+// Package process records how an application's server process was started
 // and starts it the same way again, for writers whose restore must bring a
 // server back without a start command configured.
-package server
+package process
 
 import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -66,7 +68,7 @@ func Start(s *writer.Started, logFile string) (*os.Process, error) {
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if os.Geteuid() == 0 && s.UID != 0 {
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(s.UID), Gid: uint32(s.GID)}
+		cmd.SysProcAttr.Credential = Credential(s.UID, s.GID)
 	}
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -87,4 +89,25 @@ func Alive(pid int) bool {
 	s := string(b)
 	end := strings.LastIndexByte(s, ')')
 	return end < 0 || end+2 >= len(s) || s[end+2] != 'Z'
+}
+
+// Credential is the user uid with group gid and, as a login would give
+// them, the user's supplementary groups: Debian's PostgreSQL reads its TLS
+// key through the ssl-cert group.
+func Credential(uid, gid int) *syscall.Credential {
+	c := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	u, err := user.LookupId(strconv.Itoa(uid))
+	if err != nil {
+		return c
+	}
+	ids, err := u.GroupIds()
+	if err != nil {
+		return c
+	}
+	for _, id := range ids {
+		if g, err := strconv.ParseUint(id, 10, 32); err == nil {
+			c.Groups = append(c.Groups, uint32(g))
+		}
+	}
+	return c
 }
