@@ -23,10 +23,14 @@ func TestBackupRestoreSQLite(t *testing.T) {
 		name string
 		fs   func(testing.TB) *testenv.FS
 		opts testenv.SQLiteLoadOptions
+		dir  bool // back up the database's directory as a path too
 	}{
-		{"btrfs", testenv.Btrfs, testenv.SQLiteLoadOptions{}},
-		{"ext4/wal", testenv.Ext4, testenv.SQLiteLoadOptions{Synchronous: "NORMAL"}},
-		{"ext4/delete", testenv.Ext4, testenv.SQLiteLoadOptions{JournalMode: "DELETE", Synchronous: "OFF"}},
+		{"btrfs", testenv.Btrfs, testenv.SQLiteLoadOptions{}, false},
+		{"ext4/wal", testenv.Ext4, testenv.SQLiteLoadOptions{Synchronous: "NORMAL"}, false},
+		{"ext4/delete", testenv.Ext4, testenv.SQLiteLoadOptions{JournalMode: "DELETE", Synchronous: "OFF"}, false},
+		// The database's directory backed up whole, too: the writer's
+		// copy stands in for the live file there.
+		{"ext4/wal/in_a_path", testenv.Ext4, testenv.SQLiteLoadOptions{}, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			fs := tt.fs(t)
@@ -36,18 +40,22 @@ func TestBackupRestoreSQLite(t *testing.T) {
 			} else if err := os.Mkdir(dir, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			backupRestoreSQLite(t, filepath.Join(dir, "app.db"), tt.opts)
+			var paths []string
+			if tt.dir {
+				paths = append(paths, dir)
+			}
+			backupRestoreSQLite(t, filepath.Join(dir, "app.db"), tt.opts, paths...)
 		})
 	}
 }
 
-func backupRestoreSQLite(t *testing.T, db string, opts testenv.SQLiteLoadOptions) {
+func backupRestoreSQLite(t *testing.T, db string, opts testenv.SQLiteLoadOptions, paths ...string) {
 	load := testenv.StartSQLiteLoadWith(t, opts, db)
 	repo := newRepoDir(t)
 	state := t.TempDir()
 
 	start := time.Now()
-	res := umbraRun(t, state, repo.environ(), "backup", "--json", "--writer", "sqlite:path="+db)
+	res := umbraRun(t, state, repo.environ(), append([]string{"backup", "--json", "--writer", "sqlite:path=" + db}, paths...)...)
 	var b struct {
 		appBackupJSON
 		CompleteErr string `json:"backup_complete_error"`
@@ -78,6 +86,14 @@ func backupRestoreSQLite(t *testing.T, db string, opts testenv.SQLiteLoadOptions
 	res = umbraRun(t, state, repo.environ(), "restore", b.ID)
 	if res.code != 0 {
 		t.Fatalf("restore: exit %d: %s", res.code, res.stderr)
+	}
+	// The writer's own copy folds the WAL in: the live one, busy under
+	// the load, must not have been stored beside it (the restore's
+	// integrity check may leave an empty one).
+	if len(b.App.Writers[0].OwnCopies) > 0 {
+		if fi, err := os.Stat(db + "-wal"); err == nil && fi.Size() > 0 {
+			t.Errorf("restored %s-wal of %d bytes: the live WAL was stored beside the writer's own copy", db, fi.Size())
+		}
 	}
 	if got := snapshotCounter(t, db); got < before {
 		t.Errorf("restored counter %d; %d was acknowledged before the backup began", got, before)

@@ -47,6 +47,11 @@ type Options struct {
 	// without a warning: a database in backup mode read live, which its
 	// WAL makes consistent.
 	Changing func(path string) bool
+	// ReadFrom, if set, names recorded paths inside a source that are read
+	// from elsewhere: a writer's own consistent copy of a file or
+	// directory that lies in a directory backed up whole. An empty read
+	// leaves the path out.
+	ReadFrom func(path string) (read string, ok bool)
 	// Progress, if set, is updated as the backup runs.
 	Progress *Progress
 }
@@ -74,6 +79,7 @@ type archiver struct {
 	names    names
 	exclude  func(path string) bool
 	changing func(path string) bool
+	readFrom func(path string) (string, bool)
 	files    chan func() // file reads, run by the file readers
 	// cdcBuffers are the chunkers' read buffers (2 × the largest chunk),
 	// reused across files; buffers (batchSize) carry data to the workers.
@@ -100,6 +106,7 @@ func Run(ctx context.Context, repo *repository.Repository, sources []Source, opt
 		names:    names{users: map[uint32]string{}, groups: map[uint32]string{}},
 		exclude:  opts.Exclude,
 		changing: opts.Changing,
+		readFrom: opts.ReadFrom,
 		files:    make(chan func()),
 	}
 	if a.progress == nil {
@@ -320,6 +327,16 @@ func (a *archiver) walkDir(ctx context.Context, path, rec string, parent *reposi
 			skip[i] = true
 			tree.Nodes = append(tree.Nodes, repository.Node{})
 			continue
+		}
+		if a.readFrom != nil {
+			if read, ok := a.readFrom(childRec); ok {
+				if read == "" {
+					skip[i] = true
+					tree.Nodes = append(tree.Nodes, repository.Node{})
+					continue
+				}
+				child = read
+			}
 		}
 		n, err := a.nodeOf(child, name)
 		if err != nil {

@@ -149,13 +149,13 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 	// A fallen writer's data is read whole: its excludes assume the
 	// writer's own consistency (PostgreSQL's pg_wal comes from the writer;
 	// a crash-consistent copy needs it).
-	sources, exclude := sourcesOf(set, job.Paths, nil)
+	sources, exclude, readFrom := sourcesOf(set, job.Paths, nil)
 	recorded := recordedPaths(set, job.Paths)
 	var parent *repository.ManifestEntry
 	if job.FindParent != nil {
 		parent = job.FindParent(recorded)
 	}
-	opts := archive.Options{Progress: job.Progress, Exclude: exclude, Changing: changingOf(set)}
+	opts := archive.Options{Progress: job.Progress, Exclude: exclude, Changing: changingOf(set), ReadFrom: readFrom}
 	if parent != nil {
 		opts.Parent = &parent.Tree
 	}
@@ -300,8 +300,9 @@ func existing(paths []string) []string {
 
 // sourcesOf lists what to read: every writer component's paths and the
 // user's paths, each read from its shadow copy and recorded under its live
-// path, and the exclusion of what the components leave out.
-func sourcesOf(set *shadow.Set, paths, excludes []string) ([]archive.Source, func(string) bool) {
+// path; the exclusion of what the components leave out; and where the
+// writers' own copies are read, also inside a user's path that holds them.
+func sourcesOf(set *shadow.Set, paths, excludes []string) ([]archive.Source, func(string) bool, func(string) (string, bool)) {
 	var recorded []string
 	own := map[string]string{} // path → the writer's own copy of it ("" leaves it out)
 	for _, w := range set.Writers {
@@ -333,7 +334,11 @@ func sourcesOf(set *shadow.Set, paths, excludes []string) ([]archive.Source, fun
 		}
 		sources = append(sources, archive.Source{Path: p, Read: snapshotOf(set, p)})
 	}
-	return sources, func(path string) bool { return writer.Excluded(excludes, path) }
+	readFrom := func(path string) (string, bool) {
+		src, ok := own[path]
+		return src, ok
+	}
+	return sources, func(path string) bool { return writer.Excluded(excludes, path) }, readFrom
 }
 
 // changingOf accepts the paths of components that are read live while
