@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -512,4 +513,41 @@ func TestKeepHeldSet(t *testing.T) {
 	if err != nil || len(sets) != 1 || sets[0].Status != StatusReady || r.prov.live() != 2 {
 		t.Errorf("a kept set after its holder ended: %+v, %v, %d shadows; want it ready and whole", sets, err, r.prov.live())
 	}
+}
+
+// TestOwnCopies: on a volume whose provider copies file by file, a
+// component that needs an atomic copy and whose writer can copy it itself
+// is left to the writer, and only that one (the other on the volume, which
+// needs only a quiesced copy, is the provider's); a writer that then gives
+// no copy fails the set, aborted.
+func TestOwnCopies(t *testing.T) {
+	r := newRig(t, Options{})
+	r.prov.copy = provider.CopyPerFile
+	atomic, quiesced := r.writers[0], r.writers[1]
+	atomic.Metadata.Components[0].OwnCopy = true
+	quiesced.Metadata.Components[0].OwnCopy = true
+	quiesced.Metadata.Components[0].Needs = writer.NeedQuiesced
+	sub := filepath.Join(r.vols[0], "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	quiesced.Metadata.Components[0].Paths = []string{sub}
+	atomic.Report.Copies = []writer.OwnCopy{{Path: r.vols[0], Source: t.TempDir()}}
+
+	set, err := r.create(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"fake:w0/data"}; !slices.Equal(set.OwnCopies, want) {
+		t.Errorf("own copies %v, want %v", set.OwnCopies, want)
+	}
+	if err := r.coord.Delete(t.Context(), set.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	atomic.Report.Copies = nil
+	if _, err := r.create(t.Context()); err == nil || !strings.Contains(err.Error(), "but it gave no copy of it") {
+		t.Fatalf("a writer that gives no copy of its own: got %v, want the set to fail saying so", err)
+	}
+	r.assertAborted(t)
 }

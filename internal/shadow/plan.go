@@ -85,33 +85,19 @@ func (r *creation) plan(userPaths []string) error {
 	for _, m := range mounts {
 		p := byMount[m]
 		var reqs []writer.Need
-		var whos []string
+		var whos, owns []string
 		for _, n := range needs[m] {
 			reqs = append(reqs, n.need)
 			whos = append(whos, n.who)
+			owns = append(owns, n.own)
 		}
-		prov, err := r.c.chooseProvider(p.vol, reqs, whos)
+		prov, own, err := r.c.chooseProvider(p.vol, reqs, whos, owns)
 		if err != nil {
-			// Writers that can copy their components themselves do so
-			// where no provider can (SQLite, MariaDB on ext4).
-			var owns []string
-			relaxed := slices.Clone(reqs)
-			for i, n := range needs[m] {
-				if n.own != "" {
-					relaxed[i] = writer.NeedLive
-					owns = append(owns, n.own)
-				}
-			}
-			if len(owns) == 0 {
-				return &PhaseError{Phase: writer.PhaseIdentify, Err: err}
-			}
-			if prov, err = r.c.chooseProvider(p.vol, relaxed, whos); err != nil {
-				return &PhaseError{Phase: writer.PhaseIdentify, Err: err}
-			}
-			for _, o := range owns {
-				if !contains(r.set.OwnCopies, o) {
-					r.set.OwnCopies = append(r.set.OwnCopies, o)
-				}
+			return &PhaseError{Phase: writer.PhaseIdentify, Err: err}
+		}
+		for _, o := range own {
+			if !contains(r.set.OwnCopies, o) {
+				r.set.OwnCopies = append(r.set.OwnCopies, o)
 			}
 		}
 		if r.c.opts.FSFreeze && !prov.Capabilities().FrozenCommit {
@@ -144,8 +130,11 @@ func fsfreezeAdvice(p provider.Provider) string {
 }
 
 // chooseProvider picks the first provider, or the forced one, that can serve
-// vol and give every component on it the copy it needs.
-func (c *Coordinator) chooseProvider(vol provider.Volume, needs []writer.Need, whos []string) (provider.Provider, error) {
+// vol and give every component on it the copy it needs. Failing that, it
+// picks the first one whose only shortfalls are components whose writers
+// can copy them themselves (owns[i] names such a component, "" none), and
+// returns those.
+func (c *Coordinator) chooseProvider(vol provider.Volume, needs []writer.Need, whos, owns []string) (provider.Provider, []string, error) {
 	candidates := c.providers
 	if c.opts.Provider != "" {
 		candidates = nil
@@ -155,22 +144,34 @@ func (c *Coordinator) chooseProvider(vol provider.Volume, needs []writer.Need, w
 			}
 		}
 		if candidates == nil {
-			return nil, fmt.Errorf("provider %q does not exist; umbra providers lists them", c.opts.Provider)
+			return nil, nil, fmt.Errorf("provider %q does not exist; umbra providers lists them", c.opts.Provider)
 		}
 	}
 	var why []string
+	var fallback provider.Provider
+	var fallbackOwn []string
 	for _, p := range candidates {
 		if err := p.CanServe(vol); err != nil {
 			why = append(why, fmt.Sprintf("%s: %v", p.Name(), err))
 			continue
 		}
-		if i := unmet(p.Capabilities().Copy, needs); i >= 0 {
-			why = append(why, fmt.Sprintf("%s: makes a %s copy, but %s needs %s", p.Name(), p.Capabilities().Copy, whos[i], needs[i]))
-			continue
+		short := unmet(p.Capabilities().Copy, needs)
+		if len(short) == 0 {
+			return p, nil, nil
 		}
-		return p, nil
+		i := short[0]
+		why = append(why, fmt.Sprintf("%s: makes a %s copy, but %s needs %s", p.Name(), p.Capabilities().Copy, whos[i], needs[i]))
+		if fallback == nil && !slices.ContainsFunc(short, func(i int) bool { return owns[i] == "" }) {
+			fallback = p
+			for _, i := range short {
+				fallbackOwn = append(fallbackOwn, owns[i])
+			}
+		}
 	}
-	return nil, fmt.Errorf("no provider can serve %s (%s on %s): %s; %s",
+	if fallback != nil {
+		return fallback, fallbackOwn, nil
+	}
+	return nil, nil, fmt.Errorf("no provider can serve %s (%s on %s): %s; %s",
 		vol.Mount, vol.FSType, vol.Device, strings.Join(why, "; "), placementAdvice(needs))
 }
 
@@ -183,17 +184,18 @@ func placementAdvice(needs []writer.Need) string {
 	return "put the data on btrfs, or on XFS made with reflink=1, or choose another provider with --provider"
 }
 
-// unmet returns the index of the first need a copy kind cannot meet, or -1.
-func unmet(copy provider.Copy, needs []writer.Need) int {
+// unmet returns the indexes of the needs a copy kind cannot meet.
+func unmet(copy provider.Copy, needs []writer.Need) []int {
+	var short []int
 	for i, n := range needs {
 		switch {
 		case n == writer.NeedAtomic && copy != provider.CopyAtomic:
-			return i
+			short = append(short, i)
 		case n == writer.NeedQuiesced && copy == provider.CopyNone:
-			return i
+			short = append(short, i)
 		}
 	}
-	return -1
+	return short
 }
 
 // fillResults sets each component's and user path's consistency as the
