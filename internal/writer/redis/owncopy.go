@@ -1,6 +1,7 @@
 package redis
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -103,13 +105,22 @@ func copyAOFDir(dir, manifestName, dst string, dirInfo fs.FileInfo) (bool, error
 	if err := os.Mkdir(dst, dirInfo.Mode().Perm()); err != nil {
 		return false, err
 	}
-	for _, f := range files {
+	for i, f := range files {
 		fi, err := f.Stat()
 		if err != nil {
 			return false, err
 		}
-		if err := copyOpen(f, filepath.Join(dst, filepath.Base(f.Name())), fi); err != nil {
+		out := filepath.Join(dst, filepath.Base(f.Name()))
+		if err := copyOpen(f, out, fi); err != nil {
 			return false, err
+		}
+		// The last file is the incremental one Redis appends to: a
+		// command it was writing as the copy read is cut off, so that
+		// the copy loads with aof-load-truncated off too.
+		if i == len(files)-1 && !strings.HasSuffix(f.Name(), ".rdb") {
+			if err := trimToCommand(out); err != nil {
+				return false, err
+			}
 		}
 	}
 	mfi, err := os.Stat(manifest)
@@ -148,4 +159,69 @@ func chown(path string, fi fs.FileInfo) error {
 		return os.Lchown(path, int(st.Uid), int(st.Gid))
 	}
 	return nil
+}
+
+// trimToCommand truncates an append-only file after its last complete
+// command (RESP arrays of bulk strings, as Redis writes them).
+func trimToCommand(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	end, err := completeCommands(bufio.NewReaderSize(f, 1<<20))
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if err := f.Truncate(end); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// completeCommands returns the length of the longest prefix of r that
+// holds only whole commands. A malformed command (not a cut one) is an
+// error: the copy would not be what Redis wrote.
+func completeCommands(r *bufio.Reader) (int64, error) {
+	var end, off int64
+	line := func() (string, bool, error) {
+		s, err := r.ReadString('\n')
+		off += int64(len(s))
+		if err == io.EOF {
+			return "", false, nil
+		}
+		if err != nil {
+			return "", false, err
+		}
+		return strings.TrimSuffix(s, "\r\n"), true, nil
+	}
+	for {
+		head, ok, err := line()
+		if err != nil || !ok {
+			return end, err
+		}
+		n, err := strconv.Atoi(strings.TrimPrefix(head, "*"))
+		if !strings.HasPrefix(head, "*") || err != nil || n < 0 {
+			return end, fmt.Errorf("at byte %d: %q is not the start of a command", end, head)
+		}
+		for range n {
+			h, ok, err := line()
+			if err != nil || !ok {
+				return end, err
+			}
+			size, err := strconv.Atoi(strings.TrimPrefix(h, "$"))
+			if !strings.HasPrefix(h, "$") || err != nil || size < 0 {
+				return end, fmt.Errorf("at byte %d: %q is not a bulk string", off-int64(len(h))-2, h)
+			}
+			got, err := io.CopyN(io.Discard, r, int64(size)+2)
+			off += got
+			if err == io.EOF {
+				return end, nil
+			}
+			if err != nil {
+				return end, err
+			}
+		}
+		end = off
+	}
 }
