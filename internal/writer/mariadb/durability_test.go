@@ -128,6 +128,9 @@ func checkDurableSet(t *testing.T, fs *testenv.FS, m *testenv.MariaDB, coord *sh
 	}
 	if set.Writers[0].Report.Copies != nil {
 		checkAcksAround(t, acks, led, "the set", start, end)
+		// mariadb-backup blocks commits for a moment of its own: the
+		// longest pause between two acknowledgements bounds it.
+		t.Logf("set took %v; longest pause between acknowledged commits meanwhile %v", end.Sub(start).Round(time.Millisecond), longestPause(acks, start, end))
 	} else {
 		checkAcks(t, acks, led, tw)
 	}
@@ -300,4 +303,21 @@ func TestRelaxedDurabilityNeedsSuper(t *testing.T) {
 		t.Errorf("innodb_flush_log_at_trx_commit after the refusal: got %d (%v), want 2", trx, err)
 	}
 	assertNoBackupStage(t, m)
+}
+
+// longestPause is the longest time between two acknowledgements (At) that
+// falls in from..to.
+func longestPause(acks []testenv.MariaDBAck, from, to time.Time) time.Duration {
+	var at []time.Time
+	for _, a := range acks {
+		at = append(at, a.At)
+	}
+	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
+	var longest time.Duration
+	for i := 1; i < len(at); i++ {
+		if at[i].After(from) && at[i-1].Before(to) {
+			longest = max(longest, at[i].Sub(at[i-1]))
+		}
+	}
+	return longest
 }

@@ -144,7 +144,9 @@ func (w *Writer) mariadbBackup(ctx context.Context, conn *sql.Conn, f facts, scr
 		}
 		return nil
 	}
-	if err := run(append(conArgs, "--backup", "--target-dir="+target, "--datadir="+f.dataDir)...); err != nil {
+	// The redo log copier checks every second by default, and commits
+	// stay blocked until it has caught up: 1 s pauses, measured.
+	if err := run(append(conArgs, "--backup", "--log-copy-interval=10", "--target-dir="+target, "--datadir="+f.dataDir)...); err != nil {
 		return nil, err
 	}
 	if err := run(append(conArgs, "--prepare", "--target-dir="+target)...); err != nil {
