@@ -133,6 +133,7 @@ func checkDurableSet(t *testing.T, fs *testenv.FS, m *testenv.MariaDB, coord *sh
 		t.Logf("set took %v; longest pause between acknowledged commits meanwhile %v", end.Sub(start).Round(time.Millisecond), longestPause(acks, start, end))
 	} else {
 		checkAcks(t, acks, led, tw)
+		t.Logf("freeze window %v (in Freeze %v)", set.FreezeWindow(), tw.freezeTook)
 	}
 	checkTables(t, c, "bank.accounts", "bank.transfers")
 	pos := set.Writers[0].Report.Positions
