@@ -99,3 +99,30 @@ func backupRestoreSQLite(t *testing.T, db string, opts testenv.SQLiteLoadOptions
 		t.Errorf("restored counter %d; %d was acknowledged before the backup began", got, before)
 	}
 }
+
+// TestRestoreLatestWithWriter: with --writer, "latest" is the newest backup
+// that holds that writer, not a newer backup of plain paths; a backup that
+// lacks the writer is refused, naming what it holds.
+func TestRestoreLatestWithWriter(t *testing.T) {
+	fs := testenv.Btrfs(t)
+	db := filepath.Join(fs.Subvolume(t, "app"), "app.db")
+	testenv.StartSQLiteLoad(t, db).Stop()
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	app := mustAppBackup(t, state, repo.environ(), "--writer", "sqlite:path="+db)
+	name := app.App.Writers[0].Name
+	plain := mustAppBackup(t, state, repo.environ(), filepath.Join(fs.Mount, "app"))
+
+	target := filepath.Join(t.TempDir(), "r")
+	res := umbraRun(t, state, repo.environ(), "restore", "latest", "--writer", name, "--target", target)
+	if res.code != 0 {
+		t.Fatalf("restore latest --writer %s: exit %d: %s", name, res.code, res.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(target, db)); err != nil {
+		t.Errorf("restore latest --writer %s did not restore the database of backup %s: %v", name, app.ID, err)
+	}
+	res = umbraRun(t, state, repo.environ(), "restore", plain.ID, "--writer", name, "--target", filepath.Join(t.TempDir(), "r"))
+	if res.code == 0 || !strings.Contains(res.stderr, "holds no writer "+name) || !strings.Contains(res.stderr, "plain paths") {
+		t.Errorf("restore of a plain-path backup with --writer: exit %d, %s; want a refusal naming the writer", res.code, res.stderr)
+	}
+}

@@ -449,7 +449,8 @@ func (a *app) restoreCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "restore ID [--target DIR] [--force] [--writer NAME] [--component NAME] [--include PATTERN]...",
 		Short: "Restore a backup: applications in place, or files under a directory",
-		Long: `Restore backup ID (an id, a unique prefix, or "latest").
+		Long: `Restore backup ID (an id, a unique prefix, or "latest"; with --writer,
+"latest" is the newest backup that holds those writers).
 
 A backup made with writers is restored application by application, in the
 order of the backup: the writer stops the application and moves its files
@@ -480,11 +481,15 @@ it. --files-only restores a writer backup as plain files.`,
   umbra restore latest --files-only --target /tmp/r --include '/etc/ssh/*'`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			repo, e, done, err := a.openBackup(cmd.Context(), &f, args[0])
+			repo, done, err := a.openRepo(cmd.Context(), &f)
 			if err != nil {
 				return err
 			}
 			defer done()
+			e, err := backup.FindBackup(cmd.Context(), repo, args[0], only)
+			if err != nil {
+				return err
+			}
 			info, err := backup.ReadInfo(e.Manifest)
 			if err != nil {
 				return err

@@ -342,3 +342,58 @@ func componentNames(md writer.Metadata) string {
 func escapeGlob(p string) string {
 	return strings.NewReplacer(`\`, `\\`, `*`, `\*`, `?`, `\?`, `[`, `\[`).Replace(p)
 }
+
+// FindBackup resolves ref (an id, a unique prefix of one, or "latest") to a
+// backup. With writers, "latest" is the newest backup that holds every one
+// of them, and a backup that lacks one is an error: never a silent restore
+// of something else.
+func FindBackup(ctx context.Context, repo *repository.Repository, ref string, writers []string) (repository.ManifestEntry, error) {
+	if len(writers) == 0 || ref != "latest" {
+		e, err := repo.FindManifest(ctx, ref)
+		if err != nil || len(writers) == 0 {
+			return e, err
+		}
+		info, err := ReadInfo(e.Manifest)
+		if err != nil {
+			return e, err
+		}
+		if missing := lacking(info, writers); len(missing) > 0 {
+			return e, fmt.Errorf("backup %s holds no writer %s (it has %s); umbra backups shows which backup holds which writer",
+				e.ID.Short(), strings.Join(missing, ", "), writerNames(info))
+		}
+		return e, nil
+	}
+	all, err := repo.Manifests(ctx)
+	if err != nil {
+		return repository.ManifestEntry{}, err
+	}
+	for i := len(all) - 1; i >= 0; i-- {
+		info, err := ReadInfo(all[i].Manifest)
+		if err == nil && len(lacking(info, writers)) == 0 {
+			return all[i], nil
+		}
+	}
+	return repository.ManifestEntry{}, fmt.Errorf("no backup holds writer %s; umbra backups shows which backup holds which writer", strings.Join(writers, ", "))
+}
+
+// lacking lists the writers that info does not hold.
+func lacking(info *Info, writers []string) []string {
+	var missing []string
+	for _, w := range writers {
+		if info == nil || !slices.ContainsFunc(info.Writers, func(wi WriterInfo) bool { return wi.Name == w }) {
+			missing = append(missing, w)
+		}
+	}
+	return missing
+}
+
+func writerNames(info *Info) string {
+	if info == nil || len(info.Writers) == 0 {
+		return "no writer: it is a backup of plain paths"
+	}
+	var names []string
+	for _, wi := range info.Writers {
+		names = append(names, wi.Name)
+	}
+	return strings.Join(names, ", ")
+}
