@@ -512,3 +512,14 @@ func TestChangingFileWarns(t *testing.T) {
 		t.Errorf("the backup should hold both files:\n%s", ls.stdout)
 	}
 }
+
+// TestWalFetchCannotOpenRepository: wal-fetch that cannot open the
+// repository exits 126, which stops PostgreSQL's recovery, not 1, which
+// PostgreSQL would take for the end of the archive (issue 11).
+func TestWalFetchCannotOpenRepository(t *testing.T) {
+	env := []string{"UMBRA_REPO=" + filepath.Join(t.TempDir(), "none"), "UMBRA_PASSWORD=x"}
+	res := umbraRun(t, t.TempDir(), env, "wal-fetch", "--writer", "postgres:main", "000000010000000000000001", filepath.Join(t.TempDir(), "out"))
+	if res.code != 126 {
+		t.Errorf("wal-fetch from a repository that is not there: exit %d (%s), want 126", res.code, strings.TrimSpace(res.stderr))
+	}
+}

@@ -68,13 +68,15 @@ func (a *app) walFetchCommand() *cobra.Command {
 		Short: "Fetch one archived WAL file (restore_command)",
 		Long: `Write the archived WAL file NAME to PATH. umbra restore --until sets
 restore_command to call it; it exits 1 when NAME was never archived, which
-PostgreSQL takes as the end of the archive.`,
+PostgreSQL takes as the end of the archive, and 126 when it cannot read the
+repository or write PATH, which stops recovery.`,
 		Example: "  umbra wal-fetch 000000010000000000000003 pg_wal/RECOVERYXLOG",
 		Args:    exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			repo, done, err := a.openWAL(cmd.Context(), &f)
 			if err != nil {
-				return err
+				// Not "the archive ends here" (exit 1): recovery must stop.
+				return &exitError{code: exitFatal, err: err}
 			}
 			defer done()
 			data, err := repo.LoadWAL(cmd.Context(), backup.WALKey(wname, args[0]))
