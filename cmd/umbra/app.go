@@ -64,7 +64,8 @@ Backups go to a deduplicating, encrypted repository: a local directory
 
 Exit status: 0 success, 1 failure, 2 bad command line, 3 completed with
 warnings (some files could not be read, a log was not truncated), 126
-wal-fetch failed otherwise than "not archived".
+wal-fetch failed otherwise than "not archived", 130 interrupted (Ctrl-C,
+SIGTERM; what was begun is undone).
 
 The whole story (docs/writers.md has every writer's options):
   umbra writers --writer postgres:host=/run/postgresql,user=postgres
@@ -79,6 +80,14 @@ The whole story (docs/writers.md has every writer's options):
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print JSON for scripts instead of text")
 	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log each phase to stderr")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
+	// An unknown command is a usage error (exit 2), as documented.
+	root.Args = func(_ *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return usagef("unknown command %q; umbra --help lists the commands", args[0])
+		}
+		return nil
+	}
+	root.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
 	root.AddCommand(a.initCommand(), a.backupCommand(), a.backupsCommand(), a.lsCommand(), a.showCommand(), a.restoreCommand(), a.walPushCommand(), a.walFetchCommand(),
 		a.checkCommand(), a.forgetCommand(), a.pruneCommand(), a.keyCommand(),
 		a.shadowCommand(), a.writersCommand(), a.providersCommand(), a.guardCommand(), configHelp())

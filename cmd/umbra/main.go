@@ -27,6 +27,9 @@ const (
 	// exitFatal is wal-fetch's failure other than "not archived": above
 	// 125, so that PostgreSQL stops recovery instead of ending it.
 	exitFatal = 126
+	// exitInterrupted is 128 + SIGINT, as a shell reports a command it
+	// interrupted.
+	exitInterrupted = 130
 )
 
 func main() {
@@ -96,6 +99,11 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return exitOK
+	}
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		// Ctrl-C or SIGTERM: one line, and the shell's status for it.
+		fmt.Fprintln(stderr, "umbra: interrupted")
+		return exitInterrupted
 	}
 	var reported *reportedError
 	if !errors.As(err, &reported) {

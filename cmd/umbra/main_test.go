@@ -191,3 +191,45 @@ func shadowDirs(t testing.TB, mount string) []string {
 	}
 	return names
 }
+
+// TestExitStatuses: an unknown command is a usage error (2); an interrupted
+// run (SIGINT while a shadow set is being made) says so once and exits 130.
+func TestExitStatuses(t *testing.T) {
+	if res := umbraRun(t, t.TempDir(), nil, "frobnicate"); res.code != 2 || !strings.Contains(res.stderr, `unknown command "frobnicate"`) {
+		t.Errorf("unknown command: exit %d, %q; want 2 naming it", res.code, res.stderr)
+	}
+	if res := umbraRun(t, t.TempDir(), nil); res.code != 0 || !strings.Contains(res.stdout, "Usage:") {
+		t.Errorf("umbra alone: exit %d, want the help", res.code)
+	}
+
+	db := filepath.Join(t.TempDir(), "app.db")
+	testenv.StartSQLiteLoad(t, db).Stop()
+	cmd := umbraCmd(t, t.TempDir(), []string{"UMBRA_TEST_PAUSE_AT=freeze"}, "shadow", "create", "--writer", "sqlite:path="+db)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	sc := bufio.NewScanner(stderr)
+	for sc.Scan() && !strings.Contains(sc.Text(), "paused at freeze") {
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	var rest []string
+	for sc.Scan() {
+		rest = append(rest, sc.Text())
+	}
+	err = cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 130 {
+		t.Errorf("interrupted: %v, want exit 130", err)
+	}
+	out := strings.Join(rest, "\n")
+	if strings.Count(out, "interrupted") != 1 || strings.Contains(out, "context canceled") {
+		t.Errorf("interrupted: said %q; want \"interrupted\" once and no \"context canceled\"", out)
+	}
+}
