@@ -403,6 +403,9 @@ func (a *app) lsCommand() *cobra.Command {
 			if err := walk(e.Tree, "/"); err != nil {
 				return err
 			}
+			if len(list) == 0 && under != "/" {
+				return fmt.Errorf("backup %s holds nothing at %s; umbra ls %s lists what it holds", e.ID.Short(), under, e.ID.Short())
+			}
 			if a.json {
 				for i := range list {
 					list[i].Content, list[i].ContentLists = nil, nil // ids are of no use to a script

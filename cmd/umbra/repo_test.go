@@ -115,6 +115,9 @@ func testRoundTrip(t *testing.T, repo testRepo) {
 	if !strings.Contains(ls.stdout, filepath.Join(gen, "sub", "deeper", "file")) || strings.Contains(ls.stdout, "random.bin") {
 		t.Errorf("ls under a path:\n%s", ls.stdout)
 	}
+	if res := umbraRepo(t, repo, "ls", "latest", "/no/such/path"); res.code != 1 || !strings.Contains(res.stderr, "holds nothing at /no/such/path") {
+		t.Errorf("ls of a path the backup does not hold: exit %d, %q; want 1 saying so", res.code, res.stderr)
+	}
 }
 
 func TestWrongPassword(t *testing.T) {
