@@ -176,8 +176,8 @@ func (a *app) printAppBackup(res *backup.Result) {
 	}
 	m, info := res.Manifest, res.Info
 	s := m.Stats
-	fmt.Fprintf(a.stdout, "Backup %s (%s) of %s: %d files, %s; %s read, %s added, in %s.\n",
-		res.ID.Short(), info.Type, strings.Join(m.Paths, " "), s.Files, size(s.Bytes), size(s.BytesRead), size(s.BytesAdded),
+	fmt.Fprintf(a.stdout, "Backup %s (%s) of %s: %s, %s; %s read, %s added, in %s.\n",
+		res.ID.Short(), info.Type, strings.Join(m.Paths, " "), count(s.Files, "file"), size(s.Bytes), size(s.BytesRead), size(s.BytesAdded),
 		(time.Duration(s.DurationMS) * time.Millisecond).Round(time.Millisecond))
 	for _, w := range info.Writers {
 		fmt.Fprintf(a.stdout, "  %s: %s", w.Name, w.Consistency)
@@ -295,9 +295,9 @@ func (a *app) appRestore(cmd *cobra.Command, repo *repository.Repository, e repo
 		where = "under " + target
 	}
 	for _, w := range done {
-		fmt.Fprintf(a.stdout, "Restored %s (%s) %s: %d files, %s", w.Name, strings.Join(w.Components, ", "), where, w.Stats.Files, size(w.Stats.Bytes))
+		fmt.Fprintf(a.stdout, "Restored %s (%s) %s: %s, %s", w.Name, strings.Join(w.Components, ", "), where, count(w.Stats.Files, "file"), size(w.Stats.Bytes))
 		if len(w.HandedOn) > 0 {
-			fmt.Fprintf(a.stdout, ", and %d files it handed on", len(w.HandedOn))
+			fmt.Fprintf(a.stdout, ", and %s it handed on", count(len(w.HandedOn), "file"))
 		}
 		fmt.Fprintln(a.stdout, ".")
 	}

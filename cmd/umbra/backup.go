@@ -182,8 +182,8 @@ aborts the writers and truncates nothing. A retryable failure of the set
 					fmt.Fprintf(a.stderr, "warning: %s\n", w)
 				}
 				s := m.Stats
-				fmt.Fprintf(a.stdout, "Backup %s of %s: %d files, %d directories, %s; %d files new or changed, %s read, %s added, in %s.\n",
-					id.Short(), strings.Join(recorded, " "), s.Files, s.Dirs, size(s.Bytes), s.FilesChanged,
+				fmt.Fprintf(a.stdout, "Backup %s of %s: %s, %s, %s; %s new or changed, %s read, %s added, in %s.\n",
+					id.Short(), strings.Join(recorded, " "), count(s.Files, "file"), count(s.Dirs, "directory"), size(s.Bytes), count(s.FilesChanged, "file"),
 					size(s.BytesRead), size(s.BytesAdded), (time.Duration(s.DurationMS) * time.Millisecond).Round(time.Millisecond))
 			}
 			if len(res.Warnings) > 0 {
@@ -289,6 +289,17 @@ func (a *app) showProgress(status func(elapsed time.Duration) string) func() {
 }
 
 // size formats a byte count for people.
+// count says n things: "1 file", "2 files", "3 directories".
+func count[N int | int64](n N, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	if strings.HasSuffix(word, "y") {
+		return fmt.Sprintf("%d %sies", n, strings.TrimSuffix(word, "y"))
+	}
+	return fmt.Sprintf("%d %ss", n, word)
+}
+
 func size(n int64) string {
 	const unit = 1024
 	if n < unit {
@@ -542,8 +553,8 @@ it. --files-only restores a writer backup as plain files.`,
 			if a.json {
 				return a.printJSON(map[string]any{"id": e.ID, "target": target, "stats": stats})
 			}
-			fmt.Fprintf(a.stdout, "Restored %d files, %d directories, %s from %s to %s in %s.\n",
-				stats.Files, stats.Dirs, size(stats.Bytes), e.ID.Short(), target, time.Since(start).Round(time.Millisecond))
+			fmt.Fprintf(a.stdout, "Restored %s, %s, %s from %s to %s in %s.\n",
+				count(stats.Files, "file"), count(stats.Dirs, "directory"), size(stats.Bytes), e.ID.Short(), target, time.Since(start).Round(time.Millisecond))
 			return nil
 		},
 	}

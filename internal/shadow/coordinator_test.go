@@ -291,7 +291,7 @@ func TestCreateRefusesUnmetNeed(t *testing.T) {
 	r := newRig(t, Options{})
 	r.prov.copy = provider.CopyNone // cannot give the fakes their atomic copy
 	_, err := r.create(t.Context())
-	if err == nil || !strings.Contains(err.Error(), "needs atomic") {
+	if err == nil || !strings.Contains(err.Error(), "needs an atomic copy") {
 		t.Fatalf("got %v, want a refusal naming the need", err)
 	}
 	for _, f := range r.writers {

@@ -160,7 +160,7 @@ func (c *Coordinator) chooseProvider(vol provider.Volume, needs []writer.Need, w
 			return p, nil, nil
 		}
 		i := short[0]
-		why = append(why, fmt.Sprintf("%s: makes a %s copy, but %s needs %s", p.Name(), p.Capabilities().Copy, whos[i], needs[i]))
+		why = append(why, fmt.Sprintf("%s: makes %s, but %s needs %s", p.Name(), copyPhrase(p.Capabilities().Copy), whos[i], needPhrase(needs[i])))
 		if fallback == nil && !slices.ContainsFunc(short, func(i int) bool { return owns[i] == "" }) {
 			fallback = p
 			for _, i := range short {
@@ -173,6 +173,28 @@ func (c *Coordinator) chooseProvider(vol provider.Volume, needs []writer.Need, w
 	}
 	return nil, nil, fmt.Errorf("no provider can serve %s (%s on %s): %s; %s",
 		vol.Mount, vol.FSType, vol.Device, strings.Join(why, "; "), placementAdvice(needs))
+}
+
+// copyPhrase names a kind of copy in a sentence.
+func copyPhrase(c provider.Copy) string {
+	switch c {
+	case provider.CopyAtomic:
+		return "an atomic copy"
+	case provider.CopyNone:
+		return "no copy"
+	}
+	return "a " + string(c) + " copy"
+}
+
+// needPhrase names a need in a sentence.
+func needPhrase(n writer.Need) string {
+	switch n {
+	case writer.NeedAtomic:
+		return "an atomic copy"
+	case writer.NeedQuiesced:
+		return "a copy made while it is quiesced"
+	}
+	return "any copy"
 }
 
 // placementAdvice says where data with these needs can live: an atomic need
