@@ -459,6 +459,10 @@ func (w *Writer) awaitRecovery(ctx context.Context, dataDir, logHint string) err
 		}
 		st := readPostmasterPID(dataDir)
 		switch {
+		case errors.Is(last, errInRecovery):
+			// Connected: replaying WAL, for as long as start_timeout.
+			seen = true
+			refusedSince = time.Time{}
 		case st.pid == 0:
 			// A service manager may return before the server has
 			// written postmaster.pid: only a server seen and gone, or
@@ -515,6 +519,11 @@ func readPostmasterPID(dataDir string) postmasterState {
 	return postmasterState{pid: pid, port: field(3), socketDir: field(4), listen: field(5), status: field(7)}
 }
 
+// errInRecovery is recovered's answer from a server that accepts
+// connections but still replays WAL (hot standby during archive recovery,
+// which may last hours): progress, not a server out of reach.
+var errInRecovery = errors.New("still in recovery")
+
 func (w *Writer) recovered(ctx context.Context) error {
 	conn, err := w.connect(ctx)
 	if err != nil {
@@ -526,7 +535,7 @@ func (w *Writer) recovered(ctx context.Context) error {
 		return err
 	}
 	if inRecovery {
-		return errors.New("still in recovery")
+		return errInRecovery
 	}
 	// The recovery settings prepare added (restore_command, a target)
 	// would steer a later recovery: remove them.

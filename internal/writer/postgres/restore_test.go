@@ -102,8 +102,9 @@ func restoreInPlace(t *testing.T, pg *testenv.Postgres, wr *Writer, set *shadow.
 	}
 }
 
-// tryRestoreInPlace is restoreInPlace returning PostRestore's error.
-func tryRestoreInPlace(t *testing.T, pg *testenv.Postgres, wr *Writer, set *shadow.Set, staging string) error {
+// tryRestoreInPlace is restoreInPlace returning PostRestore's error; its
+// restore_command, if given, is fetch.
+func tryRestoreInPlace(t *testing.T, pg *testenv.Postgres, wr *Writer, set *shadow.Set, staging string, fetch ...string) error {
 	t.Helper()
 	md := set.Writers[0].Metadata
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
@@ -124,7 +125,11 @@ func tryRestoreInPlace(t *testing.T, pg *testenv.Postgres, wr *Writer, set *shad
 		}
 	}
 	shadowtest.HandOn(t, set, wr.Name(), func(p string) string { return p })
-	return wr.PostRestore(ctx, writer.Restore{Metadata: md})
+	r := writer.Restore{Metadata: md}
+	if len(fetch) > 0 {
+		r.FetchLog = fetch[0]
+	}
+	return wr.PostRestore(ctx, r)
 }
 
 // amcheck runs pg_amcheck --heapallindexed on every database of pg.
@@ -185,5 +190,39 @@ func TestRestoreWaitsEnd(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRestoreWaitsForSlowRecovery: a server that accepts connections in
+// hot standby while recovery still fetches WAL (here a restore_command
+// that takes 20 s for the segment after the backup, as a slow archive
+// does) is recovering, not out of reach: restore waits for it, past the
+// 15 s given a server that is ready elsewhere.
+func TestRestoreWaitsForSlowRecovery(t *testing.T) {
+	pg := testenv.InitPostgres(t, filepath.Join(t.TempDir(), "data"), testenv.PostgresOptions{})
+	pg.Exec(t, "CREATE TABLE marks (what text)")
+	wr := newWriter(t, pg)
+	coord := newCoordinator(t, live.New())
+	set := createSet(t, coord, wr)
+	staging := t.TempDir()
+	shadowtest.CopyComponents(t, set, wr.Name(), func(p string) string { return filepath.Join(staging, p) })
+	if err := coord.CompleteCopy(t.Context(), set, []writer.Writer{wr}); err != nil {
+		t.Fatal(err)
+	}
+	// Fast for what recovery needs to become consistent (up to the
+	// backup's stop segment), then 20 s, once, for the next segment, in
+	// hot standby.
+	stop := set.Writers[0].Report.Positions["stop_wal"]
+	once := filepath.Join(pg.SocketDir, "slow-once")
+	fetch := fmt.Sprintf(`case %%f in *.history) exit 1;; esac; if [ "%%f" \> "%s" ] && [ ! -e %s ]; then touch %s; sleep 20; fi; exit 1`, stop, once, once)
+	start := time.Now()
+	if err := tryRestoreInPlace(t, pg, wr, set, staging, fetch); err != nil {
+		t.Fatalf("restore with a slow archive, after %v: %v", time.Since(start).Round(time.Second), err)
+	}
+	if took := time.Since(start); took < startGrace {
+		t.Errorf("restore returned after %v: recovery asked the slow archive for less than %v, so this tested nothing", took, startGrace)
+	}
+	if n := pg.QueryInt(t, "SELECT count(*) FROM marks"); n != 0 {
+		t.Errorf("marks: %d rows, want the empty table of the backup", n)
 	}
 }
