@@ -77,9 +77,13 @@ func checkDurableSet(t *testing.T, fs *testenv.FS, m *testenv.MariaDB, coord *sh
 		}
 	}
 	tw := &timed{Writer: newWriter(t, m, nil)}
+	trxBefore := trxCommit(t, m)
 	start := time.Now()
 	set := createSet(t, coord, tw)
 	end := time.Now()
+	if after := trxCommit(t, m); after != trxBefore {
+		t.Errorf("innodb_flush_log_at_trx_commit was %d before the set and is %d after it; want it put back", trxBefore, after)
+	}
 	if err := load.WaitProgress(10 * time.Second); err != nil {
 		t.Fatalf("after the set: %v", err)
 	}
@@ -321,4 +325,13 @@ func longestPause(acks []testenv.MariaDBAck, from, to time.Time) time.Duration {
 		}
 	}
 	return longest
+}
+
+func trxCommit(t *testing.T, m *testenv.MariaDB) int {
+	t.Helper()
+	var v int
+	if err := m.DB(t).QueryRowContext(t.Context(), "SELECT @@global.innodb_flush_log_at_trx_commit").Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	return v
 }

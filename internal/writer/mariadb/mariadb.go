@@ -349,15 +349,23 @@ func (w *Writer) flushRedo(ctx context.Context, s *session) error {
 	if err != nil {
 		err = w.sqlErr(ctx, writer.PhaseFreeze, "FLUSH ENGINE LOGS", s.user, "RELOAD", err)
 	}
-	// The setting goes back even when the flush failed, and even if ctx
-	// has ended (the session is still ours until drop).
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if _, rerr := s.Conn.Conn.ExecContext(rctx, fmt.Sprintf("SET GLOBAL innodb_flush_log_at_trx_commit=%d", trx)); rerr != nil {
-		err = errors.Join(err, fmt.Errorf("mariadb writer %q: freeze: innodb_flush_log_at_trx_commit could not be set back to %d and is 1 now (durable, slower); SET GLOBAL innodb_flush_log_at_trx_commit=%d: %w", w.name, trx, trx, rerr))
-	}
-	return err
+	// The setting goes back even when the flush failed.
+	return errors.Join(err, w.resetRedoFlush(ctx, s.Conn.Conn, writer.PhaseFreeze, trx))
 }
+
+// resetRedoFlush sets innodb_flush_log_at_trx_commit back to trx, even if
+// ctx has ended, within a limit of its own.
+func (w *Writer) resetRedoFlush(ctx context.Context, conn *sql.Conn, phase writer.Phase, trx int) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resetLimit)
+	defer cancel()
+	if _, err := conn.ExecContext(rctx, fmt.Sprintf("SET GLOBAL innodb_flush_log_at_trx_commit=%d", trx)); err != nil {
+		return fmt.Errorf("mariadb writer %q: %s: innodb_flush_log_at_trx_commit could not be set back to %d and is 1 now (durable, slower); SET GLOBAL innodb_flush_log_at_trx_commit=%d: %w", w.name, phase, trx, trx, err)
+	}
+	return nil
+}
+
+// resetLimit bounds setting innodb_flush_log_at_trx_commit back.
+const resetLimit = 10 * time.Second
 
 // durableTrx stands for the innodb_flush_log_at_trx_commit settings that
 // make every commit durable when it is acknowledged (1 and 3).

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -14,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/umbra-backup/umbra/internal/writer"
 )
@@ -89,7 +89,7 @@ func (w *Writer) ownCopy(ctx context.Context, set writer.Set, pos *position) (wr
 // innodb_flush_log_at_trx_commit is 1 while it runs: mariadb-backup copies
 // the redo log from disk, where commits acknowledged into InnoDB's log
 // buffer are not yet.
-func (w *Writer) mariadbBackup(ctx context.Context, conn *sql.Conn, f facts, scratch, target string) (*position, error) {
+func (w *Writer) mariadbBackup(ctx context.Context, conn *sql.Conn, f facts, scratch, target string) (_ *position, err error) {
 	const phase = writer.PhasePostSnapshot
 	if err := os.RemoveAll(target); err != nil {
 		return nil, err
@@ -98,12 +98,22 @@ func (w *Writer) mariadbBackup(ctx context.Context, conn *sql.Conn, f facts, scr
 	if err != nil {
 		return nil, err
 	}
-	if trx != durableTrx {
-		defer func() {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), defaultLockWaitReset)
-			defer cancel()
-			_, _ = w.setRedoFlush(rctx, conn, phase, f.user, trx)
-		}()
+	// The setting goes back as soon as mariadb-backup has copied, and on
+	// every way out before that.
+	relaxed := trx != durableTrx
+	reset := func() error {
+		if !relaxed {
+			return nil
+		}
+		relaxed = false
+		return w.resetRedoFlush(ctx, conn, phase, trx)
+	}
+	defer func() {
+		if rerr := reset(); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}()
+	if relaxed {
 		if _, err := conn.ExecContext(ctx, "FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS"); err != nil {
 			return nil, w.sqlErr(ctx, phase, "FLUSH ENGINE LOGS", f.user, "RELOAD", err)
 		}
@@ -138,6 +148,8 @@ func (w *Writer) mariadbBackup(ctx context.Context, conn *sql.Conn, f facts, scr
 		cmd := exec.CommandContext(ctx, bin, args...)
 		cmd.Stdout, cmd.Stderr = out, out
 		cmd.Dir = scratch
+		// It holds BACKUP STAGE: it must not outlive umbra.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Run(); err != nil {
 			tail, _ := os.ReadFile(logFile)
 			return fmt.Errorf("mariadb writer %q: %s: mariadb-backup %s: %w\n%s", w.name, phase, args[len(conArgs)], err, lastLines(tail, 15))
@@ -147,6 +159,9 @@ func (w *Writer) mariadbBackup(ctx context.Context, conn *sql.Conn, f facts, scr
 	// The redo log copier checks every second by default, and commits
 	// stay blocked until it has caught up: 1 s pauses, measured.
 	if err := run(append(conArgs, "--backup", "--log-copy-interval=10", "--target-dir="+target, "--datadir="+f.dataDir)...); err != nil {
+		return nil, err
+	}
+	if err := reset(); err != nil {
 		return nil, err
 	}
 	if err := run(append(conArgs, "--prepare", "--target-dir="+target)...); err != nil {
@@ -173,8 +188,6 @@ func (w *Writer) mariadbBackup(ctx context.Context, conn *sql.Conn, f facts, scr
 	return pos, nil
 }
 
-// defaultLockWaitReset bounds setting innodb_flush_log_at_trx_commit back.
-const defaultLockWaitReset = 10 * time.Second
 
 // copyBinlogs copies the binary logs of base (its .index names them) up to
 // pos into dir: the files before pos.File whole, pos.File up to pos.Pos,
