@@ -188,7 +188,6 @@ func (w *Writer) mariadbBackup(ctx context.Context, conn *sql.Conn, f facts, scr
 	return pos, nil
 }
 
-
 // copyBinlogs copies the binary logs of base (its .index names them) up to
 // pos into dir: the files before pos.File whole, pos.File up to pos.Pos,
 // and an index that lists them.
