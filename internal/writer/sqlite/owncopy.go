@@ -24,11 +24,12 @@ const copyPages = 4096
 // ownCopy is the writer's own copy of the database in a set where no
 // provider can copy it consistently (ext4): a read transaction on a
 // connection of its own, begun while Freeze holds the write lock, pins the
-// database as it is at the freeze; SQLite's online backup API copies that
-// state into the set's scratch directory. In WAL mode the reader blocks no
-// writer, so the copy runs after Thaw, in PostSnapshot; in rollback
-// journal modes a reader holds off every commit, so the copy runs inside
-// Freeze and its time is part of the freeze window, honestly.
+// database as it is at the freeze; after Thaw, PostSnapshot copies that
+// state with SQLite's online backup API into the set's scratch directory.
+// In WAL mode the reader blocks no writer. In a rollback journal mode its
+// shared lock holds off this database's commits (not the other writers'
+// of the set) until the copy is made: the application's writers wait in
+// their busy handlers for that long.
 type ownCopy struct {
 	db     *sql.DB
 	conn   *sql.Conn // in a read transaction
@@ -120,9 +121,9 @@ func (oc *ownCopy) close() error {
 	return errors.Join(err, oc.db.Close())
 }
 
-// PostSnapshot makes the set's own copy if Freeze left it to be made (WAL
-// mode), and says where the database is to be read: the copy, which folds
-// in the WAL, so the live -wal and -journal files stay out.
+// PostSnapshot makes the set's own copy from the read transaction Freeze
+// began, ends that, and says where the database is to be read: the copy,
+// which folds in the WAL, so the live -wal and -journal files stay out.
 func (w *Writer) PostSnapshot(ctx context.Context, set writer.Set) (writer.Report, error) {
 	if !set.CopiesOwn(w.name, w.component) {
 		return writer.Report{}, nil

@@ -144,8 +144,8 @@ func (w *Writer) PrepareSnapshot(ctx context.Context, _ writer.Set) error {
 // that is in a transaction now, for as long as ctx allows; when ctx ends
 // first it returns an error wrapping writer.ErrRetryable. Where the writer
 // makes the set's copy itself (set.OwnCopies), it then pins the database
-// with a read transaction of its own, and in a rollback journal mode
-// copies it at once (see ownCopy).
+// with a read transaction of its own, which PostSnapshot copies (see
+// ownCopy).
 func (w *Writer) Freeze(ctx context.Context, set writer.Set) error {
 	s, err := w.session(ctx)
 	if err != nil {
@@ -174,21 +174,19 @@ func (w *Writer) Freeze(ctx context.Context, set writer.Set) error {
 		return nil
 	}
 	oc, err := w.beginOwnCopy(fctx, s)
-	if err == nil && !oc.wal {
-		var scratch string
-		if scratch, err = set.ScratchFor(w.name); err == nil {
-			err = oc.make(fctx, w.path, scratch)
-		}
-		if err != nil {
-			err = errors.Join(fmt.Errorf("sqlite writer %q: freeze: %w", w.name, err), oc.close())
-		}
-	}
 	if err != nil {
 		return errors.Join(err, w.drop(s))
 	}
 	w.mu.Lock()
-	s.own = oc
+	current = w.sess == s
+	if current {
+		s.own = oc
+	}
 	w.mu.Unlock()
+	if !current {
+		// Abort came meanwhile and found no reader to close.
+		return errors.Join(fmt.Errorf("sqlite writer %q: freeze: aborted: %w", w.name, context.Canceled), oc.close())
+	}
 	return nil
 }
 
