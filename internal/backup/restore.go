@@ -121,7 +121,8 @@ func restoreWriter(ctx context.Context, repo *repository.Repository, job Restore
 	restorer, _ := wr.(writer.Restorer)
 	if restorer != nil {
 		if err := restorer.PreRestore(ctx, r); err != nil {
-			return rw, fmt.Errorf("pre-restore: %w", err)
+			// It may have moved some paths aside before it failed.
+			return rw, fmt.Errorf("pre-restore: %w%s", err, putBack(wr))
 		}
 	}
 	target := job.Target

@@ -343,8 +343,8 @@ func started(ctx context.Context, conn *sql.Conn) *writer.Started {
 		return nil
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
-		return nil
+	if err != nil || pid <= 0 || !process.Named(pid, "mariadbd", "mysqld") {
+		return nil // not this host's server (a container's, a remote one's pid file)
 	}
 	s, err := process.Recorded(pid)
 	if err != nil {

@@ -39,17 +39,81 @@ func Recorded(pid int) (*writer.Started, error) {
 	return s, nil
 }
 
-// Owner returns a Started with only the user and group of process pid.
+// Owner returns a Started with only the user and group process pid runs
+// as (its real ids, from /proc/PID/status: the owner of /proc/PID is root
+// for a process that changed its ids after exec). It refuses a process
+// that runs under a systemd service other than umbra's own: that manager
+// would start it again behind umbra's back, so a restore must go through
+// it (service=).
 func Owner(pid int) (*writer.Started, error) {
-	fi, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return nil, err
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return nil, fmt.Errorf("no owner for process %d", pid)
+	s := &writer.Started{UID: -1, GID: -1}
+	for line := range strings.Lines(string(b)) {
+		name, rest, _ := strings.Cut(line, ":")
+		fields := strings.Fields(rest)
+		if len(fields) == 0 {
+			continue
+		}
+		n, err := strconv.Atoi(fields[0])
+		if err != nil {
+			continue
+		}
+		switch name {
+		case "Uid":
+			s.UID = n
+		case "Gid":
+			s.GID = n
+		}
 	}
-	return &writer.Started{UID: int(st.Uid), GID: int(st.Gid)}, nil
+	if s.UID < 0 || s.GID < 0 {
+		return nil, fmt.Errorf("no user in /proc/%d/status", pid)
+	}
+	if unit := serviceUnit(pid); unit != "" && unit != serviceUnit(os.Getpid()) {
+		return nil, fmt.Errorf("process %d runs under %s: restore it with service=%s", pid, unit, strings.TrimSuffix(unit, ".service"))
+	}
+	return s, nil
+}
+
+// serviceUnit names the systemd service whose cgroup process pid is in,
+// or "".
+func serviceUnit(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return ""
+	}
+	for line := range strings.Lines(string(b)) {
+		for _, part := range strings.Split(strings.TrimSpace(line[strings.LastIndex(line, ":")+1:]), "/") {
+			if strings.HasSuffix(part, ".service") {
+				return part
+			}
+		}
+	}
+	return ""
+}
+
+// Named reports whether process pid runs one of the programs (by the base
+// name of its executable or of its argv[0]): a pid file can name another
+// process, and its command line must not be what a restore runs.
+func Named(pid int, programs ...string) bool {
+	var names []string
+	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
+		names = append(names, filepath.Base(exe))
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil {
+		arg0, _, _ := strings.Cut(string(b), "\x00")
+		names = append(names, filepath.Base(strings.Fields(arg0 + " ")[0]))
+	}
+	for _, n := range names {
+		for _, p := range programs {
+			if n == p {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Start starts s detached from umbra (a session of its own, so that it
@@ -58,13 +122,16 @@ func Start(s *writer.Started, logFile string) (*os.Process, error) {
 	if s == nil || len(s.Argv) == 0 {
 		return nil, fmt.Errorf("no command line recorded")
 	}
-	out, err := os.OpenFile(logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	out, err := os.OpenFile(logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o640)
 	if err != nil {
 		return nil, err
 	}
 	defer out.Close()
 	cmd := exec.Command(s.Argv[0], s.Argv[1:]...)
 	cmd.Dir = "/"
+	// Not umbra's environment: it holds the repository's password and
+	// keys, which the server would keep for its lifetime.
+	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if os.Geteuid() == 0 && s.UID != 0 {

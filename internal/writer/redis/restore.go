@@ -160,7 +160,7 @@ func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
 		err = w.run(ctx, phase, "start="+w.start, "/bin/sh", "-c", w.start)
 	case r.Report.Started != nil:
 		// As it ran when the backup was made.
-		logFile := filepath.Join(os.TempDir(), "umbra-restore-"+strings.NewReplacer("/", "_", ":", "_").Replace(w.name)+".log")
+		logFile := filepath.Join(filepath.Dir(r.Metadata.Components[0].Paths[0]), "umbra-restore.log") // beside its data
 		logHint = "its output is in " + logFile
 		proc, err = process.Start(r.Report.Started, logFile)
 		if err != nil {
@@ -191,7 +191,12 @@ func (w *Writer) started(ctx context.Context, c *goredis.Client) *writer.Started
 		return nil
 	}
 	pid, err := strconv.Atoi(inf["process_id"])
-	if err != nil {
+	if err != nil || !process.Named(pid, "redis-server") {
+		return nil // not on this host (a container's, a remote one's)
+	}
+	if inf["config_file"] == "" {
+		// Started with its settings on the command line, which Redis
+		// hides behind its process title: they cannot be replayed.
 		return nil
 	}
 	s, err := process.Owner(pid)
@@ -215,10 +220,7 @@ func (w *Writer) started(ctx context.Context, c *goredis.Client) *writer.Started
 			}
 		}
 	}
-	s.Argv = []string{exe}
-	if inf["config_file"] != "" {
-		s.Argv = append(s.Argv, inf["config_file"])
-	}
+	s.Argv = []string{exe, inf["config_file"]}
 	s.Argv = append(s.Argv, "--daemonize", "no")
 	for _, name := range []string{"port", "bind", "unixsocket", "dir", "dbfilename", "appendonly", "appenddirname", "appendfilename"} {
 		v, err := configGet(ctx, c, name)
