@@ -19,6 +19,7 @@ type facts struct {
 	dataDir  string
 	logBin   bool
 	binBase  string // the binary logs' path without the .NNNNNN suffix
+	binIndex string // the binary log index file
 	binDir   string
 	extra    []string // InnoDB directories outside the data directory
 	excludes []string // files of the component never to restore, as globs
@@ -35,11 +36,11 @@ func (w *Writer) facts(ctx context.Context, conn *sql.Conn, phase writer.Phase) 
 	}
 	var user, dataDir, pidFile, socket, tmpPath string
 	var logBin int
-	var binBase, dataHome, logHome, undoDir sql.NullString
-	err := conn.QueryRowContext(ctx, `SELECT CURRENT_USER(), @@datadir, @@log_bin, @@log_bin_basename,
+	var binBase, binIndex, dataHome, logHome, undoDir sql.NullString
+	err := conn.QueryRowContext(ctx, `SELECT CURRENT_USER(), @@datadir, @@log_bin, @@log_bin_basename, @@log_bin_index,
 		@@pid_file, @@socket, @@innodb_data_home_dir, @@innodb_log_group_home_dir, @@innodb_undo_directory,
 		@@innodb_temp_data_file_path`).Scan(
-		&user, &dataDir, &logBin, &binBase, &pidFile, &socket, &dataHome, &logHome, &undoDir, &tmpPath)
+		&user, &dataDir, &logBin, &binBase, &binIndex, &pidFile, &socket, &dataHome, &logHome, &undoDir, &tmpPath)
 	if err != nil {
 		return f, w.sqlErr(ctx, phase, "read server variables", w.cfg.User, "", err)
 	}
@@ -56,6 +57,10 @@ func (w *Writer) facts(ctx context.Context, conn *sql.Conn, phase writer.Phase) 
 	if f.logBin {
 		f.binBase = abs(binBase.String)
 		f.binDir = filepath.Dir(f.binBase)
+		f.binIndex = f.binBase + ".index"
+		if binIndex.Valid && binIndex.String != "" {
+			f.binIndex = abs(binIndex.String)
+		}
 	}
 	home := f.dataDir
 	if dataHome.Valid && dataHome.String != "" {

@@ -66,7 +66,7 @@ func (w *Writer) ownCopy(ctx context.Context, set writer.Set, pos *position) (wr
 		}
 	}
 	if f.logBin && pos.File != "" {
-		if err := copyBinlogs(f.binBase, binTarget, pos); err != nil {
+		if err := copyBinlogs(f.binIndex, f.binDir, binTarget, pos); err != nil {
 			return rep, nil, fmt.Errorf("mariadb writer %q: %s: copy the binary logs up to %s:%d: %w", w.name, phase, pos.File, pos.Pos, err)
 		}
 		if f.binlogComponent() == BinlogComponent {
@@ -188,11 +188,13 @@ func (w *Writer) mariadbBackup(ctx context.Context, conn *sql.Conn, f facts, scr
 	return pos, nil
 }
 
-// copyBinlogs copies the binary logs of base (its .index names them) up to
+// copyBinlogs copies the binary logs that index names, from binDir, up to
 // pos into dir: the files before pos.File whole, pos.File up to pos.Pos,
-// and an index that lists them.
-func copyBinlogs(base, dir string, pos *position) error {
-	idx, err := os.Open(base + ".index")
+// and the index, as it is, with the lines up to pos.File. Where the index
+// lives in binDir its copy goes to dir; elsewhere (log-bin-index= apart)
+// it is left out, and the restored server makes a new one.
+func copyBinlogs(index, binDir, dir string, pos *position) error {
+	idx, err := os.Open(index)
 	if err != nil {
 		return err
 	}
@@ -210,9 +212,7 @@ func copyBinlogs(base, dir string, pos *position) error {
 		}
 		src := line
 		if !filepath.IsAbs(src) {
-			// Relative to the data directory, which holds the index
-			// when log-bin is relative, as base is then.
-			src = filepath.Join(filepath.Dir(base), filepath.Base(line))
+			src = filepath.Join(binDir, filepath.Base(line))
 		}
 		limit := int64(-1)
 		if filepath.Base(line) == pos.File {
@@ -227,9 +227,12 @@ func copyBinlogs(base, dir string, pos *position) error {
 		return err
 	}
 	if !found {
-		return fmt.Errorf("%s is not in %s.index", pos.File, base)
+		return fmt.Errorf("%s is not in %s", pos.File, index)
 	}
-	return os.WriteFile(filepath.Join(dir, filepath.Base(base)+".index"), []byte(strings.Join(listed, "\n")+"\n"), 0o640)
+	if filepath.Dir(index) != binDir {
+		return nil
+	}
+	return os.WriteFile(filepath.Join(dir, filepath.Base(index)), []byte(strings.Join(listed, "\n")+"\n"), 0o640)
 }
 
 // copyPrefix copies src to dst, only its first limit bytes unless limit

@@ -49,12 +49,26 @@ func (w *Writer) copyAOF(ctx context.Context, set writer.Set, aofPath, manifestN
 		return "", err
 	}
 	if !fi.IsDir() {
+		// Before Redis 7: one file, which a rewrite replaces by rename.
+		// Its size is the opened file's, and it is cut after its last
+		// whole command unless it starts with an RDB preamble, which
+		// this does not parse (aof-load-truncated loads such a cut).
 		f, err := os.Open(aofPath)
 		if err != nil {
 			return "", err
 		}
 		defer f.Close()
-		return dst, copyOpen(f, dst, fi)
+		if fi, err = f.Stat(); err != nil {
+			return "", err
+		}
+		if err := copyOpen(f, dst, fi); err != nil {
+			return "", err
+		}
+		head := make([]byte, 5)
+		if n, _ := f.ReadAt(head, 0); n == 5 && string(head) == "REDIS" {
+			return dst, nil
+		}
+		return dst, trimToCommand(dst)
 	}
 	for try := 0; try < copyTries; try++ {
 		if err := ctx.Err(); err != nil {
@@ -180,10 +194,13 @@ func trimToCommand(path string) error {
 }
 
 // completeCommands returns the length of the longest prefix of r that
-// holds only whole commands. A malformed command (not a cut one) is an
-// error: the copy would not be what Redis wrote.
+// holds only whole commands (RESP arrays of bulk strings, and the #
+// annotations Redis 7 may write), never ending inside a MULTI … EXEC
+// block. A malformed command (not a cut one) is an error: the copy would
+// not be what Redis wrote.
 func completeCommands(r *bufio.Reader) (int64, error) {
 	var end, off int64
+	inMulti := false
 	line := func() (string, bool, error) {
 		s, err := r.ReadString('\n')
 		off += int64(len(s))
@@ -200,11 +217,18 @@ func completeCommands(r *bufio.Reader) (int64, error) {
 		if err != nil || !ok {
 			return end, err
 		}
+		if strings.HasPrefix(head, "#") {
+			if !inMulti {
+				end = off // an annotation (aof-timestamp-enabled), whole
+			}
+			continue
+		}
 		n, err := strconv.Atoi(strings.TrimPrefix(head, "*"))
 		if !strings.HasPrefix(head, "*") || err != nil || n < 0 {
 			return end, fmt.Errorf("at byte %d: %q is not the start of a command", end, head)
 		}
-		for range n {
+		var name string
+		for i := range n {
 			h, ok, err := line()
 			if err != nil || !ok {
 				return end, err
@@ -212,6 +236,19 @@ func completeCommands(r *bufio.Reader) (int64, error) {
 			size, err := strconv.Atoi(strings.TrimPrefix(h, "$"))
 			if !strings.HasPrefix(h, "$") || err != nil || size < 0 {
 				return end, fmt.Errorf("at byte %d: %q is not a bulk string", off-int64(len(h))-2, h)
+			}
+			if i == 0 && size <= 16 {
+				b := make([]byte, size+2)
+				got, err := io.ReadFull(r, b)
+				off += int64(got)
+				if err == io.EOF || err == io.ErrUnexpectedEOF {
+					return end, nil
+				}
+				if err != nil {
+					return end, err
+				}
+				name = strings.ToUpper(string(b[:size]))
+				continue
 			}
 			got, err := io.CopyN(io.Discard, r, int64(size)+2)
 			off += got
@@ -222,6 +259,14 @@ func completeCommands(r *bufio.Reader) (int64, error) {
 				return end, err
 			}
 		}
-		end = off
+		switch name {
+		case "MULTI":
+			inMulti = true
+		case "EXEC", "DISCARD":
+			inMulti = false
+		}
+		if !inMulti {
+			end = off
+		}
 	}
 }

@@ -9,6 +9,8 @@ import (
 func TestCompleteCommands(t *testing.T) {
 	const set = "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r\n"
 	const incr = "*2\r\n$4\r\nINCR\r\n$1\r\nk\r\n"
+	const ts = "#TS:1764633600\r\n"
+	const multi, exec = "*1\r\n$5\r\nmulti\r\n", "*1\r\n$4\r\nEXEC\r\n"
 	for _, tt := range []struct {
 		name string
 		in   string
@@ -22,6 +24,9 @@ func TestCompleteCommands(t *testing.T) {
 		{"cut in a bulk string", set + "*2\r\n$4\r\nIN", len(set), false},
 		{"cut before the last CRLF", set + incr[:len(incr)-1], len(set), false},
 		{"not a command", set + "+OK\r\n", len(set), true},
+		{"annotations", ts + set + ts, len(ts + set + ts), false},
+		{"cut in a transaction", set + multi + incr, len(set), false},
+		{"a whole transaction", set + multi + incr + exec, len(set + multi + incr + exec), false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := completeCommands(bufio.NewReader(strings.NewReader(tt.in)))
