@@ -13,10 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/umbra-backup/umbra/internal/provider"
 	"github.com/umbra-backup/umbra/internal/provider/btrfs"
-	"github.com/umbra-backup/umbra/internal/provider/live"
-	"github.com/umbra-backup/umbra/internal/provider/reflink"
 	"github.com/umbra-backup/umbra/internal/shadow"
 	"github.com/umbra-backup/umbra/internal/shadow/shadowtest"
 	"github.com/umbra-backup/umbra/internal/testenv"
@@ -35,11 +32,7 @@ func TestDurabilitySettings(t *testing.T) {
 	testenv.NeedRoot(t)
 	testenv.NeedCommand(t, "mariadbd")
 	fs := testenv.Btrfs(t)
-	store, err := shadow.OpenStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	coord := shadow.New([]provider.Provider{btrfs.New()}, store, shadow.Options{})
+	coord := shadowtest.NewCoordinator(t, btrfs.New())
 	for _, binlog := range []bool{true, false} {
 		for _, trx := range []int{0, 1, 2} {
 			for _, sync := range []int{0, 1} {
@@ -183,12 +176,7 @@ func TestOwnCopy(t *testing.T) {
 	testenv.NeedRoot(t)
 	testenv.NeedCommand(t, "mariadbd")
 	testenv.NeedCommand(t, "mariadb-backup")
-	store, err := shadow.OpenStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	// cmd/umbra's providers, in its order.
-	coord := shadow.New([]provider.Provider{btrfs.New(), reflink.New(), live.New()}, store, shadow.Options{})
+	coord := shadowtest.NewCoordinator(t)
 	ext4 := testenv.Ext4(t)
 	tests := []struct {
 		name   string

@@ -62,13 +62,7 @@ func TestRestoreStartsAsItRan(t *testing.T) {
 			wr := newWriter(t, pg, extra...)
 			load := pg.StartPgbench(t, 4)
 			before := pg.QueryInt(t, "SELECT count(*) FROM pgbench_history")
-			coord := newCoordinator(t, btrfs.New(), reflink.New(), live.New())
-			set := createSet(t, coord, wr)
-			staging := t.TempDir()
-			shadowtest.CopyComponents(t, set, wr.Name(), func(p string) string { return filepath.Join(staging, p) })
-			if err := coord.CompleteCopy(t.Context(), set, []writer.Writer{wr}); err != nil {
-				t.Fatal(err)
-			}
+			set, staging := stagedSet(t, newCoordinator(t, btrfs.New(), reflink.New(), live.New()), wr)
 			load.Stop()
 			restoreInPlace(t, pg, wr, set, staging)
 			if after := pg.PgbenchInvariant(t); after < before {
@@ -77,6 +71,20 @@ func TestRestoreStartsAsItRan(t *testing.T) {
 			amcheck(t, pg)
 		})
 	}
+}
+
+// stagedSet makes a set of wr and reads it into a staging directory as a
+// requester does (the backup ended after a live volume is read), returning
+// the set and the directory.
+func stagedSet(t *testing.T, coord *shadow.Coordinator, wr *Writer) (*shadow.Set, string) {
+	t.Helper()
+	set := createSet(t, coord, wr)
+	staging := t.TempDir()
+	shadowtest.CopyComponents(t, set, wr.Name(), func(p string) string { return filepath.Join(staging, p) })
+	if err := coord.CompleteCopy(t.Context(), set, []writer.Writer{wr}); err != nil {
+		t.Fatal(err)
+	}
+	return set, staging
 }
 
 // serviceCommands returns start= and stop= options that run pg_ctl with
@@ -170,13 +178,7 @@ func TestRestoreWaitsEnd(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			pg := testenv.InitPostgres(t, filepath.Join(t.TempDir(), "data"), testenv.PostgresOptions{CommandLine: true})
 			wr := newWriter(t, pg)
-			coord := newCoordinator(t, live.New())
-			set := createSet(t, coord, wr)
-			staging := t.TempDir()
-			shadowtest.CopyComponents(t, set, wr.Name(), func(p string) string { return filepath.Join(staging, p) })
-			if err := coord.CompleteCopy(t.Context(), set, []writer.Writer{wr}); err != nil {
-				t.Fatal(err)
-			}
+			set, staging := stagedSet(t, newCoordinator(t, live.New()), wr)
 			wr = newWriter(t, pg, "start="+tt.start(pg))
 			start := time.Now()
 			err := tryRestoreInPlace(t, pg, wr, set, staging)
@@ -202,13 +204,7 @@ func TestRestoreWaitsForSlowRecovery(t *testing.T) {
 	pg := testenv.InitPostgres(t, filepath.Join(t.TempDir(), "data"), testenv.PostgresOptions{})
 	pg.Exec(t, "CREATE TABLE marks (what text)")
 	wr := newWriter(t, pg)
-	coord := newCoordinator(t, live.New())
-	set := createSet(t, coord, wr)
-	staging := t.TempDir()
-	shadowtest.CopyComponents(t, set, wr.Name(), func(p string) string { return filepath.Join(staging, p) })
-	if err := coord.CompleteCopy(t.Context(), set, []writer.Writer{wr}); err != nil {
-		t.Fatal(err)
-	}
+	set, staging := stagedSet(t, newCoordinator(t, live.New()), wr)
 	// Fast for what recovery needs to become consistent (up to the
 	// backup's stop segment), then 20 s, once, for the next segment, in
 	// hot standby.

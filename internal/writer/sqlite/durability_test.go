@@ -7,10 +7,6 @@ import (
 
 	"path/filepath"
 
-	"github.com/umbra-backup/umbra/internal/provider"
-	"github.com/umbra-backup/umbra/internal/provider/btrfs"
-	"github.com/umbra-backup/umbra/internal/provider/live"
-	"github.com/umbra-backup/umbra/internal/provider/reflink"
 	"github.com/umbra-backup/umbra/internal/shadow"
 	"github.com/umbra-backup/umbra/internal/shadow/shadowtest"
 	"github.com/umbra-backup/umbra/internal/testenv"
@@ -35,12 +31,7 @@ func durabilitySettings(t *testing.T, ext4 bool) {
 	if ext4 {
 		fs = testenv.Ext4(t)
 	}
-	store, err := shadow.OpenStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	// cmd/umbra's providers, in its order.
-	coord := shadow.New([]provider.Provider{btrfs.New(), reflink.New(), live.New()}, store, shadow.Options{})
+	coord := shadowtest.NewCoordinator(t)
 	for _, mode := range []string{"WAL", "DELETE"} {
 		for _, sync := range []string{"OFF", "NORMAL", "FULL"} {
 			t.Run(mode+"/"+sync, func(t *testing.T) {
