@@ -22,7 +22,11 @@ import (
 
 // Options tune a Coordinator. Zero values mean the defaults.
 type Options struct {
-	PhaseLimit  time.Duration // each writer phase but Freeze; zero means 5m
+	PhaseLimit time.Duration // each writer phase but Freeze; zero means 5m
+	// CopyLimit bounds PostSnapshot instead of PhaseLimit when writers
+	// copy their own data in it (Set.OwnCopies: mariadb-backup of a large
+	// database takes hours); zero means 12h.
+	CopyLimit   time.Duration
 	FreezeLimit time.Duration // first Freeze call to last Thaw; zero means 60s
 	CommitLimit time.Duration // providers' commit; zero means 10s
 	Type        writer.BackupType
@@ -52,6 +56,9 @@ const guardGrace = time.Second
 func (o Options) withDefaults() Options {
 	if o.PhaseLimit == 0 {
 		o.PhaseLimit = 5 * time.Minute
+	}
+	if o.CopyLimit == 0 {
+		o.CopyLimit = 12 * time.Hour
 	}
 	if o.FreezeLimit == 0 {
 		o.FreezeLimit = 60 * time.Second
@@ -183,7 +190,11 @@ func (r *creation) create(ctx context.Context, paths []string) error {
 		return err
 	}
 	ws = r.set.writerSet()
-	if err := r.eachWriter(ctx, writer.PhasePostSnapshot, r.c.opts.PhaseLimit, func(ctx context.Context, wr writer.Writer) error {
+	postLimit := r.c.opts.PhaseLimit
+	if len(r.set.OwnCopies) > 0 {
+		postLimit = r.c.opts.CopyLimit
+	}
+	if err := r.eachWriter(ctx, writer.PhasePostSnapshot, postLimit, func(ctx context.Context, wr writer.Writer) error {
 		p, ok := wr.(writer.PostSnapshotter)
 		if !ok {
 			return nil

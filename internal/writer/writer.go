@@ -31,11 +31,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -333,4 +335,38 @@ func (l *AsideList) List() []Moved {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return slices.Clone(l.moved)
+}
+
+// CheckRoom returns an error, naming the fix, unless the filesystem of dir
+// (a set's scratch directory) has room for a copy of the files under
+// paths: a writer's own copy must not fill the disk the application
+// writes to.
+func CheckRoom(dir string, paths ...string) error {
+	var need int64
+	for _, p := range paths {
+		_ = filepath.WalkDir(p, func(_ string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return nil // gone meanwhile, or unreadable: the copy will say
+			}
+			if d.Type().IsRegular() {
+				if fi, err := d.Info(); err == nil {
+					need += fi.Size()
+				}
+			}
+			return nil
+		})
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("free space of %s: %w", dir, err)
+	}
+	// What is left must stay above a twentieth of the filesystem (at most
+	// 1 GiB): the application may write to the same one.
+	free := int64(st.Bavail) * int64(st.Bsize)
+	reserve := min(int64(st.Blocks)*int64(st.Bsize)/20, 1<<30)
+	if free-need < reserve {
+		return fmt.Errorf("the copy needs %d MiB in %s, which has %d MiB free, and %d MiB must stay free: make room there, or give umbra a state directory on a larger filesystem (--state-dir, state_dir in the configuration)",
+			need>>20, dir, free>>20, reserve>>20)
+	}
+	return nil
 }

@@ -57,6 +57,9 @@ func (w *Writer) ownCopy(ctx context.Context, set writer.Set, pos *position) (wr
 			return rep, nil, fmt.Errorf("mariadb writer %q: %s: InnoDB keeps files outside the data directory (%s), which mariadb-backup would gather into one; put the data on a volume with snapshots (btrfs)", w.name, phase, strings.Join(f.extra, ", "))
 		}
 		target := filepath.Join(scratch, "datadir")
+		if err := writer.CheckRoom(scratch, append([]string{f.dataDir}, f.binDir)...); err != nil {
+			return rep, nil, fmt.Errorf("mariadb writer %q: %s: no volume snapshot can copy %s, so mariadb-backup copies it into the set: %w", w.name, phase, f.dataDir, err)
+		}
 		if pos, err = w.mariadbBackup(ctx, conn, f, scratch, target); err != nil {
 			return rep, nil, err
 		}

@@ -48,6 +48,9 @@ func (w *Writer) copyAOF(ctx context.Context, set writer.Set, aofPath, manifestN
 	if err != nil {
 		return "", err
 	}
+	if err := writer.CheckRoom(scratch, aofPath); err != nil {
+		return "", err
+	}
 	if !fi.IsDir() {
 		// Before Redis 7: one file, which a rewrite replaces by rename.
 		// Its size is the opened file's, and it is cut after its last

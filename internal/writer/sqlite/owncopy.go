@@ -138,6 +138,9 @@ func (w *Writer) PostSnapshot(ctx context.Context, set writer.Set) (writer.Repor
 	if oc.copied == "" {
 		scratch, err := set.ScratchFor(w.name)
 		if err == nil {
+			err = writer.CheckRoom(scratch, w.path, w.path+"-wal")
+		}
+		if err == nil {
 			err = oc.make(ctx, w.path, scratch)
 		}
 		if err != nil {
