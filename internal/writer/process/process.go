@@ -103,8 +103,11 @@ func Named(pid int, programs ...string) bool {
 		names = append(names, filepath.Base(exe))
 	}
 	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil {
+		// Redis rewrites its title: "redis-server 127.0.0.1:6379".
 		arg0, _, _ := strings.Cut(string(b), "\x00")
-		names = append(names, filepath.Base(strings.Fields(arg0 + " ")[0]))
+		if f := strings.Fields(arg0); len(f) > 0 {
+			names = append(names, filepath.Base(f[0]))
+		}
 	}
 	for _, n := range names {
 		for _, p := range programs {

@@ -1,8 +1,10 @@
 package process
 
 import (
+	"os"
 	"os/exec"
 	"os/user"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,5 +31,20 @@ func TestCredentialHasSupplementaryGroups(t *testing.T) {
 		if !slices.Contains(c.Groups, uint32(n)) && uint32(n) != c.Gid {
 			t.Errorf("credential %+v lacks group %s of id -G postgres (%s)", c, g, strings.TrimSpace(string(out)))
 		}
+	}
+}
+
+// TestNamed: this test binary is itself, and is not a database server; a
+// process that is gone is nothing.
+func TestNamed(t *testing.T) {
+	self := filepath.Base(os.Args[0])
+	if !Named(os.Getpid(), self) {
+		t.Errorf("Named(self, %q) = false", self)
+	}
+	if Named(os.Getpid(), "mariadbd", "redis-server") {
+		t.Error("the test binary taken for a database server")
+	}
+	if Named(1<<22+1, self) {
+		t.Error("a pid that does not exist named something")
 	}
 }
