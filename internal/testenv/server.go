@@ -49,6 +49,10 @@ func StartServer(t testing.TB, name string, cmd *exec.Cmd, limit time.Duration, 
 	// stops it if the test binary dies.
 	cmd.SysProcAttr.Setpgid = true
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	// A child the server left behind (a PostgreSQL backend stuck in its
+	// signal handler, seen once) keeps the output pipe open: Wait must
+	// not wait for it.
+	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -117,8 +121,10 @@ func (s *Server) Stop(t testing.TB) {
 	s.Kill()
 }
 
-// Kill ends the server with SIGKILL (a crash) and waits for it.
+// Kill ends the server and every process of its group with SIGKILL (a
+// crash) and waits for it.
 func (s *Server) Kill() {
+	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
 	_ = s.cmd.Process.Kill()
 	<-s.exited
 }

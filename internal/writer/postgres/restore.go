@@ -124,8 +124,18 @@ func (w *Writer) stopServer(ctx context.Context, dataDir string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, w.restore.startLimit)
 	defer cancel()
+	escalate := time.After(fastShutdownLimit)
 	for syscall.Kill(pid, 0) == nil {
 		select {
+		case <-escalate:
+			if w.restore.stop == "" && w.restore.service == "" {
+				// A fast shutdown waits for every backend; one that
+				// hangs (seen: a backend stuck in its signal handler)
+				// would hold it for good. Immediate shutdown kills
+				// what does not exit; the data is being replaced, and
+				// crash recovery would bring it back if put back.
+				_ = syscall.Kill(pid, syscall.SIGQUIT)
+			}
 		case <-ctx.Done():
 			return fmt.Errorf("postgres writer %q: the server (pid %d) did not stop within %v (start_timeout=): %w; nothing was moved aside; stop it yourself and restore again: %w", w.name, pid, w.restore.startLimit, ctx.Err(), writer.ErrRetryable)
 		case <-time.After(100 * time.Millisecond):
@@ -324,6 +334,10 @@ func (w *Writer) startServer(ctx context.Context, dataDir string) error {
 	}
 	return nil
 }
+
+// fastShutdownLimit is how long restore lets a fast shutdown (SIGINT) take
+// before it asks for an immediate one (SIGQUIT).
+const fastShutdownLimit = time.Minute
 
 // restoreLog is the log of a server restore starts with pg_ctl, in its
 // data directory.
