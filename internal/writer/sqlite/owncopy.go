@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	sqlite "modernc.org/sqlite"
@@ -33,17 +32,12 @@ const copyPages = 4096
 type ownCopy struct {
 	db     *sql.DB
 	conn   *sql.Conn // in a read transaction
-	wal    bool
-	copied string // the copy's path, once made
+	copied string    // the copy's path, once made
 }
 
-// beginOwnCopy starts the read transaction of a set's own copy, with the
-// write lock held by s.
-func (w *Writer) beginOwnCopy(ctx context.Context, s *session) (*ownCopy, error) {
-	var mode string
-	if err := s.Conn.Conn.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
-		return nil, w.sqlErr(ctx, writer.PhaseFreeze, "PRAGMA journal_mode", err)
-	}
+// beginOwnCopy starts the read transaction of a set's own copy; Freeze
+// calls it holding the write lock, so the snapshot is the frozen state.
+func (w *Writer) beginOwnCopy(ctx context.Context) (*ownCopy, error) {
 	// Read-write, as a reader of a WAL database needs its -shm; it
 	// writes nothing.
 	db, err := sql.Open("sqlite", dsn(w.path, "mode=rw"))
@@ -51,7 +45,7 @@ func (w *Writer) beginOwnCopy(ctx context.Context, s *session) (*ownCopy, error)
 		return nil, fmt.Errorf("open %s: %w", w.path, err)
 	}
 	db.SetMaxOpenConns(1)
-	oc := &ownCopy{db: db, wal: strings.EqualFold(mode, "wal")}
+	oc := &ownCopy{db: db}
 	if oc.conn, err = db.Conn(ctx); err != nil {
 		return nil, errors.Join(w.sqlErr(ctx, writer.PhaseFreeze, "open a reader", err), db.Close())
 	}

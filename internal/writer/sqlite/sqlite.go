@@ -173,7 +173,7 @@ func (w *Writer) Freeze(ctx context.Context, set writer.Set) error {
 	if !set.CopiesOwn(w.name, w.component) {
 		return nil
 	}
-	oc, err := w.beginOwnCopy(fctx, s)
+	oc, err := w.beginOwnCopy(fctx)
 	if err != nil {
 		return errors.Join(err, w.drop(s))
 	}
