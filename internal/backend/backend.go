@@ -39,12 +39,15 @@ const (
 	TypeIndex    Type = "index"
 	TypeManifest Type = "manifests"
 	TypeLock     Type = "locks"
+	// TypeMark holds prune's marks: packs found unused, deleted once every
+	// operation that might still use them has ended.
+	TypeMark Type = "marks"
 	// TypeWAL holds PostgreSQL's archived WAL, by file name (lower case).
 	TypeWAL Type = "wal"
 )
 
 // Types lists every type, for tools that walk a whole repository.
-var Types = []Type{TypeConfig, TypeKey, TypePack, TypeIndex, TypeManifest, TypeLock, TypeWAL}
+var Types = []Type{TypeConfig, TypeKey, TypePack, TypeIndex, TypeManifest, TypeLock, TypeMark, TypeWAL}
 
 // Handle names one file.
 type Handle struct {
@@ -57,7 +60,7 @@ func (h Handle) String() string { return string(h.Type) + "/" + h.Name }
 // Valid reports whether t is a known type.
 func (t Type) Valid() error {
 	switch t {
-	case TypeConfig, TypeKey, TypePack, TypeIndex, TypeManifest, TypeLock, TypeWAL:
+	case TypeConfig, TypeKey, TypePack, TypeIndex, TypeManifest, TypeLock, TypeMark, TypeWAL:
 		return nil
 	}
 	return fmt.Errorf("backend: unknown file type %q", t)

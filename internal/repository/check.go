@@ -57,6 +57,25 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress func(don
 	for _, id := range indexed {
 		inIndex[id] = true
 	}
+	// Marked packs may be gone already (a prune died before removing its
+	// mark): only an error if a backup needs one.
+	markedGone := map[ID]bool{}
+	marked := 0
+	for _, id := range r.marked.packIDs() {
+		if inIndex[id] {
+			continue
+		}
+		inIndex[id] = true
+		if _, ok := stored[id]; ok {
+			marked++
+			indexed = append(indexed, id)
+		} else {
+			markedGone[id] = true
+		}
+	}
+	if marked > 0 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("%d packs are marked for deletion, waiting for operations that were running when a prune found them unused; the next prune removes them", marked))
+	}
 	orphans := 0
 	for id := range stored {
 		if !inIndex[id] {
@@ -64,7 +83,7 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress func(don
 		}
 	}
 	if orphans > 0 {
-		rep.Notes = append(rep.Notes, fmt.Sprintf("%d packs are in no index (left by an interrupted backup); prune removes them", orphans))
+		rep.Notes = append(rep.Notes, fmt.Sprintf("%d packs are in no index (left by an interrupted backup, or being written by one now); prune removes them", orphans))
 	}
 	r.idx.mu.RLock()
 	rep.Blobs = r.idx.blobs.len()
@@ -105,7 +124,7 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress func(don
 		seenTrees[id] = true
 		packs := map[ID]bool{}
 		treePacks[id] = packs
-		if p, _, ok := r.idx.lookup(id); ok {
+		if p, _, ok := r.lookup(id); ok {
 			packs[p] = true
 		}
 		t, err := r.LoadTree(ctx, id)
@@ -116,7 +135,7 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress func(don
 		rep.Trees++
 		for _, n := range t.Nodes {
 			for _, l := range n.ContentLists {
-				if p, _, ok := r.idx.lookup(l); ok {
+				if p, _, ok := r.lookup(l); ok {
 					packs[p] = true
 				}
 			}
@@ -125,7 +144,7 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress func(don
 					if c == ZeroChunk && n.BlockSize > 0 {
 						continue
 					}
-					p, _, ok := r.idx.lookup(c)
+					p, _, ok := r.lookup(c)
 					if !ok {
 						rep.Errors = append(rep.Errors, fmt.Sprintf("file %q: blob %s is missing", n.Name, c.Short()))
 						continue
@@ -146,11 +165,16 @@ func (r *Repository) Check(ctx context.Context, readData bool, progress func(don
 		return packs
 	}
 	for _, m := range manifests {
+		affected := false
 		for p := range walk(m.Tree) {
-			if damaged[p] {
-				rep.AffectedBackups = append(rep.AffectedBackups, m.ID)
-				break
+			if markedGone[p] {
+				rep.Errors = append(rep.Errors, fmt.Sprintf("backup %s uses pack %s, which a prune deleted", m.ID.Short(), p.Short()))
+				affected = true
 			}
+			affected = affected || damaged[p]
+		}
+		if affected {
+			rep.AffectedBackups = append(rep.AffectedBackups, m.ID)
 		}
 	}
 	for id := range damaged {

@@ -24,7 +24,7 @@ var rangeBufs sync.Pool
 
 // BlobLen is the plaintext length of a stored blob, from the index.
 func (r *Repository) BlobLen(id ID) (int, bool) {
-	_, loc, ok := r.idx.lookup(id)
+	_, loc, ok := r.lookup(id)
 	return int(loc.rawLen), ok
 }
 
@@ -54,7 +54,7 @@ func (r *Repository) LoadBlobs(ctx context.Context, ids []ID, fn func(id ID, dat
 			continue
 		}
 		seen[id] = true
-		pack, loc, ok := r.idx.lookup(id)
+		pack, loc, ok := r.lookup(id)
 		if !ok {
 			return fmt.Errorf("blob %s: %w", id.Short(), ErrBlobMissing)
 		}

@@ -61,7 +61,7 @@ func TestPruneRemovesOnlyUnused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if countFiles(be, backend.TypePack) != packsBefore || dry.PacksDeleted == 0 {
+	if countFiles(be, backend.TypePack) != packsBefore || dry.PacksMarked == 0 || dry.PacksDeleted != 0 {
 		t.Fatalf("dry run: %+v, and %d packs now (had %d)", dry, countFiles(be, backend.TypePack), packsBefore)
 	}
 	rep, err := r.Prune(ctx, PruneOptions{})
@@ -131,6 +131,8 @@ func TestPruneRepacks(t *testing.T) {
 	}
 }
 
+// Backups share the repository with each other and with one prune; prunes
+// (and checks) exclude one another.
 func TestLocks(t *testing.T) {
 	r, _ := newRepo(t)
 	ctx := context.Background()
@@ -142,19 +144,25 @@ func TestLocks(t *testing.T) {
 	if err != nil {
 		t.Fatalf("second shared lock: %v", err)
 	}
-	if _, err := r.Prune(ctx, PruneOptions{}); !errors.Is(err, ErrLocked) {
-		t.Errorf("prune beside a backup's lock: got %v, want ErrLocked", err)
+	if _, err := r.Prune(ctx, PruneOptions{}); err != nil {
+		t.Errorf("prune beside a backup's lock: %v", err)
 	}
-	shared1.Unlock(ctx)
-	shared2.Unlock(ctx)
 	ex, err := r.Lock(ctx, true, "prune")
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("exclusive lock beside shared ones: %v", err)
 	}
-	if _, err := r.Lock(ctx, false, "backup"); !errors.Is(err, ErrLocked) {
-		t.Errorf("backup beside prune's lock: got %v, want ErrLocked", err)
+	if _, err := r.Prune(ctx, PruneOptions{}); !errors.Is(err, ErrLocked) {
+		t.Errorf("prune beside another prune: got %v, want ErrLocked", err)
 	}
-	ex.Unlock(ctx)
+	shared3, err := r.Lock(ctx, false, "backup")
+	if err != nil {
+		t.Errorf("backup beside prune's lock: %v", err)
+	}
+	for _, l := range []*Lock{shared1, shared2, shared3, ex} {
+		if err := l.Unlock(ctx); err != nil {
+			t.Error(err)
+		}
+	}
 }
 
 func TestStaleLocksExpire(t *testing.T) {

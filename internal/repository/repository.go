@@ -28,9 +28,10 @@ type Repository struct {
 	keyName string
 	kdf     KDFParams
 
-	idx *index
-	enc *zstd.Encoder
-	dec *zstd.Decoder
+	idx    *index // blobs to read and to reuse
+	marked *index // blobs in packs a prune marked: to read, not to reuse
+	enc    *zstd.Encoder
+	dec    *zstd.Decoder
 
 	mu       sync.Mutex
 	packers  map[BlobType]*packBuilder
@@ -103,6 +104,12 @@ func OpenWAL(ctx context.Context, be backend.Backend, password string) (*Reposit
 	return open2(ctx, be, password, false)
 }
 
+// OpenToLock opens the repository without reading its index, for an
+// operation that takes a lock next (Lock reads the index, after the lock).
+func OpenToLock(ctx context.Context, be backend.Backend, password string) (*Repository, error) {
+	return open2(ctx, be, password, false)
+}
+
 func open2(ctx context.Context, be backend.Backend, password string, withIndex bool) (*Repository, error) {
 	rd, err := be.Load(ctx, configHandle, 0, 0)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -157,7 +164,7 @@ func newRepository(be backend.Backend, cfg Config, mk *MasterKey, keyName string
 	}
 	return &Repository{
 		be: be, cfg: cfg, key: mk, keyName: keyName, kdf: kdf,
-		idx: newIndex(), enc: enc, dec: dec,
+		idx: newIndex(), marked: newIndex(), enc: enc, dec: dec,
 		packers: map[BlobType]*packBuilder{}, unpacked: map[ID]BlobType{},
 		slots: make(chan struct{}, 2),
 	}, nil
@@ -396,41 +403,97 @@ func (r *Repository) loadSealed(ctx context.Context, t backend.Type, id ID) ([]b
 	return plain, nil
 }
 
-func (r *Repository) loadIndex(ctx context.Context) error {
-	var ids []ID
-	err := r.be.List(ctx, backend.TypeIndex, func(fi backend.FileInfo) error {
-		id, err := ParseID(fi.Name)
-		if err != nil {
-			return nil // not ours
+// indexState is what the marks and the index files say.
+type indexState struct {
+	files []ID          // the index files read
+	packs []indexedPack // from the index files, each pack once
+	marks []*mark
+}
+
+// readIndexState reads the marks, then the index files: in that order, so
+// that a pack marked by a prune meanwhile is either seen marked, or is in
+// a mark that names this process's lock (see mark).
+func (r *Repository) readIndexState(ctx context.Context) (*indexState, error) {
+	marks, err := r.loadMarks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st := &indexState{marks: marks}
+	err = r.be.List(ctx, backend.TypeIndex, func(fi backend.FileInfo) error {
+		if id, err := ParseID(fi.Name); err == nil {
+			st.files = append(st.files, id)
 		}
-		ids = append(ids, id)
-		return nil
+		return nil // not ours
 	})
 	if err != nil {
-		return fmt.Errorf("list index files: %w", err)
+		return nil, fmt.Errorf("list index files: %w", err)
 	}
-	for _, id := range ids {
+	seen := map[ID]bool{}
+	for _, id := range st.files {
 		plain, err := r.loadSealed(ctx, backend.TypeIndex, id)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // removed by a concurrent prune
 		}
 		if err != nil {
-			return fmt.Errorf("load index: %w", err)
+			return nil, fmt.Errorf("load index: %w", err)
 		}
 		packs, err := decodeIndex(plain)
 		if err != nil {
-			return fmt.Errorf("index %s: %w", id.Short(), err)
+			return nil, fmt.Errorf("index %s: %w", id.Short(), err)
 		}
 		for _, p := range packs {
-			r.idx.addPack(p.ID, p.Entries)
+			if !seen[p.ID] {
+				seen[p.ID] = true
+				st.packs = append(st.packs, p)
+			}
 		}
 	}
+	return st, nil
+}
+
+// useIndex makes st the index: blobs in marked packs are readable but not
+// reused.
+func (r *Repository) useIndex(st *indexState) {
+	idx, marked := newIndex(), newIndex()
+	inMark := map[ID]bool{}
+	for _, m := range st.marks {
+		for _, p := range m.Packs {
+			inMark[p.ID] = true
+			marked.addPack(p.ID, p.Entries)
+		}
+	}
+	for _, p := range st.packs {
+		if inMark[p.ID] {
+			// A pack marked while in no index yet (its backup was
+			// still writing) has its entries here.
+			marked.addPack(p.ID, p.Entries)
+		} else {
+			idx.addPack(p.ID, p.Entries)
+		}
+	}
+	r.idx, r.marked = idx, marked
+}
+
+func (r *Repository) loadIndex(ctx context.Context) error {
+	st, err := r.readIndexState(ctx)
+	if err != nil {
+		return err
+	}
+	r.useIndex(st)
 	return nil
+}
+
+// lookup finds a blob, in a marked pack if nowhere else.
+func (r *Repository) lookup(id ID) (ID, location, bool) {
+	if pack, loc, ok := r.idx.lookup(id); ok {
+		return pack, loc, true
+	}
+	return r.marked.lookup(id)
 }
 
 // LoadBlob reads, authenticates, decompresses and verifies one blob.
 func (r *Repository) LoadBlob(ctx context.Context, id ID) ([]byte, error) {
-	pack, loc, ok := r.idx.lookup(id)
+	pack, loc, ok := r.lookup(id)
 	if !ok {
 		return nil, fmt.Errorf("blob %s: %w", id.Short(), ErrBlobMissing)
 	}

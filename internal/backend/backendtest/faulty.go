@@ -44,6 +44,7 @@ type Faulty struct {
 	failWhen SavePoint
 	match    func(backend.Handle) bool
 	corrupt  func(backend.Handle) bool
+	down     func(backend.Handle) bool
 }
 
 var _ backend.Backend = (*Faulty)(nil)
@@ -62,6 +63,14 @@ func (f *Faulty) FailSaveOf(n int, when SavePoint, match func(backend.Handle) bo
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.saves, f.failAt, f.failWhen, f.match = 0, max(n, 0), when, match
+}
+
+// Down makes every Save of a handle for which match returns true fail
+// before storing, until Down(nil): the store is unreachable for those.
+func (f *Faulty) Down(match func(backend.Handle) bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.down = match
 }
 
 // CorruptLoad makes every Load of a handle for which match returns true
@@ -92,6 +101,9 @@ func (f *Faulty) Save(ctx context.Context, h backend.Handle, size int64, rd io.R
 func (f *Faulty) countSave(h backend.Handle) (bool, SavePoint) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.down != nil && f.down(h) {
+		return true, BeforeStore
+	}
 	if f.failAt == 0 || (f.match != nil && !f.match(h)) {
 		return false, 0
 	}

@@ -86,6 +86,7 @@ func TestLayout(t *testing.T) {
 		{Type: backend.TypeIndex, Name: id},
 		{Type: backend.TypeManifest, Name: id},
 		{Type: backend.TypeLock, Name: id},
+		{Type: backend.TypeMark, Name: id},
 		{Type: backend.TypeWAL, Name: "000000010000000000000001"},
 	} {
 		for _, be := range []*Backend{root, nested} {
@@ -104,7 +105,7 @@ func TestLayout(t *testing.T) {
 	var want []string
 	for _, p := range []string{"", "repos/a/"} {
 		want = append(want, p+"config", p+"keys/"+id, p+"data/ab/"+id, p+"data/z/z",
-			p+"index/"+id, p+"manifests/"+id, p+"locks/"+id, p+"wal/000000010000000000000001")
+			p+"index/"+id, p+"manifests/"+id, p+"locks/"+id, p+"marks/"+id, p+"wal/000000010000000000000001")
 	}
 	slices.Sort(keys)
 	slices.Sort(want)
