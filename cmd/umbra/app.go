@@ -216,26 +216,16 @@ func (a *app) coordinator(cfg *config.Config, store *shadow.Store, over shadow.O
 		}
 		return g.Release, nil
 	}
-	opts.OnPhase = pauseHook(a.stderr)
+	if testPause != nil {
+		opts.OnPhase = func(ctx context.Context, p writer.Phase) error { return testPause(ctx, string(p)) }
+	}
 	return shadow.New(providers(), store, opts), nil
 }
 
-// pauseHook makes umbra stop at a named phase when UMBRA_TEST_PAUSE_AT is
-// set, so fault tests can kill it there (kill -9 while frozen).
-func pauseHook(stderr io.Writer) func(context.Context, writer.Phase) error {
-	at := os.Getenv("UMBRA_TEST_PAUSE_AT")
-	if at == "" {
-		return nil
-	}
-	return func(ctx context.Context, p writer.Phase) error {
-		if string(p) != at {
-			return nil
-		}
-		fmt.Fprintf(stderr, "umbra: paused at %s (UMBRA_TEST_PAUSE_AT)\n", p)
-		<-ctx.Done()
-		return context.Cause(ctx)
-	}
-}
+// testPause, set only in the test binary (never in a shipped umbra), holds
+// umbra at a named point (a writer phase, or "manifest") so fault tests can
+// kill it there.
+var testPause func(ctx context.Context, point string) error
 
 func (a *app) printJSON(v any) error {
 	enc := json.NewEncoder(a.stdout)

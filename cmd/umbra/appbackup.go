@@ -65,21 +65,6 @@ func existingPaths(paths []string) ([]string, error) {
 	return abs, nil
 }
 
-// openForBackup opens the repository and takes a shared lock: backups run
-// side by side, prune waits for them. done unlocks and closes.
-func (a *app) openForBackup(ctx context.Context, f *repoFlags) (*repository.Repository, func(), error) {
-	repo, closeRepo, err := a.openRepo(ctx, f)
-	if err != nil {
-		return nil, nil, err
-	}
-	lock, err := repo.Lock(ctx, false, "backup")
-	if err != nil {
-		closeRepo()
-		return nil, nil, err
-	}
-	return repo, func() { lock.Unlock(ctx); closeRepo() }, nil
-}
-
 // appBackup backs up the writers' data and paths from one shadow set.
 func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wrs []writer.Writer, specs []config.Spec, paths []string, o appBackupOptions) error {
 	ctx := cmd.Context()
@@ -87,7 +72,7 @@ func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wr
 	if err != nil {
 		return err
 	}
-	repo, done, err := a.openForBackup(ctx, f)
+	repo, ctx, done, err := a.openLocked(ctx, f, false, "backup")
 	if err != nil {
 		return err
 	}
@@ -130,7 +115,7 @@ func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wr
 	res, err := backup.Run(ctx, repo, coord, job)
 	stop()
 	if err != nil {
-		return fmt.Errorf("backup failed; no backup was recorded and no log was truncated: %w", err)
+		return fmt.Errorf("backup failed; no backup was recorded and no log was truncated: %w", lockLost(ctx, err))
 	}
 	var forgotten []string
 	if !o.keep.Empty() {

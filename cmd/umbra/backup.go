@@ -119,7 +119,7 @@ aborts the writers and truncates nothing. A retryable failure of the set
 			for _, p := range abs {
 				sources = append(sources, archive.Source{Path: p})
 			}
-			repo, done, err := a.openForBackup(ctx, &f)
+			repo, ctx, done, err := a.openLocked(ctx, &f, false, "backup")
 			if err != nil {
 				return err
 			}
@@ -158,8 +158,11 @@ aborts the writers and truncates nothing. A retryable failure of the set
 				err = repo.Flush(ctx)
 			}
 			stop()
+			if err == nil && testPause != nil {
+				err = testPause(ctx, "manifest")
+			}
 			if err != nil {
-				return fmt.Errorf("backup failed; nothing was recorded (umbra prune removes what was stored): %w", err)
+				return fmt.Errorf("backup failed; nothing was recorded (umbra prune removes what was stored): %w", lockLost(ctx, err))
 			}
 			m := &repository.Manifest{
 				Time: start.UTC(), Host: host, Paths: recorded, Tree: res.Tree, Parent: parentID,
@@ -495,12 +498,13 @@ it. --files-only restores a writer backup as plain files.`,
   umbra restore latest --files-only --target /tmp/r --include '/etc/ssh/*'`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			repo, done, err := a.openRepo(cmd.Context(), &f)
+			// A shared lock: a prune beside the restore deletes nothing it reads.
+			repo, ctx, done, err := a.openLocked(cmd.Context(), &f, false, "restore")
 			if err != nil {
 				return err
 			}
 			defer done()
-			e, err := backup.FindBackup(cmd.Context(), repo, args[0], only)
+			e, err := backup.FindBackup(ctx, repo, args[0], only)
 			if err != nil {
 				return err
 			}
@@ -545,7 +549,7 @@ it. --files-only restores a writer backup as plain files.`,
 					size(rate(done, elapsed)), eta(done, e.Stats.Bytes, elapsed))
 			})
 			start := time.Now()
-			stats, err := restore.Run(cmd.Context(), repo, e.Tree, target, restore.Options{Include: includes, Progress: prog})
+			stats, err := restore.Run(ctx, repo, e.Tree, target, restore.Options{Include: includes, Progress: prog})
 			stop()
 			if err != nil {
 				return err
@@ -586,7 +590,8 @@ that do not use a damaged pack still restore. Exit status 1 if anything is
 wrong.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			repo, done, err := a.openRepo(cmd.Context(), &f)
+			// Exclusive: no prune deletes packs while they are checked.
+			repo, ctx, done, err := a.openLocked(cmd.Context(), &f, true, "check")
 			if err != nil {
 				return err
 			}
@@ -598,7 +603,7 @@ wrong.`,
 				defer mu.Unlock()
 				return fmt.Sprintf("%d of %d packs read%s", read, total, eta(int64(read), int64(total), elapsed))
 			})
-			rep, err := repo.Check(cmd.Context(), readData, func(d, t int) {
+			rep, err := repo.Check(ctx, readData, func(d, t int) {
 				mu.Lock()
 				read, total = d, t
 				mu.Unlock()

@@ -43,7 +43,8 @@ Forget removes only the records; the data they alone use stays until
 			if len(ids) > 0 && !policy.Empty() {
 				return usagef("give backup ids or a keep policy, not both")
 			}
-			repo, done, err := a.openRepo(ctx, &f)
+			// Prune reads the index itself, after its lock.
+			repo, done, err := a.openRepoWith(ctx, &f, repository.OpenToLock)
 			if err != nil {
 				return err
 			}
@@ -85,7 +86,7 @@ Forget removes only the records; the data they alone use stays until
 			}
 			var pruned *repository.PruneReport
 			if prune && !dryRun && len(errs) == 0 {
-				lock.Unlock(ctx) // prune takes the exclusive lock
+				lock.Unlock(ctx) // prune takes its own
 				if pruned, err = repo.Prune(ctx, repository.PruneOptions{}); err != nil {
 					errs = append(errs, err)
 				}
@@ -140,12 +141,21 @@ func (a *app) pruneCommand() *cobra.Command {
 		Short: "Remove data no backup uses",
 		Long: `Remove the data no backup uses any more: packs nothing uses are deleted, packs
 mostly unused are rewritten with only their used blobs, and packs left by
-interrupted backups go. Prune takes the repository's exclusive lock: it
-refuses to run while a backup runs, and backups wait for it. It is safe to
-interrupt: the repository stays consistent at every step.`,
+interrupted backups go.
+
+Prune runs beside backups and restores, on any number of hosts, and never
+removes what one of them uses: data it finds unused is first marked, and
+deleted only once every backup and restore that was running then has ended
+(a backup that did use it keeps it). With nothing running, one prune does
+both; otherwise the next prune deletes what this one marked. Only one prune
+or check runs at a time. It is safe to interrupt: the repository stays
+consistent at every step.`,
+		Example: `  umbra prune
+  umbra prune --dry-run
+  umbra forget --keep-daily 7 --prune`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			repo, done, err := a.openRepo(cmd.Context(), &f)
+			repo, done, err := a.openRepoWith(cmd.Context(), &f, repository.OpenToLock)
 			if err != nil {
 				return err
 			}
@@ -167,12 +177,20 @@ interrupt: the repository stays consistent at every step.`,
 }
 
 func (a *app) printPrune(rep *repository.PruneReport) {
-	verb := "Freed"
 	if rep.DryRun {
-		verb = "Would free"
+		fmt.Fprintf(a.stdout, "Would free %s: %d packs no backup uses (%d rewritten first, %d left by interrupted backups) and %d marked earlier; %d kept for %d backups.\n",
+			size(rep.BytesMarked+rep.BytesFreed), rep.PacksMarked, rep.PacksRepacked, rep.PacksOrphan, rep.PacksDeleted, rep.PacksKept, rep.Backups)
+		return
 	}
-	fmt.Fprintf(a.stdout, "%s %s: %d packs deleted, %d rewritten into %d, %d left by interrupted backups; %d kept for %d backups.\n",
-		verb, size(rep.BytesFreed), rep.PacksDeleted, rep.PacksRepacked, rep.PacksWritten, rep.PacksOrphan, rep.PacksKept, rep.Backups)
+	fmt.Fprintf(a.stdout, "Freed %s: %d packs deleted, %d rewritten into %d; %d kept for %d backups.\n",
+		size(rep.BytesFreed), rep.PacksDeleted, rep.PacksRepacked, rep.PacksWritten, rep.PacksKept, rep.Backups)
+	if rep.PacksRescued > 0 {
+		fmt.Fprintf(a.stdout, "%s kept after all: a backup running when they were marked uses them.\n", count(rep.PacksRescued, "marked pack"))
+	}
+	if rep.PacksMarked > 0 {
+		fmt.Fprintf(a.stdout, "%s (%s) marked for deletion wait for %s that were running (backups, restores); the next prune after they have ended deletes them.\n",
+			count(rep.PacksMarked, "pack"), size(rep.BytesMarked), count(rep.WaitingFor, "operation"))
+	}
 }
 
 // verdict is forget's decision on one backup.

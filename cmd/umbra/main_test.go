@@ -3,13 +3,17 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,9 +26,36 @@ const asUmbraEnv = "UMBRA_TEST_AS_UMBRA"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(asUmbraEnv) != "" {
+		if at := os.Getenv(pauseAtEnv); at != "" {
+			testPause = pauseAt(at, os.Stderr)
+		}
 		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 	}
 	testenv.Main(m)
+}
+
+// pauseAtEnv names the point where the test binary, run as umbra, waits to
+// be killed (the shipped umbra has no such hook).
+const pauseAtEnv = "UMBRA_TEST_PAUSE_AT"
+
+// pauseAt holds umbra at point, having said so on stderr, until SIGUSR1
+// lets it go on or its context ends.
+func pauseAt(at string, stderr io.Writer) func(context.Context, string) error {
+	return func(ctx context.Context, point string) error {
+		if point != at {
+			return nil
+		}
+		resume := make(chan os.Signal, 1)
+		signal.Notify(resume, syscall.SIGUSR1)
+		defer signal.Stop(resume)
+		fmt.Fprintf(stderr, "umbra: paused at %s (%s)\n", point, pauseAtEnv)
+		select {
+		case <-resume:
+			return nil
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
 }
 
 // result is one finished umbra run.

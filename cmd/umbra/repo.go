@@ -119,6 +119,32 @@ func (a *app) openRepo(ctx context.Context, f *repoFlags) (*repository.Repositor
 	return a.openRepoWith(ctx, f, repository.Open)
 }
 
+// openLocked opens the repository and takes a lock before it reads the
+// index: shared for backups and restores (which run beside each other and
+// beside a prune), exclusive for check. The work runs under the returned
+// context, which ends if the lock cannot be kept; done unlocks and closes.
+func (a *app) openLocked(ctx context.Context, f *repoFlags, exclusive bool, purpose string) (*repository.Repository, context.Context, func(), error) {
+	repo, closeRepo, err := a.openRepoWith(ctx, f, repository.OpenToLock)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	lock, err := repo.Lock(ctx, exclusive, purpose)
+	if err != nil {
+		closeRepo()
+		return nil, nil, nil, err
+	}
+	return repo, lock.Context(), func() { lock.Unlock(ctx); closeRepo() }, nil
+}
+
+// lockLost puts the lost lock in err's place if that is what stopped the
+// work under lctx.
+func lockLost(lctx context.Context, err error) error {
+	if err != nil && errors.Is(context.Cause(lctx), repository.ErrLockLost) {
+		return context.Cause(lctx)
+	}
+	return err
+}
+
 // openRepoWith opens the repository with open (repository.Open, or
 // OpenWAL for the WAL archive alone).
 func (a *app) openRepoWith(ctx context.Context, f *repoFlags, open func(context.Context, backend.Backend, string) (*repository.Repository, error)) (*repository.Repository, func(), error) {

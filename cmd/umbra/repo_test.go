@@ -435,40 +435,66 @@ func TestKillDuringPrune(t *testing.T) {
 	testenv.CompareTrees(t, dir, filepath.Join(target, dir))
 }
 
-// TestPruneRefusesBesideBackup: prune fails clearly while a backup holds
-// its lock.
-func TestPruneRefusesBesideBackup(t *testing.T) {
+// TestPruneBesideBackup: a prune beside a running backup (held just before
+// its manifest, having reused the data of a forgotten backup) deletes
+// nothing the backup uses; the prune after it ends keeps that data and
+// deletes the rest; the backup restores and check finds nothing wrong.
+func TestPruneBesideBackup(t *testing.T) {
 	repo := newRepoDir(t)
-	big := filepath.Join(t.TempDir(), "big")
-	if err := os.MkdirAll(big, 0o755); err != nil {
+	dir := filepath.Join(t.TempDir(), "d")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for j := range 16 {
-		if err := os.WriteFile(filepath.Join(big, fmt.Sprint(j)), testenv.Random(t, 8<<20), 0o644); err != nil {
+	for j := range 4 {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprint(j)), testenv.Random(t, 2<<20), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	cmd := umbraCmd(t, t.TempDir(), repo.environ(), "backup", big)
-	if err := cmd.Start(); err != nil {
+	old := backupOf(t, repo, dir).ID
+	mustRepo(t, repo, "forget", old)
+	// Unused now; another file changes so the next backup has some data
+	// of its own as well.
+	if err := os.WriteFile(filepath.Join(dir, "0"), testenv.Random(t, 2<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	// Wait until the backup's lock is there.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if entries, _ := os.ReadDir(filepath.Join(repo.loc, "locks")); len(entries) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the backup took no lock")
-		}
+	state := t.TempDir()
+	running, stderr := startPausedEnv(t, state, repo.environ(), "manifest", "backup", "--json", dir)
+	res := mustRepo(t, repo, "prune", "--json")
+	var rep struct {
+		PacksDeleted int `json:"packs_deleted"`
+		PacksMarked  int `json:"packs_marked"`
+		WaitingFor   int `json:"waiting_for"`
 	}
-	res := umbraRepo(t, repo, "prune")
-	if res.code != 1 || !strings.Contains(res.stderr, "locked") || !strings.Contains(res.stderr, "backup") {
-		t.Errorf("prune beside a backup: exit %d, %q; want a refusal naming the backup's lock", res.code, res.stderr)
+	if err := json.Unmarshal([]byte(res.stdout), &rep); err != nil {
+		t.Fatal(err)
 	}
-	if err := cmd.Wait(); err != nil {
-		t.Errorf("the backup failed: %v", err)
+	if rep.PacksDeleted != 0 || rep.PacksMarked == 0 || rep.WaitingFor != 1 {
+		t.Errorf("prune beside a backup: %s; want packs marked, waiting for one operation, none deleted", res.stdout)
 	}
+	// Let the backup go on: it stores its manifest.
+	if err := running.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	if err := running.Wait(); err != nil {
+		t.Fatalf("the backup beside the prune: %v", err)
+	}
+	stderr.Close()
+	latest := backupOf(t, repo, dir) // unchanged: its data all reused again
+	res = mustRepo(t, repo, "prune", "--json")
+	var after struct {
+		PacksRescued int `json:"packs_rescued"`
+		PacksMarked  int `json:"packs_marked"`
+	}
+	if err := json.Unmarshal([]byte(res.stdout), &after); err != nil {
+		t.Fatal(err)
+	}
+	if after.PacksRescued == 0 || after.PacksMarked != 0 {
+		t.Errorf("prune after the backup ended: %s; want the packs it used kept and the rest deleted", res.stdout)
+	}
+	mustRepo(t, repo, "check", "--read-data")
+	target := t.TempDir()
+	mustRepo(t, repo, "restore", latest.ID, "--target", target)
+	testenv.CompareTrees(t, dir, filepath.Join(target, dir))
 }
 
 // TestChangingFileWarns: a file written to while the backup reads it is
