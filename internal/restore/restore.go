@@ -55,7 +55,14 @@ type restorer struct {
 	mu    sync.Mutex
 	links map[[2]uint64]string // (device, inode) → first restored path
 	stats Stats
+	// filesystems holds a directory on each filesystem restored into,
+	// to flush them all to disk at the end.
+	filesystems map[uint64]string
 }
+
+// syncFS flushes the filesystem that holds the open file fd (a variable
+// for the test that counts the filesystems flushed).
+var syncFS = unix.Syncfs
 
 // Run restores the tree root under target, each node at target + its
 // backed-up path. target must not hold files of the same names: restore
@@ -72,12 +79,51 @@ func Run(ctx context.Context, repo *repository.Repository, root repository.ID, t
 		return Stats{}, err
 	}
 	r := &restorer{repo: repo, target: target, include: opts.Include, progress: opts.Progress,
-		isRoot: os.Geteuid() == 0, links: map[[2]uint64]string{}, files: make(chan struct{}, 4)}
+		isRoot: os.Geteuid() == 0, links: map[[2]uint64]string{}, files: make(chan struct{}, 4),
+		filesystems: map[uint64]string{}}
 	if r.progress == nil {
 		r.progress = &Progress{}
 	}
-	err := r.restoreTree(ctx, root, "/")
-	return r.stats, err
+	if err := r.noteFilesystem(target); err != nil {
+		return Stats{}, err
+	}
+	if err := r.restoreTree(ctx, root, "/"); err != nil {
+		return r.stats, err
+	}
+	return r.stats, r.flush()
+}
+
+// noteFilesystem remembers dir's filesystem for flush.
+func (r *restorer) noteFilesystem(dir string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return &fs.PathError{Op: "stat", Path: dir, Err: err}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.filesystems[st.Dev]; !ok {
+		r.filesystems[st.Dev] = dir
+	}
+	return nil
+}
+
+// flush makes the restore durable before anyone starts an application on
+// it: syncfs on every filesystem restored into writes the files' data, their
+// metadata and the directories' entries (one call a filesystem, rather than
+// an fsync a file), and reports a failed writeback.
+func (r *restorer) flush() error {
+	for _, dir := range r.filesystems {
+		f, err := os.Open(dir)
+		if err != nil {
+			return fmt.Errorf("flush the restored files to disk: %w", err)
+		}
+		err = syncFS(int(f.Fd()))
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("flush the restored files under %s to disk: %w; the restore is not durable", dir, err)
+		}
+	}
+	return nil
 }
 
 // wanted reports whether path is included, and whether anything below it
@@ -172,6 +218,9 @@ func (r *restorer) restoreEntry(ctx context.Context, n *repository.Node, path, d
 		r.mu.Lock()
 		r.stats.Dirs++
 		r.mu.Unlock()
+		if err := r.noteFilesystem(dst); err != nil {
+			return err
+		}
 		if n.Subtree != nil {
 			if err := r.restoreTree(ctx, *n.Subtree, path); err != nil {
 				return err

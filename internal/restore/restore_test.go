@@ -380,3 +380,61 @@ func TestIncludeKeepsDirectoriesAbove(t *testing.T) {
 		t.Errorf("a directory that was there before the restore: got %v (%v), want it left 0700", fi.Mode().Perm(), err)
 	}
 }
+
+// TestRestoreIsFlushed: a restore flushes every filesystem it wrote to
+// (here the target's and a tmpfs mounted below it) before it returns, and a
+// failed flush fails it: an application started on the files must not lose
+// them to a power cut.
+func TestRestoreIsFlushed(t *testing.T) {
+	testenv.NeedRoot(t)
+	src := filepath.Join(t.TempDir(), "data")
+	for _, d := range []string{"a", "b"} {
+		if err := os.MkdirAll(filepath.Join(src, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(src, d, "f"), []byte(d), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	repo := newRepo(t)
+	res := backup(t, repo, nil, src)
+
+	target := t.TempDir()
+	mnt := filepath.Join(target, src, "b")
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=1m"); err != nil {
+		t.Skipf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	flushed := map[uint64]bool{}
+	real := *restore.SyncFS
+	defer func() { *restore.SyncFS = real }()
+	*restore.SyncFS = func(fd int) error {
+		var st syscall.Stat_t
+		if err := syscall.Fstat(fd, &st); err != nil {
+			return err
+		}
+		flushed[st.Dev] = true
+		return real(fd)
+	}
+	if _, err := restore.Run(t.Context(), repo, res.Tree, target, restore.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.CompareTrees(t, src, filepath.Join(target, src))
+	for _, dir := range []string{target, mnt} {
+		var st syscall.Stat_t
+		if err := syscall.Stat(dir, &st); err != nil {
+			t.Fatal(err)
+		}
+		if !flushed[st.Dev] {
+			t.Errorf("the filesystem of %s was not flushed", dir)
+		}
+	}
+
+	*restore.SyncFS = func(int) error { return syscall.EIO }
+	if _, err := restore.Run(t.Context(), repo, res.Tree, t.TempDir(), restore.Options{}); err == nil || !strings.Contains(err.Error(), "not durable") {
+		t.Errorf("restore whose flush fails: %v; want an error saying it is not durable", err)
+	}
+}

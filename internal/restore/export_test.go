@@ -1,0 +1,4 @@
+package restore
+
+// SyncFS lets tests watch (and fail) the flush of each filesystem.
+var SyncFS = &syncFS
