@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/umbra-backup/umbra/internal/backend/retry"
 	"github.com/umbra-backup/umbra/internal/config"
 	"github.com/umbra-backup/umbra/internal/guard"
 	"github.com/umbra-backup/umbra/internal/provider"
@@ -41,6 +42,18 @@ type app struct {
 	stateDir   string
 	json       bool
 	verbose    bool
+	retryFor   time.Duration
+	// retrying is the last backend opened, wrapped to retry transient
+	// failures; its count goes into the results.
+	retrying *retry.Backend
+}
+
+// storeRetries is how many store calls failed and were made again.
+func (a *app) storeRetries() int64 {
+	if a.retrying == nil {
+		return 0
+	}
+	return a.retrying.Retries()
 }
 
 func (a *app) rootCommand() *cobra.Command {
@@ -78,7 +91,8 @@ The whole story (docs/writers.md has every writer's options):
 	root.PersistentFlags().StringVar(&a.configPath, "config", "", "configuration file (default "+config.DefaultPath+")")
 	root.PersistentFlags().StringVar(&a.stateDir, "state-dir", "", "where sets and locks are kept (default $UMBRA_STATE_DIR, the config's state_dir, or "+defaultStateDir+")")
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print JSON for scripts instead of text")
-	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log each phase to stderr")
+	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log each phase, and each store call tried again, to stderr")
+	root.PersistentFlags().DurationVar(&a.retryFor, "retry-for", 5*time.Minute, "how long a store call that fails transiently (5xx, a dropped connection, a timeout) is tried again before the command fails; 0: not at all")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err} })
 	// An unknown command is a usage error (exit 2), as documented.
 	root.Args = func(_ *cobra.Command, args []string) error {

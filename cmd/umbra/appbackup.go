@@ -128,10 +128,11 @@ func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wr
 		if err := a.printJSON(struct {
 			ID repository.ID `json:"id"`
 			*repository.Manifest
-			App         *backup.Info `json:"app"`
-			CompleteErr string       `json:"backup_complete_error,omitempty"`
-			Forgotten   []string     `json:"forgotten,omitempty"`
-		}{res.ID, res.Manifest, res.Info, errString(res.CompleteErr), forgotten}); err != nil {
+			App          *backup.Info `json:"app"`
+			CompleteErr  string       `json:"backup_complete_error,omitempty"`
+			Forgotten    []string     `json:"forgotten,omitempty"`
+			StoreRetries int64        `json:"store_retries"`
+		}{res.ID, res.Manifest, res.Info, errString(res.CompleteErr), forgotten, a.storeRetries()}); err != nil {
 			return err
 		}
 	} else {

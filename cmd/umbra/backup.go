@@ -177,7 +177,8 @@ aborts the writers and truncates nothing. A retryable failure of the set
 				if err := a.printJSON(struct {
 					ID repository.ID `json:"id"`
 					*repository.Manifest
-				}{id, m}); err != nil {
+					StoreRetries int64 `json:"store_retries"`
+				}{id, m, a.storeRetries()}); err != nil {
 					return err
 				}
 			} else {

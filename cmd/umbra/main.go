@@ -97,6 +97,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
+	if n := a.storeRetries(); n > 0 && !a.json {
+		fmt.Fprintf(stderr, "umbra: %s to the repository failed for a moment and %s tried again (-v shows them).\n",
+			count(n, "call"), map[bool]string{true: "was", false: "were"}[n == 1])
+	}
 	if err == nil {
 		return exitOK
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/umbra-backup/umbra/internal/backend"
 	"github.com/umbra-backup/umbra/internal/backend/local"
+	"github.com/umbra-backup/umbra/internal/backend/retry"
 	"github.com/umbra-backup/umbra/internal/repository"
 )
 
@@ -39,11 +40,21 @@ func (f *repoFlags) location() string {
 	return defaultRepo
 }
 
-// openBackend opens (or, for init, creates) the backend at the location.
+// openBackend opens (or, for init, creates) the backend at the location;
+// an S3 one retries transient failures for --retry-for.
 func (a *app) openBackend(ctx context.Context, f *repoFlags, create bool) (backend.Backend, error) {
 	loc := f.location()
 	if strings.HasPrefix(loc, "s3:") {
-		return openS3(ctx, loc, create)
+		be, err := openS3(ctx, loc, create)
+		if err != nil {
+			return nil, err
+		}
+		budget := a.retryFor
+		if budget <= 0 {
+			budget = -1 // none
+		}
+		a.retrying = retry.New(be, retry.Options{Budget: budget, Log: a.logger()})
+		return a.retrying, nil
 	}
 	if create {
 		return local.Create(loc)

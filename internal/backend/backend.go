@@ -28,6 +28,25 @@ import (
 	"time"
 )
 
+// ErrTransient marks a failure that may pass if the call is made again:
+// the store answered 5xx or "slow down", or the connection failed or timed
+// out. Backends wrap such errors with Transient; the retry layer (package
+// retry) tries them again, and nothing else.
+var ErrTransient = errors.New("transient store failure")
+
+// Transient marks err as transient, keeping it (errors.Is finds both).
+func Transient(err error) error {
+	if err == nil || errors.Is(err, ErrTransient) {
+		return err
+	}
+	return transientError{err}
+}
+
+type transientError struct{ err error }
+
+func (e transientError) Error() string   { return e.err.Error() }
+func (e transientError) Unwrap() []error { return []error{e.err, ErrTransient} }
+
 // Type is a kind of repository file; each lives in its own namespace.
 type Type string
 

@@ -32,27 +32,63 @@ const minioStartLimit = 30 * time.Second
 // scripts/test.sh installs it there.
 func MinIO(t testing.TB) (endpoint, accessKey, secretKey string) {
 	t.Helper()
+	s := StartMinIO(t)
+	return s.Endpoint, s.AccessKey, s.SecretKey
+}
+
+// MinIOServer is a private MinIO server that a test can stop and start
+// again, on the same address with the same data: a store that goes away in
+// the middle of a backup.
+type MinIOServer struct {
+	Endpoint, AccessKey, SecretKey string
+
+	bin, home string
+	stop      func()
+}
+
+// StartMinIO is MinIO, returning the server.
+func StartMinIO(t testing.TB) *MinIOServer {
+	t.Helper()
 	bin := minioBinary()
 	if bin == "" {
 		t.Skip("needs the minio server; scripts/test.sh installs it with go install")
 	}
-	accessKey = "umbra-" + randomHex(t, 6)
-	secretKey = randomHex(t, 20)
+	s := &MinIOServer{AccessKey: "umbra-" + randomHex(t, 6), SecretKey: randomHex(t, 20), bin: bin}
 	// The free port is found by binding and releasing it, so another
 	// process may take it first; a few tries make that harmless.
 	var lastErr error
 	for range 3 {
-		srv, err := startMinIO(t, bin, accessKey, secretKey)
-		if err == nil {
-			return srv, accessKey, secretKey
+		addr, err := freePort()
+		if err != nil {
+			t.Fatal(err)
 		}
-		lastErr = err
-		if !errors.Is(err, errPortTaken) {
+		s.Endpoint, s.home = addr, t.TempDir()
+		if lastErr = s.start(t); lastErr == nil {
+			return s
+		}
+		if !errors.Is(lastErr, errPortTaken) {
 			break
 		}
 	}
 	t.Fatalf("start minio: %v", lastErr)
-	return "", "", ""
+	return nil
+}
+
+// Stop stops the server (SIGTERM, then SIGKILL after 10s) and waits for it.
+func (s *MinIOServer) Stop() {
+	if s.stop != nil {
+		s.stop()
+		s.stop = nil
+	}
+}
+
+// Start starts the stopped server again, on its address with its data,
+// and returns once it is healthy.
+func (s *MinIOServer) Start(t testing.TB) {
+	t.Helper()
+	if err := s.start(t); err != nil {
+		t.Fatalf("start minio again: %v", err)
+	}
 }
 
 var errPortTaken = errors.New("port taken")
@@ -81,13 +117,9 @@ func minioBinary() string {
 	return ""
 }
 
-func startMinIO(t testing.TB, bin, accessKey, secretKey string) (string, error) {
+func (s *MinIOServer) start(t testing.TB) error {
 	t.Helper()
-	addr, err := freePort()
-	if err != nil {
-		return "", err
-	}
-	home := t.TempDir()
+	bin, addr, home, accessKey, secretKey := s.bin, s.Endpoint, s.home, s.AccessKey, s.SecretKey
 	cmd := exec.Command(bin, "server",
 		"--address", addr,
 		"--certs-dir", filepath.Join(home, "certs"),
@@ -104,7 +136,7 @@ func startMinIO(t testing.TB, bin, accessKey, secretKey string) (string, error) 
 	cmd.Stdout = out
 	cmd.Stderr = out
 	if err := cmd.Start(); err != nil {
-		return "", fmt.Errorf("%s: %w", bin, err)
+		return fmt.Errorf("%s: %w", bin, err)
 	}
 	exited := make(chan struct{})
 	var waitErr error
@@ -133,9 +165,9 @@ func startMinIO(t testing.TB, bin, accessKey, secretKey string) (string, error) 
 		select {
 		case <-exited:
 			if strings.Contains(out.String(), "address already in use") {
-				return "", fmt.Errorf("%s: %w", addr, errPortTaken)
+				return fmt.Errorf("%s: %w", addr, errPortTaken)
 			}
-			return "", fmt.Errorf("minio exited before answering on %s: %v\n%s", addr, waitErr, out)
+			return fmt.Errorf("minio exited before answering on %s: %v\n%s", addr, waitErr, out)
 		default:
 		}
 		if healthy(client, url) && healthy(client, "http://"+addr+"/minio/health/cluster") {
@@ -143,17 +175,18 @@ func startMinIO(t testing.TB, bin, accessKey, secretKey string) (string, error) 
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return "", fmt.Errorf("minio on %s not healthy within %v:\n%s", addr, minioStartLimit, out)
+			return fmt.Errorf("minio on %s not healthy within %v:\n%s", addr, minioStartLimit, out)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	s.stop = stop
 	t.Cleanup(func() {
 		stop()
 		if t.Failed() && out.String() != "" {
 			t.Logf("minio output:\n%s", out)
 		}
 	})
-	return addr, nil
+	return nil
 }
 
 func healthy(client *http.Client, url string) bool {

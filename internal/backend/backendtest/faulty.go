@@ -1,6 +1,7 @@
 package backendtest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -45,6 +46,9 @@ type Faulty struct {
 	match    func(backend.Handle) bool
 	corrupt  func(backend.Handle) bool
 	down     func(backend.Handle) bool
+	flaky    int // calls left to fail transiently
+	flakyAt  SavePoint
+	breaks   int // Loads left whose readers break off
 }
 
 var _ backend.Backend = (*Faulty)(nil)
@@ -73,6 +77,70 @@ func (f *Faulty) Down(match func(backend.Handle) bool) {
 	f.down = match
 }
 
+// Flaky makes the next n calls, of any kind, fail with a transient error
+// (backend.Transient(ErrInjected)), as a store that answers 503 or drops
+// connections for a while; a Save fails at point when.
+func (f *Faulty) Flaky(n int, when SavePoint) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.flaky, f.flakyAt = n, when
+}
+
+// BreakLoads makes the readers of the next n Loads fail with
+// io.ErrUnexpectedEOF halfway through, as a connection reset mid-body.
+func (f *Faulty) BreakLoads(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.breaks = n
+}
+
+func (f *Faulty) takeFlaky() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.flaky == 0 {
+		return false
+	}
+	f.flaky--
+	return true
+}
+
+func flakyErr(op string, h backend.Handle) error {
+	return backend.Transient(fmt.Errorf("%s %s: %w (transient)", op, h, ErrInjected))
+}
+
+// Stat passes through unless Flaky fails it.
+func (f *Faulty) Stat(ctx context.Context, h backend.Handle) (backend.FileInfo, error) {
+	if f.takeFlaky() {
+		return backend.FileInfo{}, flakyErr("stat", h)
+	}
+	return f.Backend.Stat(ctx, h)
+}
+
+// Remove passes through unless Flaky fails it (before removing).
+func (f *Faulty) Remove(ctx context.Context, h backend.Handle) error {
+	if f.takeFlaky() {
+		return flakyErr("remove", h)
+	}
+	return f.Backend.Remove(ctx, h)
+}
+
+// List passes through unless Flaky fails it, after the first file.
+func (f *Faulty) List(ctx context.Context, t backend.Type, fn func(backend.FileInfo) error) error {
+	fail := f.takeFlaky()
+	n := 0
+	err := f.Backend.List(ctx, t, func(fi backend.FileInfo) error {
+		if fail && n == 1 {
+			return flakyErr("list", backend.Handle{Type: t, Name: fi.Name})
+		}
+		n++
+		return fn(fi)
+	})
+	if fail && err == nil {
+		err = flakyErr("list", backend.Handle{Type: t, Name: "*"})
+	}
+	return err
+}
+
 // CorruptLoad makes every Load of a handle for which match returns true
 // flip the lowest bit of the first byte it returns and of every 4096th byte
 // after that, so that whatever range is read is damaged but not its length.
@@ -83,8 +151,20 @@ func (f *Faulty) CorruptLoad(match func(backend.Handle) bool) {
 	f.corrupt = match
 }
 
-// Save passes through to the wrapped backend unless FailSave armed this one.
+// Save passes through to the wrapped backend unless FailSave or Flaky
+// armed this one.
 func (f *Faulty) Save(ctx context.Context, h backend.Handle, size int64, rd io.Reader) error {
+	if f.takeFlaky() {
+		f.mu.Lock()
+		when := f.flakyAt
+		f.mu.Unlock()
+		if when == AfterStore {
+			if err := f.Backend.Save(ctx, h, size, rd); err != nil {
+				return err
+			}
+		}
+		return flakyErr("save", h)
+	}
 	fail, when := f.countSave(h)
 	if fail && when == BeforeStore {
 		return fmt.Errorf("save %s: %w before storing", h, ErrInjected)
@@ -118,13 +198,28 @@ func (f *Faulty) countSave(h backend.Handle) (bool, SavePoint) {
 // Load passes through to the wrapped backend, corrupting what it returns if
 // CorruptLoad asks for it.
 func (f *Faulty) Load(ctx context.Context, h backend.Handle, offset, length int64) (io.ReadCloser, error) {
+	if f.takeFlaky() {
+		return nil, flakyErr("load", h)
+	}
 	rc, err := f.Backend.Load(ctx, h, offset, length)
 	if err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
 	corrupt := f.corrupt != nil && f.corrupt(h)
+	breaks := f.breaks > 0
+	if breaks {
+		f.breaks--
+	}
 	f.mu.Unlock()
+	if breaks {
+		data, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			return nil, err
+		}
+		return io.NopCloser(io.MultiReader(bytes.NewReader(data[:len(data)/2]), failingReader{})), nil
+	}
 	if !corrupt {
 		return rc, nil
 	}
@@ -147,3 +242,8 @@ func (c *corrupter) Read(p []byte) (int, error) {
 	c.off += int64(n)
 	return n, err
 }
+
+// failingReader fails as a connection reset mid-body does.
+type failingReader struct{}
+
+func (failingReader) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }

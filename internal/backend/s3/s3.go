@@ -45,12 +45,15 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"net/url"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -267,11 +270,20 @@ func connect(cfg Config) (*Backend, error) {
 	return b, nil
 }
 
-// explain turns the server's refusals of the credentials into advice.
+// explain turns the server's refusals of the credentials into advice, and
+// marks the failures that may pass (5xx, slow down, a connection that
+// failed or timed out) as transient.
 func (b *Backend) explain(err error) error {
 	var resp minio.ErrorResponse
 	if !errors.As(err, &resp) {
+		if transient(err) {
+			return backend.Transient(err)
+		}
 		return err
+	}
+	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests ||
+		slices.Contains([]string{"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "XMinioServerNotInitialized"}, resp.Code) {
+		return backend.Transient(err)
 	}
 	switch resp.Code {
 	case minio.InvalidAccessKeyID, minio.SignatureDoesNotMatch, "InvalidToken", "ExpiredToken":
@@ -284,6 +296,17 @@ func (b *Backend) explain(err error) error {
 		return fmt.Errorf("bucket %q does not exist (%w)", b.cfg.Bucket, err)
 	}
 	return err
+}
+
+// transient reports whether err, not an answer of the server, is one of
+// the network's: a refused or reset connection, a timeout.
+func transient(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false // ours, not the network's
+	}
+	var nerr net.Error
+	return errors.As(err, &nerr) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE)
 }
 
 // Location returns the repository URL, without credentials.
@@ -356,7 +379,7 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, size int64, rd io.
 		}
 		var resp minio.ErrorResponse
 		if !errors.As(err, &resp) {
-			return fmt.Errorf("save %s: %w", h, err)
+			return fmt.Errorf("save %s: %w", h, b.explain(err))
 		}
 		switch {
 		case conditional && resp.Code == minio.PreconditionFailed:
@@ -364,7 +387,7 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, size int64, rd io.
 		case conditional && (resp.Code == minio.NotImplemented || resp.StatusCode == http.StatusNotImplemented):
 			b.conditional.Store(false)
 			if start < 0 {
-				return fmt.Errorf("save %s: the server does not support conditional writes (%w); saving again will work without them", h, err)
+				return backend.Transient(fmt.Errorf("save %s: the server does not support conditional writes (%w); saving again will work without them", h, err))
 			}
 			if _, err := seeker.Seek(start, io.SeekStart); err != nil {
 				return fmt.Errorf("save %s: rewind after the server refused a conditional write: %w", h, err)
