@@ -24,7 +24,10 @@
 // name at the same moment may then both succeed, the later one replacing the
 // earlier. The repository above makes that harmless for content-addressed
 // files (both wrote the same bytes) and unlikely for the others (random
-// names). A server that silently ignores the condition behaves the same way.
+// names). A server that silently ignores the condition is found out when
+// the backend opens (a probe object stored twice) and treated the same way;
+// the repository's correctness never rests on the condition (see
+// docs/repository.md, locks and marks).
 // AWS answers a conditional PUT that races another one for the same name with
 // 409 ConditionalRequestConflict; Save returns that as an ordinary error, and
 // saving again succeeds or reports fs.ErrExist.
@@ -41,6 +44,8 @@ package s3
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -197,7 +202,42 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		_ = b.Close()
 		return nil, fmt.Errorf("open repository %s: %w", cfg.Location(), b.explain(err))
 	}
+	b.probeConditional(ctx)
 	return b, nil
+}
+
+// ConditionalWrites reports whether the server is believed to honour
+// If-None-Match on PUT.
+func (b *Backend) ConditionalWrites() bool { return b.conditional.Load() }
+
+// probeConditional finds out whether the server honours If-None-Match on
+// PUT, since some answer a conditional PUT of an existing name by replacing
+// it: it stores a probe object (beside the repository's directories, where
+// no listing looks) twice with the condition. If the second is let through,
+// or the server refuses the condition, Save relies on its HEAD alone. A
+// server that will not take the probe (a read-only key) is left believed.
+func (b *Backend) probeConditional(ctx context.Context) {
+	key := b.dirKey("") + "umbra-probe-" + randomName()
+	put := func() error { return b.put(ctx, key, 1, strings.NewReader("p"), true) }
+	err := put()
+	var resp minio.ErrorResponse
+	if errors.As(err, &resp) && (resp.Code == minio.NotImplemented || resp.StatusCode == http.StatusNotImplemented) {
+		b.conditional.Store(false)
+		return
+	}
+	if err != nil {
+		return
+	}
+	defer func() { _ = b.client.RemoveObject(context.WithoutCancel(ctx), b.cfg.Bucket, key, minio.RemoveObjectOptions{}) }()
+	if err := put(); err == nil {
+		b.conditional.Store(false) // the condition was ignored
+	}
+}
+
+func randomName() string {
+	var r [8]byte
+	_, _ = rand.Read(r[:])
+	return hex.EncodeToString(r[:])
 }
 
 // Create makes the bucket if it is missing and returns the backend. It fails

@@ -263,26 +263,73 @@ func TestConditionalFallback(t *testing.T) {
 		t.Errorf("conditional PUTs sent: got %d, want 1 before the backend stopped trying", n)
 	}
 
-	// A reader that cannot be rewound fails the first Save, with the reason;
-	// the next one works.
+	// Found out when the backend opens: a reader that cannot be rewound
+	// is sent once, without the condition.
 	refused.Store(0)
 	be, err = Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if be.ConditionalWrites() {
+		t.Error("a server that refuses conditional writes is believed to honour them")
+	}
 	h.Name = "a2"
-	err = be.Save(ctx, h, 3, io.MultiReader(strings.NewReader("abc")))
-	if err == nil || !strings.Contains(err.Error(), "does not support conditional writes") {
-		t.Errorf("save of an unseekable reader when the server refuses the condition: got %v, want an error saying so", err)
-	}
-	if _, err := be.Stat(ctx, h); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("stat after the refused save: got %v, want fs.ErrNotExist", err)
-	}
 	if err := be.Save(ctx, h, 3, io.MultiReader(strings.NewReader("abc"))); err != nil {
-		t.Errorf("save again: %v", err)
+		t.Errorf("save of an unseekable reader: %v", err)
 	}
 	if n := refused.Load(); n != 1 {
-		t.Errorf("conditional PUTs sent: got %d, want 1", n)
+		t.Errorf("conditional PUTs sent: got %d, want 1 (the probe)", n)
+	}
+}
+
+// TestConditionalIgnored: a server that answers a conditional PUT of an
+// existing name by replacing it is found out when the backend opens; one
+// that honours the condition (MinIO) is believed.
+func TestConditionalIgnored(t *testing.T) {
+	srv := newServer(t)
+	ctx := t.Context()
+	cfg := srv.config("p")
+	if _, err := Create(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	be, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !be.ConditionalWrites() {
+		t.Error("MinIO honours If-None-Match, but the backend does not believe it")
+	}
+	target, err := url.Parse("http://" + srv.cfg.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// In front of MinIO, a server that lets a conditional PUT replace.
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.ModifyResponse = func(r *http.Response) error {
+		if r.Request.Method == http.MethodPut && r.StatusCode == http.StatusPreconditionFailed {
+			r.StatusCode, r.Status = http.StatusOK, "200 OK"
+			r.Body, r.ContentLength = io.NopCloser(strings.NewReader("")), 0
+			r.Header.Del("Content-Length")
+			r.Header.Set("ETag", `"0"`)
+		}
+		return nil
+	}
+	front := httptest.NewServer(proxy)
+	t.Cleanup(front.Close)
+	cfg.Endpoint = strings.TrimPrefix(front.URL, "http://")
+	be, err = Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if be.ConditionalWrites() {
+		t.Error("a server that ignores If-None-Match is believed to honour it")
+	}
+	var leftover []string
+	for obj := range be.client.ListObjectsIter(ctx, cfg.Bucket, minio.ListObjectsOptions{Recursive: true}) {
+		leftover = append(leftover, obj.Key)
+	}
+	if len(leftover) != 0 {
+		t.Errorf("the probe left %v behind", leftover)
 	}
 }
 
