@@ -228,7 +228,9 @@ func (b *Backend) probeConditional(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	defer func() { _ = b.client.RemoveObject(context.WithoutCancel(ctx), b.cfg.Bucket, key, minio.RemoveObjectOptions{}) }()
+	defer func() {
+		_ = b.client.RemoveObject(context.WithoutCancel(ctx), b.cfg.Bucket, key, minio.RemoveObjectOptions{})
+	}()
 	if err := put(); err == nil {
 		b.conditional.Store(false) // the condition was ignored
 	}
