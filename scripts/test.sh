@@ -33,3 +33,16 @@ fi
 # binary in separate processes, where the detector adds time but no insight.
 go test -race -count=1 ./internal/...
 go test -count=1 ./cmd/...
+# Every fuzz target for a bounded time (FUZZTIME, 5s each): malformed
+# repository objects, configuration and writer specs must never crash
+# umbra. Found inputs land in testdata/fuzz and fail the run.
+fuzztime=${FUZZTIME:-5s}
+for pkg in ./internal/repository ./internal/config; do
+	for target in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz'); do
+		if ! out=$(go test -run '^$' -fuzz "^$target\$" -fuzztime "$fuzztime" "$pkg" 2>&1); then
+			echo "$out" >&2
+			exit 1
+		fi
+	done
+done
+

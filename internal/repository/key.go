@@ -117,10 +117,10 @@ func openKey(ctx context.Context, be backend.Backend, password string) (*MasterK
 		}
 		var mk MasterKey
 		if err := json.Unmarshal(plain, &mk); err != nil {
-			return nil, "", fmt.Errorf("key %s: %w", name[:8], err)
+			return nil, "", fmt.Errorf("key %s: %w", shortName(name), err)
 		}
 		if err := mk.valid(); err != nil {
-			return nil, "", fmt.Errorf("key %s: %w", name[:8], err)
+			return nil, "", fmt.Errorf("key %s: %w", shortName(name), err)
 		}
 		return &mk, name, nil
 	}
@@ -144,7 +144,25 @@ func loadKeyFile(ctx context.Context, be backend.Backend, name string) (*keyFile
 	if kf.KDF != "argon2id" {
 		return nil, fmt.Errorf("key %s uses KDF %q, which this umbra does not know", name, kf.KDF)
 	}
+	if err := kf.Params.valid(); err != nil {
+		return nil, fmt.Errorf("key %s is damaged: %w", name, err)
+	}
 	return &kf, nil
+}
+
+// Bounds on a key file's KDF costs: argon2 panics on zero threads, and a
+// damaged file must not make umbra spend hours or all memory on a key.
+const (
+	maxKDFTime   = 100
+	maxKDFMemory = 4 << 20 // KiB: 4 GiB
+)
+
+func (p KDFParams) valid() error {
+	if p.Time < 1 || p.Time > maxKDFTime || p.Threads < 1 || p.Memory < 8*uint32(p.Threads) || p.Memory > maxKDFMemory {
+		return fmt.Errorf("argon2id costs time %d, memory %d KiB, threads %d are outside 1..%d, 8×threads..%d KiB, 1..255",
+			p.Time, p.Memory, p.Threads, maxKDFTime, maxKDFMemory)
+	}
+	return nil
 }
 
 // AddKey stores a new key for password, opening the same master key.
@@ -185,7 +203,10 @@ func (r *Repository) RemoveKey(ctx context.Context, prefix string) error {
 	case len(match) > 1:
 		return fmt.Errorf("key %q is ambiguous; give more digits", prefix)
 	case match[0].Current:
-		return fmt.Errorf("key %s is the one in use; open the repository with another password to remove it", match[0].ID[:8])
+		return fmt.Errorf("key %s is the one in use; open the repository with another password to remove it", shortName(match[0].ID))
 	}
 	return r.be.Remove(ctx, backend.Handle{Type: backend.TypeKey, Name: match[0].ID})
 }
+
+// shortName is a file name's first 8 characters, for messages.
+func shortName(name string) string { return name[:min(8, len(name))] }

@@ -559,6 +559,9 @@ func (r *Repository) decompress(flags uint8, rawLen uint32, payload []byte, scra
 	if flags&(flagZstd|flagLZ4) == 0 {
 		return payload, nil
 	}
+	if rawLen > maxBlobLen {
+		return nil, fmt.Errorf("the index says the blob is %d bytes, more than any blob umbra writes: damaged", rawLen)
+	}
 	var out []byte
 	if scratch != nil {
 		if cap(*scratch) < int(rawLen) {
@@ -580,6 +583,10 @@ func (r *Repository) decompress(flags uint8, rawLen uint32, payload []byte, scra
 	}
 	return payload, nil
 }
+
+// maxBlobLen bounds a blob's plaintext: chunks are at most 64 MiB, trees
+// of huge directories larger, but no blob comes near this.
+const maxBlobLen = 1 << 30
 
 // getBuf returns a scratch buffer for compressing and sealing one blob.
 func (r *Repository) getBuf(n int) *[]byte {
