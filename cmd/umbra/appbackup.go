@@ -97,7 +97,7 @@ func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wr
 	job := backup.Job{
 		Writers: wrs, Specs: recordedSpecs(specs), Paths: abs, Host: host, Tags: o.tags,
 		Retries: o.retries, KeepShadows: o.keepShadows, Progress: prog, Log: a.logger(),
-		Fallback: o.fallback, NoTruncate: o.noTruncate,
+		Fallback: o.fallback, NoTruncate: o.noTruncate, Pause: testPause,
 	}
 	if !o.force {
 		job.FindParent = func(recorded []string) *repository.ManifestEntry {

@@ -55,6 +55,11 @@ type Job struct {
 	NoTruncate []string
 	Progress   *archive.Progress
 	Log        *slog.Logger
+	// Pause, if set, is called at "upload" (the archive stored, the last
+	// packs not yet), "manifest" (before it is saved) and
+	// "backup-complete" (after, before the writers hear of it): fault
+	// tests hold the backup there to kill it.
+	Pause func(ctx context.Context, point string) error
 }
 
 // Spec is a writer's configuration as recorded: its type and options,
@@ -122,10 +127,14 @@ type Result struct {
 // Run makes the backup. Any failure before the manifest is stored aborts
 // the writers (nothing is truncated) and deletes the set; the data already
 // stored is left for prune.
-func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordinator, job Job) (*Result, error) {
+func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordinator, job Job) (_ *Result, err error) {
 	log := job.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	pause := job.Pause
+	if pause == nil {
+		pause = func(context.Context, string) error { return nil }
 	}
 	start := time.Now()
 	set, release, down, err := createSet(ctx, coord, &job, log)
@@ -137,9 +146,11 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 		if stored {
 			return
 		}
+		if aerr := coord.Abort(ctx, set, job.Writers); aerr != nil {
+			err = errors.Join(err, fmt.Errorf("and aborting the writers failed: %w", aerr))
+		}
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
-		abort(actx, job.Writers, set)
 		if err := coord.DeleteHeld(actx, set); err != nil {
 			log.Warn("delete the set after a failed backup", "set", set.ID, "err", err)
 		}
@@ -160,6 +171,9 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 		opts.Parent = &parent.Tree
 	}
 	res, err := archive.Run(ctx, repo, sources, opts)
+	if err == nil {
+		err = pause(ctx, "upload") // packs stored, the rest in memory
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -188,11 +202,19 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 		m.Parent = &parent.ID
 	}
 	m.Stats.DurationMS = time.Since(start).Milliseconds()
+	if err := pause(ctx, "manifest"); err != nil {
+		return nil, err
+	}
 	id, err := repo.SaveManifest(ctx, m)
 	if err != nil {
 		return nil, err
 	}
 	stored = true
+	// Stored: from here on the backup is not undone. A kill now leaves
+	// the logs untruncated until the next backup.
+	if err := pause(ctx, string(writer.PhaseBackupComplete)); err != nil {
+		log.Warn("interrupted before the writers heard the backup is stored", "err", err)
+	}
 
 	// The manifest is durable: now, and not before, the writers learn
 	// that the backup is safe and may truncate their logs.
@@ -202,7 +224,7 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 			log.Warn("keep the shadow set", "set", set.ID, "err", err)
 		}
 	}
-	result.CompleteErr = complete(ctx, job.Writers, set, job.NoTruncate)
+	result.CompleteErr = coord.Complete(ctx, set, job.Writers, job.NoTruncate)
 	if set.Type.Truncates() {
 		if err := pruneArchive(ctx, repo, info, job.NoTruncate); err != nil {
 			result.CompleteErr = errors.Join(result.CompleteErr, fmt.Errorf("prune the WAL archive: %w", err))
@@ -481,35 +503,6 @@ func linkOrCopy(src, dst string) error {
 	return os.WriteFile(dst, b, 0o600)
 }
 
-// complete tells every writer that the backup is stored; those in
-// noTruncate hear that it was a copy backup.
-func complete(ctx context.Context, wrs []writer.Writer, set *shadow.Set, noTruncate []string) error {
-	var errs []error
-	for _, wr := range wrs {
-		c, ok := wr.(writer.Completer)
-		if !ok {
-			continue
-		}
-		ws := writer.Set{ID: set.ID, Type: set.Type, Scratch: set.Scratch}
-		if slices.Contains(noTruncate, wr.Name()) {
-			ws.Type = writer.Copy
-		}
-		comp := writer.Completion{Set: ws, Components: map[string]bool{}}
-		for _, w := range set.Writers {
-			if w.Name != wr.Name() {
-				continue
-			}
-			for _, cr := range w.Components {
-				comp.Components[cr.Name] = cr.Consistency == shadow.Application
-			}
-		}
-		if err := c.BackupComplete(ctx, comp); err != nil {
-			errs = append(errs, fmt.Errorf("%s: backup-complete: %w", wr.Name(), err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
 // WALKey is the name under which umbra wal-push --writer NAME archives a
 // WAL file: the writer's name made safe (walPrefix), a dot, the file's
 // name; without a writer, the file's name alone. Several servers can so
@@ -613,11 +606,3 @@ func fallenInfo(set *shadow.Set, job Job, down []fallen) []WriterInfo {
 }
 
 // abort tells every writer that the backup failed.
-func abort(ctx context.Context, wrs []writer.Writer, set *shadow.Set) {
-	ws := writer.Set{ID: set.ID, Type: set.Type, Scratch: set.Scratch}
-	for _, wr := range wrs {
-		if a, ok := wr.(writer.Aborter); ok {
-			_ = a.Abort(ctx, ws)
-		}
-	}
-}

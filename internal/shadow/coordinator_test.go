@@ -551,3 +551,49 @@ func TestOwnCopies(t *testing.T) {
 	}
 	r.assertAborted(t)
 }
+
+// Complete and Abort run like every other phase: all writers at once, each
+// under the phase limit, a panic an error, every error kept, and Abort
+// after a cancellation too.
+func TestCompleteAndAbortAreCoordinated(t *testing.T) {
+	for _, p := range []writer.Phase{writer.PhaseBackupComplete, writer.PhaseAbort} {
+		t.Run(string(p), func(t *testing.T) {
+			r := newRig(t, Options{PhaseLimit: 200 * time.Millisecond})
+			set, release, err := r.coord.CreateHeld(t.Context(), r.writerList(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer release()
+			panics, hangs, fails := writertest.NewFake("fake:panics"), writertest.NewFake("fake:hangs"), writertest.NewFake("fake:fails")
+			panics.Hooks = map[writer.Phase]func(context.Context) error{p: func(context.Context) error { panic("boom") }}
+			hangs.Hooks = map[writer.Phase]func(context.Context) error{p: writertest.Hang}
+			fails.Errs = map[writer.Phase]error{p: errors.New("refused")}
+			wrs := append(r.writerList(), panics, hangs, fails)
+			ctx := t.Context()
+			if p == writer.PhaseAbort {
+				cancelled, cancel := context.WithCancel(ctx)
+				cancel()
+				ctx = cancelled
+			}
+			start := time.Now()
+			if p == writer.PhaseAbort {
+				err = r.coord.Abort(ctx, set, wrs)
+			} else {
+				err = r.coord.Complete(ctx, set, wrs, nil)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("%s took %s with a phase limit of 200ms", p, d)
+			}
+			for _, want := range []string{"fake:panics", "boom", "fake:hangs", "no answer in time", "fake:fails", "refused"} {
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Errorf("%s: error %v; want it to name %q", p, err, want)
+				}
+			}
+			for _, f := range r.writers {
+				if !slices.Contains(f.Calls(), p) {
+					t.Errorf("%s was not called at %s beside the failing writers", f.Name(), p)
+				}
+			}
+		})
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -244,6 +245,57 @@ func (c *Coordinator) CompleteCopy(ctx context.Context, set *Set, wrs []writer.W
 	return c.store.SaveSet(set)
 }
 
+// Complete tells the set's writers that the backup is stored
+// (writer.Completer), so they may truncate their logs; the writers named
+// in noTruncate hear that it was a copy backup. All at once, each under
+// the phase limit, panics turned into errors; every error is returned.
+func (c *Coordinator) Complete(ctx context.Context, set *Set, wrs []writer.Writer, noTruncate []string) error {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.PhaseLimit)
+	defer cancel()
+	var names []string
+	var calls []func(context.Context) error
+	for _, wr := range wrs {
+		cw, ok := wr.(writer.Completer)
+		if !ok {
+			continue
+		}
+		ws := set.writerSet()
+		if slices.Contains(noTruncate, wr.Name()) {
+			ws.Type = writer.Copy
+		}
+		comp := writer.Completion{Set: ws, Components: map[string]bool{}}
+		for _, w := range set.Writers {
+			if w.Name == wr.Name() {
+				for _, cr := range w.Components {
+					comp.Components[cr.Name] = cr.Consistency == Application
+				}
+			}
+		}
+		names = append(names, wr.Name())
+		calls = append(calls, func(ctx context.Context) error { return cw.BackupComplete(ctx, comp) })
+	}
+	return parallel(ctx, writer.PhaseBackupComplete, names, calls, nil)
+}
+
+// Abort tells the set's writers that the backup failed (writer.Aborter):
+// they release what they hold and truncate nothing. All at once, each
+// under the phase limit, on a context of its own (it runs after a
+// cancellation), panics turned into errors; every error is returned.
+func (c *Coordinator) Abort(ctx context.Context, set *Set, wrs []writer.Writer) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.PhaseLimit)
+	defer cancel()
+	ws := set.writerSet()
+	var names []string
+	var calls []func(context.Context) error
+	for _, wr := range wrs {
+		if a, ok := wr.(writer.Aborter); ok {
+			names = append(names, wr.Name())
+			calls = append(calls, func(ctx context.Context) error { return a.Abort(ctx, ws) })
+		}
+	}
+	return parallel(ctx, writer.PhaseAbort, names, calls, nil)
+}
+
 func mergeReports(a, b writer.Report) writer.Report {
 	if len(b.Positions) > 0 && a.Positions == nil {
 		a.Positions = map[string]string{}
@@ -283,13 +335,9 @@ func (c *Coordinator) Settle(ctx context.Context, set *Set, wrs []writer.Writer)
 	if err == nil {
 		return nil
 	}
+	err = errors.Join(err, c.Abort(ctx, set, wrs))
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.PhaseLimit)
 	defer cancel()
-	for _, wr := range wrs {
-		if a, ok := wr.(writer.Aborter); ok {
-			err = errors.Join(err, a.Abort(actx, ws))
-		}
-	}
 	return errors.Join(err, c.Delete(actx, set.ID))
 }
 
