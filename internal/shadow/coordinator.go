@@ -167,6 +167,9 @@ func (r *creation) create(ctx context.Context, paths []string) error {
 	if err := r.identify(ctx); err != nil {
 		return err
 	}
+	if err := r.onPhase(ctx, writer.PhaseIdentify); err != nil {
+		return err
+	}
 	if err := r.plan(paths); err != nil {
 		return err
 	}
@@ -179,6 +182,9 @@ func (r *creation) create(ctx context.Context, paths []string) error {
 	}); err != nil {
 		return err
 	}
+	if err := r.onPhase(ctx, writer.PhasePrepareBackup); err != nil {
+		return err
+	}
 	if err := r.prepareSnapshot(ctx, ws); err != nil {
 		return err
 	}
@@ -186,7 +192,13 @@ func (r *creation) create(ctx context.Context, paths []string) error {
 	if err := r.save(); err != nil {
 		return err
 	}
+	if err := r.onPhase(ctx, writer.PhasePrepareSnapshot); err != nil {
+		return err
+	}
 	if err := r.freezeAndCommit(ctx, ws); err != nil {
+		return err
+	}
+	if err := r.onPhase(ctx, writer.PhaseThaw); err != nil {
 		return err
 	}
 	ws = r.set.writerSet()

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/umbra-backup/umbra/internal/testenv"
+)
+
+// backupPoints are where a backup is killed: after each phase of the set's
+// creation, with the archive stored but its last packs not, before the
+// manifest, and after it, before the writers hear of it.
+var backupPoints = []string{"identify", "prepare-backup", "prepare-snapshot", "freeze", "commit", "thaw",
+	"post-snapshot", "upload", "manifest", "backup-complete"}
+
+// killCase is a writer under test: its spec and environment, and a probe
+// that fails unless the application takes a write within its context.
+type killCase struct {
+	spec  string
+	env   []string
+	serve func(ctx context.Context) error
+}
+
+// TestKillBackupAtEveryPoint: kill -9 of umbra at every point of an
+// application backup, for each writer: the application takes a write within
+// a second; no backup is visible unless its manifest was stored; the next
+// backup succeeds; check --read-data is clean. (A kill before
+// backup-complete truncates no log: the writers never hear that the backup
+// was stored; TestLogSafety* check the logs themselves.)
+func TestKillBackupAtEveryPoint(t *testing.T) {
+	cases := map[string]func(t *testing.T) killCase{
+		"sqlite": func(t *testing.T) killCase {
+			db := filepath.Join(testenv.Btrfs(t).Subvolume(t, "app"), "app.db")
+			load := testenv.StartSQLiteLoad(t, db)
+			return killCase{spec: "sqlite:path=" + db, serve: func(ctx context.Context) error {
+				deadline, _ := ctx.Deadline()
+				return load.WaitProgress(time.Until(deadline))
+			}}
+		},
+		"postgres": func(t *testing.T) killCase {
+			pg := testenv.InitPostgres(t, filepath.Join(testenv.Btrfs(t).Subvolume(t, "pg"), "data"), testenv.PostgresOptions{})
+			conn := pg.Conn(t)
+			pg.Exec(t, "CREATE TABLE probe (n int)")
+			return killCase{spec: pg.Spec("main"), serve: func(ctx context.Context) error {
+				_, err := conn.Exec(ctx, "INSERT INTO probe VALUES (1)")
+				return err
+			}}
+		},
+		"mariadb": func(t *testing.T) killCase {
+			m := testenv.StartMariaDB(t, testenv.Btrfs(t).Subvolume(t, "db"))
+			m.Exec(t, "CREATE DATABASE probe", "CREATE TABLE probe.t (n int) ENGINE=InnoDB")
+			db := m.DB(t)
+			return killCase{spec: m.Spec("main"), env: []string{"MYSQL_PWD=" + m.RootPassword}, serve: func(ctx context.Context) error {
+				_, err := db.ExecContext(ctx, "INSERT INTO probe.t VALUES (1)")
+				return err
+			}}
+		},
+		"redis": func(t *testing.T) killCase {
+			r := testenv.StartRedis(t, testenv.Btrfs(t).Subvolume(t, "redis"))
+			c := r.Client(t)
+			return killCase{spec: "redis:addr=" + r.Addr, serve: func(ctx context.Context) error {
+				return c.Incr(ctx, "probe").Err()
+			}}
+		},
+		"script": func(t *testing.T) killCase {
+			tk := startTicker(t)
+			pid := tk.cmd.Process.Pid
+			return killCase{spec: fmt.Sprintf("script:name=app,freeze=kill -STOP %d,thaw=kill -CONT %d", pid, pid),
+				serve: func(ctx context.Context) error {
+					deadline, _ := ctx.Deadline()
+					if !tk.ticks(t, time.Until(deadline)) {
+						return fmt.Errorf("the application did not tick")
+					}
+					return nil
+				}}
+		},
+	}
+	for _, name := range []string{"sqlite", "postgres", "mariadb", "redis", "script"} {
+		t.Run(name, func(t *testing.T) {
+			kc := cases[name](t)
+			repo := newRepoDir(t)
+			state := t.TempDir()
+			env := append(repo.environ(), kc.env...)
+			args := []string{"backup", "--retries", "0", "--writer", kc.spec}
+			if name == "script" {
+				args = append(args, t.TempDir()) // the script writer names no data
+			}
+			stored := 0
+			for _, point := range backupPoints {
+				cmd, stderr := startPausedEnv(t, state, env, point, args...)
+				stderr.Close()
+				if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+					t.Fatal(err)
+				}
+				_ = cmd.Wait()
+				ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+				err := kc.serve(ctx)
+				cancel()
+				if err != nil {
+					t.Errorf("killed at %s: the application took no write within 1s: %v", point, err)
+				}
+				if point == "backup-complete" {
+					stored++
+				}
+				var list []json.RawMessage
+				if err := json.Unmarshal([]byte(umbraRun(t, state, env, "backups", "--json").stdout), &list); err != nil || len(list) != stored {
+					t.Errorf("killed at %s: %d backups visible (%v), want %d", point, len(list), err, stored)
+				}
+			}
+			if res := umbraRun(t, state, env, args...); res.code != 0 {
+				t.Fatalf("backup after the kills: exit %d\n%s", res.code, res.stderr)
+			}
+			if res := umbraRun(t, state, env, "check", "--read-data"); res.code != 0 {
+				t.Fatalf("check --read-data after the kills: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+			}
+		})
+	}
+}
