@@ -519,6 +519,7 @@ it. --files-only restores a writer backup as plain files.`,
 				}
 				job := backup.RestoreJob{
 					Target: target, Force: force, Only: only, Components: components, ToDataDir: toDataDir, ToPort: toPort,
+					Notify: func(msg string) { fmt.Fprintf(a.stderr, "umbra: %s\n", msg) }, Pause: testPause,
 				}
 				// Recovery reads the WAL archive whenever it can, also
 				// without --until: it must see the archived timeline

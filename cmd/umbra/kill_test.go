@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -119,5 +121,56 @@ func TestKillBackupAtEveryPoint(t *testing.T) {
 				t.Fatalf("check --read-data after the kills: exit %d\n%s%s", res.code, res.stdout, res.stderr)
 			}
 		})
+	}
+}
+
+// TestKillRestoreAtEveryStep: kill -9 of an in-place restore (Redis) after
+// PreRestore moved the live data aside, and after the files came back:
+// before the kill umbra said where the data from before is and how to put
+// it back; it is there, and the command it gave brings it back.
+func TestKillRestoreAtEveryStep(t *testing.T) {
+	fs := testenv.Btrfs(t)
+	r := testenv.StartRedis(t, fs.Subvolume(t, "redis"))
+	r.ShutdownAtCleanup(t)
+	spec := "redis:addr=" + r.Addr + ",start=" + r.StartCommand(t)
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	r.Do(t, "SET", "k", "backed-up")
+	mustAppBackup(t, state, repo.environ(), "--writer", spec)
+	r.Do(t, "SET", "k", "since")
+	r.Do(t, "SAVE") // the restore stops Redis without saving: what is on disk is what is kept
+	for _, point := range []string{"pre-restore", "files"} {
+		t.Run(point, func(t *testing.T) {
+			cmd, w, _ := startWatched(t, repo, point, "restore", "latest", "--force", "--writer", "redis:default")
+			if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			_ = cmd.Wait()
+			var putBack string
+			for _, line := range w.seen {
+				if _, after, ok := strings.Cut(line, "to put it back, stop the application, then: "); ok {
+					putBack = strings.TrimSuffix(after, " (if this restore does not finish)")
+				}
+			}
+			if putBack == "" {
+				t.Fatalf("killed after %s: umbra had not said how to put the data from before back:\n%s", point, strings.Join(w.seen, "\n"))
+			}
+			// The application is stopped (PreRestore stopped it); the
+			// command puts its data back.
+			if out, err := exec.Command("sh", "-c", putBack).CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v\n%s", putBack, err, out)
+			}
+			r.Start(t)
+			if got := r.Do(t, "GET", "k"); got != "since" {
+				t.Errorf("after putting the data back: k = %v, want the value from before the restore", got)
+			}
+		})
+	}
+	// A restore left alone finishes, with the backed-up data.
+	if res := umbraRun(t, state, repo.environ(), "restore", "latest", "--force", "--writer", "redis:default"); res.code != 0 {
+		t.Fatalf("restore: exit %d\n%s", res.code, res.stderr)
+	}
+	if got := r.Do(t, "GET", "k"); got != "backed-up" {
+		t.Errorf("after the restore: k = %v, want the backed-up value", got)
 	}
 }

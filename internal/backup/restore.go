@@ -45,6 +45,13 @@ type RestoreJob struct {
 	Until    time.Time
 	FetchLog func(writerName string) string
 	Progress *restore.Progress
+	// Notify, if set, hears at once where a writer moved the data from
+	// before the restore and how to put it back: if the restore is then
+	// killed, the operator has been told.
+	Notify func(msg string)
+	// Pause, if set, is called after each writer's "pre-restore", its
+	// "files" and its "post-restore": fault tests hold the restore there.
+	Pause func(ctx context.Context, point string) error
 }
 
 // RestoredWriter is what happened to one writer.
@@ -118,11 +125,21 @@ func restoreWriter(ctx context.Context, repo *repository.Repository, job Restore
 	if job.FetchLog != nil {
 		r.FetchLog = job.FetchLog(wi.Name)
 	}
+	pause := job.Pause
+	if pause == nil {
+		pause = func(context.Context, string) error { return nil }
+	}
 	restorer, _ := wr.(writer.Restorer)
 	if restorer != nil {
 		if err := restorer.PreRestore(ctx, r); err != nil {
 			// It may have moved some paths aside before it failed.
 			return rw, fmt.Errorf("pre-restore: %w%s", err, putBack(wr))
+		}
+		if msg := putBack(wr); msg != "" && job.Notify != nil {
+			job.Notify(strings.TrimPrefix(msg, "\n") + " (if this restore does not finish)")
+		}
+		if err := pause(ctx, string(writer.PhasePreRestore)); err != nil {
+			return rw, fmt.Errorf("%w%s", err, putBack(wr))
 		}
 	}
 	target := job.Target
@@ -137,6 +154,9 @@ func restoreWriter(ctx context.Context, repo *repository.Repository, job Restore
 	}
 	stats, err := restore.Run(ctx, repo, job.Manifest.Tree, target, restore.Options{Include: include, Progress: job.Progress})
 	rw.Stats = stats
+	if err == nil {
+		err = pause(ctx, "files")
+	}
 	if err != nil {
 		return rw, fmt.Errorf("restore files: %w%s", err, putBack(wr))
 	}
@@ -146,6 +166,9 @@ func restoreWriter(ctx context.Context, repo *repository.Repository, job Restore
 	if restorer != nil {
 		if err := restorer.PostRestore(ctx, r); err != nil {
 			return rw, fmt.Errorf("post-restore: %w%s", err, putBack(wr))
+		}
+		if err := pause(ctx, string(writer.PhasePostRestore)); err != nil {
+			return rw, err
 		}
 	}
 	return rw, nil
