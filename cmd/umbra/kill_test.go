@@ -124,53 +124,93 @@ func TestKillBackupAtEveryPoint(t *testing.T) {
 	}
 }
 
-// TestKillRestoreAtEveryStep: kill -9 of an in-place restore (Redis) after
-// PreRestore moved the live data aside, and after the files came back:
-// before the kill umbra said where the data from before is and how to put
-// it back; it is there, and the command it gave brings it back.
+// restoreCase is an application whose in-place restore is killed: its
+// spec and environment; set stores a value durably, get reads it, and
+// start starts the application again after it was stopped.
+type restoreCase struct {
+	spec, writer string
+	env          []string
+	set          func(t *testing.T, v string)
+	get          func(t *testing.T) string
+	start        func(t *testing.T)
+}
+
+// TestKillRestoreAtEveryStep: kill -9 of an in-place restore after
+// PreRestore moved the live data aside, and after the files came back, for
+// Redis and PostgreSQL: before the kill umbra said where the data from
+// before is and how to put it back; it is there, and the command it gave
+// brings it back. A restore left alone then finishes.
 func TestKillRestoreAtEveryStep(t *testing.T) {
-	fs := testenv.Btrfs(t)
-	r := testenv.StartRedis(t, fs.Subvolume(t, "redis"))
-	r.ShutdownAtCleanup(t)
-	spec := "redis:addr=" + r.Addr + ",start=" + r.StartCommand(t)
-	repo := newRepoDir(t)
-	state := t.TempDir()
-	r.Do(t, "SET", "k", "backed-up")
-	mustAppBackup(t, state, repo.environ(), "--writer", spec)
-	r.Do(t, "SET", "k", "since")
-	r.Do(t, "SAVE") // the restore stops Redis without saving: what is on disk is what is kept
-	for _, point := range []string{"pre-restore", "files"} {
-		t.Run(point, func(t *testing.T) {
-			cmd, w, _ := startWatched(t, repo, point, "restore", "latest", "--force", "--writer", "redis:default")
-			if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-				t.Fatal(err)
+	cases := map[string]func(t *testing.T) restoreCase{
+		"redis": func(t *testing.T) restoreCase {
+			r := testenv.StartRedis(t, testenv.Btrfs(t).Subvolume(t, "redis"))
+			r.ShutdownAtCleanup(t)
+			return restoreCase{spec: "redis:addr=" + r.Addr + ",start=" + r.StartCommand(t), writer: "redis:default",
+				// The restore stops Redis without saving: what is on
+				// disk is what is kept.
+				set:   func(t *testing.T, v string) { r.Do(t, "SET", "k", v); r.Do(t, "SAVE") },
+				get:   func(t *testing.T) string { return fmt.Sprint(r.Do(t, "GET", "k")) },
+				start: func(t *testing.T) { r.Start(t) },
 			}
-			_ = cmd.Wait()
-			var putBack string
-			for _, line := range w.seen {
-				if _, after, ok := strings.Cut(line, "to put it back, stop the application, then: "); ok {
-					putBack = strings.TrimSuffix(after, " (if this restore does not finish)")
+		},
+		"postgres": func(t *testing.T) restoreCase {
+			data := filepath.Join(testenv.Btrfs(t).Subvolume(t, "pg"), "data")
+			pg := testenv.InitPostgres(t, data, testenv.PostgresOptions{})
+			t.Cleanup(func() { pgCtlStop(t, data) })
+			pg.Exec(t, "CREATE TABLE k (v text)")
+			return restoreCase{spec: pg.Spec("main"), writer: "postgres:main",
+				set: func(t *testing.T, v string) { pg.Exec(t, "DELETE FROM k"); pg.Exec(t, "INSERT INTO k VALUES ($1)", v) },
+				get: func(t *testing.T) string {
+					var v string
+					if err := pg.Conn(t).QueryRow(t.Context(), "SELECT v FROM k").Scan(&v); err != nil {
+						t.Fatal(err)
+					}
+					return v
+				},
+				start: func(t *testing.T) { pgCtlStop(t, data); pg.Start(t) },
+			}
+		},
+	}
+	for _, name := range []string{"redis", "postgres"} {
+		t.Run(name, func(t *testing.T) {
+			rc := cases[name](t)
+			repo := newRepoDir(t)
+			state := t.TempDir()
+			env := append(repo.environ(), rc.env...)
+			rc.set(t, "backed-up")
+			mustAppBackup(t, state, env, "--writer", rc.spec)
+			rc.set(t, "since")
+			for _, point := range []string{"pre-restore", "files"} {
+				cmd, w, _ := startWatched(t, repo, point, "restore", "latest", "--force", "--writer", rc.writer)
+				if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+					t.Fatal(err)
+				}
+				_ = cmd.Wait()
+				var putBack string
+				for _, line := range w.seen {
+					if _, after, ok := strings.Cut(line, "to put it back, stop the application, then: "); ok {
+						putBack = strings.TrimSuffix(after, " (if this restore does not finish)")
+					}
+				}
+				if putBack == "" {
+					t.Fatalf("killed after %s: umbra had not said how to put the data from before back:\n%s", point, strings.Join(w.seen, "\n"))
+				}
+				// The application is stopped (PreRestore stopped it);
+				// the command puts its data back.
+				if out, err := exec.Command("sh", "-c", putBack).CombinedOutput(); err != nil {
+					t.Fatalf("%s: %v\n%s", putBack, err, out)
+				}
+				rc.start(t)
+				if got := rc.get(t); got != "since" {
+					t.Errorf("killed after %s, data put back: %q, want the value from before the restore", point, got)
 				}
 			}
-			if putBack == "" {
-				t.Fatalf("killed after %s: umbra had not said how to put the data from before back:\n%s", point, strings.Join(w.seen, "\n"))
+			if res := umbraRun(t, state, env, "restore", "latest", "--force", "--writer", rc.writer); res.code != 0 {
+				t.Fatalf("restore: exit %d\n%s", res.code, res.stderr)
 			}
-			// The application is stopped (PreRestore stopped it); the
-			// command puts its data back.
-			if out, err := exec.Command("sh", "-c", putBack).CombinedOutput(); err != nil {
-				t.Fatalf("%s: %v\n%s", putBack, err, out)
-			}
-			r.Start(t)
-			if got := r.Do(t, "GET", "k"); got != "since" {
-				t.Errorf("after putting the data back: k = %v, want the value from before the restore", got)
+			if got := rc.get(t); got != "backed-up" {
+				t.Errorf("after the restore: %q, want the backed-up value", got)
 			}
 		})
-	}
-	// A restore left alone finishes, with the backed-up data.
-	if res := umbraRun(t, state, repo.environ(), "restore", "latest", "--force", "--writer", "redis:default"); res.code != 0 {
-		t.Fatalf("restore: exit %d\n%s", res.code, res.stderr)
-	}
-	if got := r.Do(t, "GET", "k"); got != "backed-up" {
-		t.Errorf("after the restore: k = %v, want the backed-up value", got)
 	}
 }
