@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -140,11 +142,26 @@ func (a *app) openLocked(ctx context.Context, f *repoFlags, exclusive bool, purp
 		return nil, nil, nil, err
 	}
 	lock, err := repo.Lock(ctx, exclusive, purpose)
+	if err != nil && purpose == "restore" && readOnly(err) {
+		// A disaster is no time to refuse a restore from a read-only
+		// disk or key: read without a lock, and say what that risks.
+		fmt.Fprintf(a.stderr, "umbra: cannot write a lock into the repository (%v): restoring without one; a prune running now on another host could remove data this restore reads\n", err)
+		if err := repo.LoadIndex(ctx); err != nil {
+			closeRepo()
+			return nil, nil, nil, err
+		}
+		return repo, ctx, closeRepo, nil
+	}
 	if err != nil {
 		closeRepo()
 		return nil, nil, nil, err
 	}
 	return repo, lock.Context(), func() { lock.Unlock(ctx); closeRepo() }, nil
+}
+
+// readOnly reports whether err says the repository cannot be written.
+func readOnly(err error) bool {
+	return errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS)
 }
 
 // lockLost puts the lost lock in err's place if that is what stopped the

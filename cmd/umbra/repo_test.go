@@ -552,3 +552,33 @@ func TestWalFetchCannotOpenRepository(t *testing.T) {
 		t.Errorf("wal-fetch from a repository that is not there: exit %d (%s), want 126", res.code, strings.TrimSpace(res.stderr))
 	}
 }
+
+// TestRestoreFromReadOnlyRepository: a repository on a filesystem mounted
+// read-only (the backup disk attached after a disaster) restores: without
+// a lock, saying so; a backup there fails clearly.
+func TestRestoreFromReadOnlyRepository(t *testing.T) {
+	fs := testenv.Ext4(t)
+	repo := testRepo{loc: filepath.Join(fs.Mount, "repo")}
+	mustRepo(t, repo, "init")
+	dir := filepath.Join(t.TempDir(), "d")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "f"), testenv.Random(t, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := backupOf(t, repo, dir)
+	if out, err := exec.Command("mount", "-o", "remount,ro", fs.Mount).CombinedOutput(); err != nil {
+		t.Fatalf("remount read-only: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("mount", "-o", "remount,rw", fs.Mount).Run() })
+	target := t.TempDir()
+	res := mustRepo(t, repo, "restore", b.ID, "--target", target)
+	if !strings.Contains(res.stderr, "restoring without one") {
+		t.Errorf("restore from a read-only repository did not say it runs without a lock:\n%s", res.stderr)
+	}
+	testenv.CompareTrees(t, dir, filepath.Join(target, dir))
+	if res := umbraRepo(t, repo, "backup", dir); res.code == 0 || !strings.Contains(res.stderr, "read-only") {
+		t.Errorf("backup into a read-only repository: exit %d, %s; want a failure saying why", res.code, res.stderr)
+	}
+}

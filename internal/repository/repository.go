@@ -483,6 +483,10 @@ func (r *Repository) loadIndex(ctx context.Context) error {
 	return nil
 }
 
+// LoadIndex reads the index without a lock, for a reader that cannot
+// write one (a read-only repository).
+func (r *Repository) LoadIndex(ctx context.Context) error { return r.loadIndex(ctx) }
+
 // lookup finds a blob, in a marked pack if nowhere else.
 func (r *Repository) lookup(id ID) (ID, location, bool) {
 	if pack, loc, ok := r.idx.lookup(id); ok {

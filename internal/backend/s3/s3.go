@@ -331,7 +331,7 @@ func (b *Backend) explain(err error) error {
 	case minio.InvalidAccessKeyID, minio.SignatureDoesNotMatch, "InvalidToken", "ExpiredToken":
 		return fmt.Errorf("credentials refused (%s: %w); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY", resp.Code, err)
 	case minio.AccessDenied, "AllAccessDisabled":
-		return fmt.Errorf("access to bucket %q denied (%w); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY and what the key may do", b.cfg.Bucket, err)
+		return fmt.Errorf("access to bucket %q denied (%w: %w); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY and what the key may do", b.cfg.Bucket, err, fs.ErrPermission)
 	case minio.NoSuchBucket:
 		// Not fs.ErrNotExist: a file's absence must not be confused with
 		// the whole repository's.
