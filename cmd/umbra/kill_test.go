@@ -137,7 +137,7 @@ type restoreCase struct {
 
 // TestKillRestoreAtEveryStep: kill -9 of an in-place restore after
 // PreRestore moved the live data aside, and after the files came back, for
-// Redis and PostgreSQL: before the kill umbra said where the data from
+// Redis, PostgreSQL and MariaDB: before the kill umbra said where the data from
 // before is and how to put it back; it is there, and the command it gave
 // brings it back. A restore left alone then finishes.
 func TestKillRestoreAtEveryStep(t *testing.T) {
@@ -170,8 +170,34 @@ func TestKillRestoreAtEveryStep(t *testing.T) {
 				start: func(t *testing.T) { pgCtlStop(t, data); pg.Start(t) },
 			}
 		},
+		"mariadb": func(t *testing.T) restoreCase {
+			m := testenv.StartMariaDB(t, testenv.Btrfs(t).Subvolume(t, "db"))
+			m.Exec(t, "CREATE DATABASE probe", "CREATE TABLE probe.k (v text) ENGINE=InnoDB")
+			return restoreCase{spec: m.Spec("main") + ",start=" + m.StartCommand(), writer: "mariadb:main",
+				env: []string{"MYSQL_PWD=" + m.RootPassword},
+				set: func(t *testing.T, v string) { m.Exec(t, "DELETE FROM probe.k", "INSERT INTO probe.k VALUES ('"+v+"')") },
+				get: func(t *testing.T) string {
+					var v string
+					if err := m.DB(t).QueryRowContext(t.Context(), "SELECT v FROM probe.k").Scan(&v); err != nil {
+						t.Fatal(err)
+					}
+					return v
+				},
+				start: func(t *testing.T) {
+					if out, err := exec.Command("sh", "-c", m.StartCommand()).CombinedOutput(); err != nil {
+						t.Fatalf("start mariadbd: %v: %s", err, out)
+					}
+					// Until it answers (the pool reconnects), within a limit.
+					for deadline := time.Now().Add(time.Minute); m.DB(t).PingContext(t.Context()) != nil; time.Sleep(50 * time.Millisecond) {
+						if time.Now().After(deadline) {
+							t.Fatal("mariadbd did not answer within a minute of its start")
+						}
+					}
+				},
+			}
+		},
 	}
-	for _, name := range []string{"redis", "postgres"} {
+	for _, name := range []string{"redis", "postgres", "mariadb"} {
 		t.Run(name, func(t *testing.T) {
 			rc := cases[name](t)
 			repo := newRepoDir(t)
@@ -181,7 +207,7 @@ func TestKillRestoreAtEveryStep(t *testing.T) {
 			mustAppBackup(t, state, env, "--writer", rc.spec)
 			rc.set(t, "since")
 			for _, point := range []string{"pre-restore", "files"} {
-				cmd, w, _ := startWatched(t, repo, point, "restore", "latest", "--force", "--writer", rc.writer)
+				cmd, w, _ := startWatched(t, testRepo{loc: repo.loc, env: rc.env}, point, "restore", "latest", "--force", "--writer", rc.writer)
 				if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 					t.Fatal(err)
 				}
