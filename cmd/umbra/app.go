@@ -76,9 +76,10 @@ Backups go to a deduplicating, encrypted repository: a local directory
 (default ` + defaultRepo + `, or --repo / UMBRA_REPO) or an S3 bucket.
 
 Exit status: 0 success, 1 failure, 2 bad command line, 3 completed with
-warnings (some files could not be read, a log was not truncated), 126
-wal-fetch failed otherwise than "not archived", 130 interrupted (Ctrl-C,
-SIGTERM; what was begun is undone).
+warnings (some files could not be read, a log was not truncated), 4 partial
+(a writer failed and was left out; the others are stored), 126 wal-fetch
+failed otherwise than "not archived", 130 interrupted (Ctrl-C, SIGTERM;
+what was begun is undone).
 
 The whole story (docs/writers.md has every writer's options):
   umbra writers --writer postgres:host=/run/postgresql,user=postgres

@@ -32,6 +32,7 @@ type appBackupOptions struct {
 	keepShadows bool
 	retries     int
 	fallback    bool
+	strict      bool
 	noTruncate  []string
 	keep        retention.Policy // applied after success, when not empty
 }
@@ -97,7 +98,7 @@ func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wr
 	job := backup.Job{
 		Writers: wrs, Specs: recordedSpecs(specs), Paths: abs, Host: host, Tags: o.tags,
 		Retries: o.retries, KeepShadows: o.keepShadows, Progress: prog, Log: a.logger(),
-		Fallback: o.fallback, NoTruncate: o.noTruncate, Pause: testPause,
+		Fallback: o.fallback, Strict: o.strict, NoTruncate: o.noTruncate, Pause: testPause,
 	}
 	if !o.force {
 		job.FindParent = func(recorded []string) *repository.ManifestEntry {
@@ -141,6 +142,10 @@ func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wr
 			fmt.Fprintf(a.stdout, "Forgot %d older backups by the job's retention (%s); umbra prune frees their space.\n", len(forgotten), o.keep)
 		}
 	}
+	if len(res.Failed) > 0 {
+		return &exitError{code: exitPartial, err: fmt.Errorf("backup %s is partial: %s failed and %s left out (nothing of it stored, none of its logs truncated); the rest is stored",
+			res.ID.Short(), strings.Join(res.Failed, ", "), map[bool]string{true: "was", false: "were"}[len(res.Failed) == 1])}
+	}
 	if n := len(res.Warnings); n > 0 || res.CompleteErr != nil {
 		if res.CompleteErr != nil {
 			n++
@@ -166,6 +171,10 @@ func (a *app) printAppBackup(res *backup.Result) {
 		res.ID.Short(), info.Type, strings.Join(m.Paths, " "), count(s.Files, "file"), size(s.Bytes), size(s.BytesRead), size(s.BytesAdded),
 		(time.Duration(s.DurationMS) * time.Millisecond).Round(time.Millisecond))
 	for _, w := range info.Writers {
+		if w.Failed {
+			fmt.Fprintf(a.stdout, "  %s: FAILED, not in this backup: %s\n", w.Name, w.Error)
+			continue
+		}
 		fmt.Fprintf(a.stdout, "  %s: %s", w.Name, w.Consistency)
 		if len(w.Report.Positions) > 0 {
 			var pos []string
@@ -241,7 +250,7 @@ func (a *app) appRestore(cmd *cobra.Command, repo *repository.Repository, e repo
 	// backup recorded (its password from password_file or the environment).
 	kinds := writerKinds()
 	for _, wi := range info.Writers {
-		if wrs[wi.Name] != nil || (len(only) > 0 && !slices.Contains(only, wi.Name)) {
+		if wi.Failed || wrs[wi.Name] != nil || (len(only) > 0 && !slices.Contains(only, wi.Name)) {
 			continue
 		}
 		mk, ok := kinds[wi.Spec.Type]
@@ -281,6 +290,10 @@ func (a *app) appRestore(cmd *cobra.Command, repo *repository.Repository, e repo
 		where = "under " + target
 	}
 	for _, w := range done {
+		if w.Skipped != "" {
+			fmt.Fprintf(a.stdout, "Not restored %s: %s.\n", w.Name, w.Skipped)
+			continue
+		}
 		fmt.Fprintf(a.stdout, "Restored %s (%s) %s: %s, %s", w.Name, strings.Join(w.Components, ", "), where, count(w.Stats.Files, "file"), size(w.Stats.Bytes))
 		if len(w.HandedOn) > 0 {
 			fmt.Fprintf(a.stdout, ", and %s it handed on", count(len(w.HandedOn), "file"))

@@ -42,6 +42,7 @@ func (a *app) backupCommand() *cobra.Command {
 		retries     int
 		jobName     string
 		fallback    bool
+		strict      bool
 		noTruncate  []string
 	)
 	cmd := &cobra.Command{
@@ -64,7 +65,14 @@ label and WAL), records each writer's metadata, positions and consistency
 in the backup, and only once the backup is durable tells the writers it
 succeeded, which is when they may truncate logs. Any failure before that
 aborts the writers and truncates nothing. A retryable failure of the set
-(a busy writer or volume, a time-out) is tried again --retries times.`,
+(a busy writer or volume, a time-out) is tried again --retries times.
+
+A writer that still fails is left out, as VSS leaves out a failing
+component: the other writers and the PATHs are stored, the backup records
+the writer as failed with its reason, nothing of it is stored and none of
+its logs truncated, and umbra exits with status 4, "partial". With --strict
+(or strict = true in a job) it fails the whole backup instead; with
+--fallback its data is stored crash-consistently.`,
 		Example: `  umbra backup /etc /srv/www
   umbra backup --tag nightly --json /home
   umbra backup --writer postgres:host=/run/postgresql,user=postgres
@@ -78,7 +86,7 @@ aborts the writers and truncates nothing. A retryable failure of the set
 				return err
 			}
 			opts := appBackupOptions{tags: tags, host: host, force: force, keepShadows: keepShadows,
-				retries: retries, fallback: fallback, noTruncate: noTruncate}
+				retries: retries, fallback: fallback, strict: strict, noTruncate: noTruncate}
 			// With no PATH, or with a job, the configured writers take part.
 			useConfig := len(paths) == 0
 			var job *config.Job
@@ -91,6 +99,7 @@ aborts the writers and truncates nothing. A retryable failure of the set
 				paths = append(slices.Clone(j.Paths), paths...)
 				opts.tags = append(slices.Clone(j.Tags), tags...)
 				opts.fallback = fallback || j.Fallback
+				opts.strict = strict || j.Strict
 				opts.keepShadows = keepShadows || j.KeepShadows
 				opts.noTruncate = append(slices.Clone(j.NoTruncate), noTruncate...)
 				if !cmd.Flags().Changed("retries") && j.Retries >= 0 {
@@ -208,7 +217,8 @@ aborts the writers and truncates nothing. A retryable failure of the set
 	cmd.Flags().BoolVar(&keepShadows, "keep-shadows", false, "keep the shadow set after the backup (umbra shadow list shows it)")
 	cmd.Flags().IntVar(&retries, "retries", 3, "how often to try the shadow set again after a retryable failure (busy, time-out), waiting 5s, 10s, ...")
 	cmd.Flags().StringVar(&jobName, "job", "", "run the [[job]] of this name from the configuration file (flags add to it)")
-	cmd.Flags().BoolVar(&fallback, "fallback", false, "back up a writer that fails crash-consistently instead of failing (recorded as crash)")
+	cmd.Flags().BoolVar(&fallback, "fallback", false, "back up a writer that fails crash-consistently instead of leaving it out (recorded as crash)")
+	cmd.Flags().BoolVar(&strict, "strict", false, "fail the whole backup if a writer fails, instead of storing the others (exit 4, partial)")
 	cmd.Flags().StringArrayVar(&noTruncate, "no-truncate", nil, "tell this writer the backup is a copy, so it truncates no log (repeatable)")
 	return cmd
 }

@@ -63,6 +63,8 @@ setting is optional; a missing default file is an empty configuration.
   paths        = ["/etc"]          # plain paths besides the writers' data
   retries      = 3                 # for busy writers and time-outs (5s, 10s, ...)
   fallback     = false             # true: a failing writer's data is kept as "crash"
+  strict       = false             # true: a failing writer fails the backup (else the others
+                                   # are stored, it is recorded as failed, exit status 4)
   no_truncate  = []                # writers told it is a copy backup
   keep_shadows = false
   tags         = ["nightly"]

@@ -24,6 +24,7 @@ const (
 	exitFail     = 1
 	exitUsage    = 2
 	exitWarnings = 3 // completed with warnings
+	exitPartial  = 4 // stored without a writer that failed
 	// exitFatal is wal-fetch's failure other than "not archived": above
 	// 125, so that PostgreSQL stops recovery instead of ending it.
 	exitFatal = 126

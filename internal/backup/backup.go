@@ -45,11 +45,15 @@ type Job struct {
 	Backoff time.Duration
 	// KeepShadows leaves the shadow set in place after the backup.
 	KeepShadows bool
-	// Fallback backs up a writer that fails (after the retries) crash-
-	// consistently: its components as plain paths of the set, recorded as
-	// "crash" (or "none" where the volume has no snapshot). Off, the
-	// backup fails with the writer named.
+	// A writer that fails (after the retries) is left out, as VSS leaves
+	// out a failing component: the others are stored, it is recorded as
+	// failed with its reason (Result.Failed), nothing of it is stored and
+	// none of its logs truncated. With Fallback its components are taken
+	// as plain paths of the set instead, recorded as "crash" (or "none"
+	// where the volume has no snapshot). With Strict the backup fails with
+	// the writer named.
 	Fallback bool
+	Strict   bool
 	// NoTruncate names writers told at BackupComplete that this was a copy
 	// backup, so that they truncate nothing.
 	NoTruncate []string
@@ -92,9 +96,10 @@ type WriterInfo struct {
 	// Report is what the writer handed on; each file's Source is where it
 	// is stored in the backup (under HandOnRoot).
 	Report writer.Report `json:"report,omitzero"`
-	// Error is why the writer failed when the backup fell back to a
-	// crash-consistent copy of its data.
-	Error string `json:"error,omitempty"`
+	// Error is why the writer failed: the backup fell back to a
+	// crash-consistent copy of its data, or, with Failed, holds none.
+	Error  string `json:"error,omitempty"`
+	Failed bool   `json:"failed,omitempty"`
 	// OwnCopies are the components the writer copied itself, as no
 	// volume snapshot could (writer.Set.OwnCopies).
 	OwnCopies []string `json:"own_copies,omitempty"`
@@ -122,6 +127,8 @@ type Result struct {
 	// CompleteErr is a writer's failure in BackupComplete: the backup is
 	// stored and good, but a log may not have been truncated.
 	CompleteErr error
+	// Failed names the writers left out: the backup is partial.
+	Failed []string
 }
 
 // Run makes the backup. Any failure before the manifest is stored aborts
@@ -219,6 +226,11 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 	// The manifest is durable: now, and not before, the writers learn
 	// that the backup is safe and may truncate their logs.
 	result := &Result{ID: id, Manifest: m, Info: info, Warnings: res.Warnings}
+	for _, f := range down {
+		if f.failed {
+			result.Failed = append(result.Failed, f.wr.Name())
+		}
+	}
 	if job.KeepShadows {
 		if err := coord.Keep(set); err != nil {
 			log.Warn("keep the shadow set", "set", set.ID, "err", err)
@@ -241,9 +253,10 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 
 // fallen is a writer the backup went on without.
 type fallen struct {
-	wr  writer.Writer
-	md  writer.Metadata
-	err error
+	wr     writer.Writer
+	md     writer.Metadata
+	err    error
+	failed bool // left out, nothing stored (else its data is crash-consistent)
 }
 
 // createSet makes the held set, trying again after retryable failures. With
@@ -257,7 +270,7 @@ func createSet(ctx context.Context, coord *shadow.Coordinator, job *Job, log *sl
 			return set, release, down, nil
 		}
 		var pe *shadow.PhaseError
-		if !job.Fallback || !errors.As(err, &pe) || pe.Who == "" {
+		if job.Strict || !errors.As(err, &pe) || pe.Who == "" {
 			return nil, nil, down, err
 		}
 		i := slices.IndexFunc(job.Writers, func(w writer.Writer) bool { return w.Name() == pe.Who })
@@ -265,6 +278,15 @@ func createSet(ctx context.Context, coord *shadow.Coordinator, job *Job, log *sl
 			return nil, nil, down, err
 		}
 		wr := job.Writers[i]
+		if !job.Fallback {
+			if len(job.Writers) == 1 && len(job.Paths) == 0 {
+				return nil, nil, down, err // nothing would be left to store
+			}
+			log.Warn("writer failed; backing up the others without it", "writer", wr.Name(), "err", err)
+			down = append(down, fallen{wr: wr, err: err, failed: true})
+			job.Writers = slices.Delete(slices.Clone(job.Writers), i, i+1)
+			continue
+		}
 		ictx, cancel := context.WithTimeout(ctx, time.Minute)
 		md, ierr := wr.Identify(ictx)
 		cancel()
@@ -587,6 +609,10 @@ func fallenInfo(set *shadow.Set, job Job, down []fallen) []WriterInfo {
 	}
 	var out []WriterInfo
 	for _, f := range down {
+		if f.failed {
+			out = append(out, WriterInfo{Name: f.wr.Name(), Spec: job.Specs[f.wr.Name()], Error: f.err.Error(), Failed: true, Consistency: shadow.None})
+			continue
+		}
 		wi := WriterInfo{Name: f.wr.Name(), Spec: job.Specs[f.wr.Name()], Metadata: f.md, Error: f.err.Error(), Consistency: shadow.Crash}
 		for _, c := range f.md.Components {
 			cr := shadow.ComponentResult{Name: c.Name, Paths: c.Paths, Consistency: shadow.Crash}

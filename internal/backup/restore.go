@@ -60,6 +60,9 @@ type RestoredWriter struct {
 	Components []string      `json:"components"`
 	Stats      restore.Stats `json:"stats"`
 	HandedOn   []string      `json:"handed_on,omitempty"`
+	// Skipped says why the writer was not restored: it failed in this
+	// (partial) backup, which holds nothing of it.
+	Skipped string `json:"skipped,omitempty"`
 }
 
 // Restore brings each selected writer back, in the order of the backup:
@@ -73,6 +76,14 @@ func Restore(ctx context.Context, repo *repository.Repository, job RestoreJob) (
 	var done []RestoredWriter
 	for _, wi := range job.Info.Writers {
 		if len(job.Only) > 0 && !slices.Contains(job.Only, wi.Name) {
+			continue
+		}
+		if wi.Failed {
+			why := fmt.Sprintf("it failed in this backup, which holds nothing of it (%s); restore an earlier backup of it (umbra backups)", wi.Error)
+			if len(job.Only) > 0 {
+				return done, fmt.Errorf("writer %s: %s", wi.Name, why)
+			}
+			done = append(done, RestoredWriter{Name: wi.Name, Skipped: why})
 			continue
 		}
 		wr := job.Writers[wi.Name]
@@ -400,11 +411,12 @@ func FindBackup(ctx context.Context, repo *repository.Repository, ref string, wr
 	return repository.ManifestEntry{}, fmt.Errorf("no backup holds writer %s; umbra backups shows which backup holds which writer", strings.Join(writers, ", "))
 }
 
-// lacking lists the writers that info does not hold.
+// lacking lists the writers that info does not hold (a writer that failed
+// in a partial backup is not held).
 func lacking(info *Info, writers []string) []string {
 	var missing []string
 	for _, w := range writers {
-		if info == nil || !slices.ContainsFunc(info.Writers, func(wi WriterInfo) bool { return wi.Name == w }) {
+		if info == nil || !slices.ContainsFunc(info.Writers, func(wi WriterInfo) bool { return wi.Name == w && !wi.Failed }) {
 			missing = append(missing, w)
 		}
 	}

@@ -32,6 +32,7 @@ type Job struct {
 	Paths       []string // plain paths besides the writers' data
 	Retries     int      // for retryable set failures; -1 means the default (3)
 	Fallback    bool     // back up a failing writer's data crash-consistently
+	Strict      bool     // a failing writer fails the backup (else the others are stored)
 	NoTruncate  []string // writers told the backup is a copy: they truncate nothing
 	KeepShadows bool
 	Tags        []string
@@ -89,6 +90,7 @@ type jobFormat struct {
 	Paths       []string   `toml:"paths"`
 	Retries     *int       `toml:"retries"`
 	Fallback    bool       `toml:"fallback"`
+	Strict      bool       `toml:"strict"`
 	NoTruncate  []string   `toml:"no_truncate"`
 	KeepShadows bool       `toml:"keep_shadows"`
 	Tags        []string   `toml:"tags"`
@@ -190,7 +192,7 @@ func Parse(name, text string) (*Config, error) {
 			return nil, fmt.Errorf("config %s: job #%d: every [[job]] needs a name of its own", name, i+1)
 		}
 		seen[j.Name] = true
-		job := Job{Name: j.Name, Writers: j.Writers, Paths: j.Paths, Retries: -1, Fallback: j.Fallback,
+		job := Job{Name: j.Name, Writers: j.Writers, Paths: j.Paths, Retries: -1, Fallback: j.Fallback, Strict: j.Strict,
 			NoTruncate: j.NoTruncate, KeepShadows: j.KeepShadows, Tags: j.Tags, Keep: Keep(j.Keep)}
 		if j.Retries != nil {
 			job.Retries = *j.Retries

@@ -294,6 +294,11 @@ func TestCreateRefusesUnmetNeed(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "needs an atomic copy") {
 		t.Fatalf("got %v, want a refusal naming the need", err)
 	}
+	// The refusal is the writer's, so that a backup can go on without it.
+	var pe *PhaseError
+	if !errors.As(err, &pe) || pe.Who != r.writers[0].Name() {
+		t.Errorf("refusal %v is attributed to %q, want the writer %s", err, pe.Who, r.writers[0].Name())
+	}
 	for _, f := range r.writers {
 		if diff := cmp.Diff([]writer.Phase{writer.PhaseIdentify, writer.PhaseAbort}, f.Calls()); diff != "" {
 			t.Errorf("%s calls (-want +got):\n%s", f.Name(), diff)

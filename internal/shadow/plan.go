@@ -38,9 +38,10 @@ func (r *creation) plan(userPaths []string) error {
 
 	// Needs per volume: the strictest need of any component on it, and who.
 	type need struct {
-		need writer.Need
-		who  string
-		own  string // "writer/component" when the writer can copy it itself
+		need   writer.Need
+		who    string
+		writer string
+		own    string // "writer/component" when the writer can copy it itself
 	}
 	needs := map[string][]need{}
 	for _, wr := range sortedWriters(r.wrs) {
@@ -51,7 +52,7 @@ func (r *creation) plan(userPaths []string) error {
 				if err != nil {
 					return &PhaseError{Who: wr.Name(), Phase: writer.PhaseIdentify, Err: fmt.Errorf("component %s: %w", comp.Name, err)}
 				}
-				n := need{need: comp.Needs, who: fmt.Sprintf("%s component %s", wr.Name(), comp.Name)}
+				n := need{need: comp.Needs, who: fmt.Sprintf("%s component %s", wr.Name(), comp.Name), writer: wr.Name()}
 				if comp.OwnCopy {
 					n.own = wr.Name() + "/" + comp.Name
 				}
@@ -85,15 +86,18 @@ func (r *creation) plan(userPaths []string) error {
 	for _, m := range mounts {
 		p := byMount[m]
 		var reqs []writer.Need
-		var whos, owns []string
+		var whos, writers, owns []string
 		for _, n := range needs[m] {
 			reqs = append(reqs, n.need)
 			whos = append(whos, n.who)
+			writers = append(writers, n.writer)
 			owns = append(owns, n.own)
 		}
 		prov, own, err := r.c.chooseProvider(p.vol, reqs, whos, owns)
 		if err != nil {
-			return &PhaseError{Phase: writer.PhaseIdentify, Err: err}
+			// Name the writer no provider can serve, so that a backup
+			// can go on without it.
+			return &PhaseError{Who: r.c.unservable(p.vol, reqs, writers, owns), Phase: writer.PhaseIdentify, Err: err}
 		}
 		for _, o := range own {
 			if !contains(r.set.OwnCopies, o) {
@@ -173,6 +177,29 @@ func (c *Coordinator) chooseProvider(vol provider.Volume, needs []writer.Need, w
 	}
 	return nil, nil, fmt.Errorf("no provider can serve %s (%s on %s): %s; %s",
 		vol.Mount, vol.FSType, vol.Device, strings.Join(why, "; "), placementAdvice(needs))
+}
+
+// unservable returns the first writer whose need on vol no provider that
+// can serve it meets, and that cannot copy itself; "" if the fault is no
+// one writer's.
+func (c *Coordinator) unservable(vol provider.Volume, needs []writer.Need, writers, owns []string) string {
+	for i, who := range writers {
+		if who == "" || owns[i] != "" {
+			continue
+		}
+		met := false
+		for _, p := range c.providers {
+			if (c.opts.Provider == "" || p.Name() == c.opts.Provider) && p.CanServe(vol) == nil &&
+				len(unmet(p.Capabilities().Copy, needs[i:i+1])) == 0 {
+				met = true
+				break
+			}
+		}
+		if !met {
+			return who
+		}
+	}
+	return ""
 }
 
 // copyPhrase names a kind of copy in a sentence.

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/umbra-backup/umbra/internal/testenv"
+)
+
+// TestPartialBackup: one writer that cannot take part (Redis is down) does
+// not cost the others their backup (issue 11): the SQLite writer's data is
+// stored, Redis is recorded as failed with its reason, umbra exits 4 and
+// says so last; a restore restores SQLite and says why Redis is not
+// restored; "latest --writer redis" does not pick the partial backup. With
+// --strict the whole backup fails and nothing is stored.
+func TestPartialBackup(t *testing.T) {
+	db := filepath.Join(testenv.Btrfs(t).Subvolume(t, "app"), "app.db")
+	testenv.StartSQLiteLoad(t, db).Stop()
+	down := fmt.Sprintf("redis:addr=127.0.0.1:%d", testenv.FreePort(t))
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	args := []string{"backup", "--retries", "0", "--writer", "sqlite:path=" + db, "--writer", down}
+
+	res := umbraRun(t, state, repo.environ(), append([]string{"--json"}, args...)...)
+	lines := strings.Split(strings.TrimSpace(res.stderr), "\n")
+	if res.code != 4 || !strings.Contains(lines[len(lines)-1], "partial") || !strings.Contains(lines[len(lines)-1], "redis:default") {
+		t.Fatalf("backup with Redis down: exit %d, last line %q; want 4 and a last line saying the backup is partial without redis:default\n%s",
+			res.code, lines[len(lines)-1], res.stderr)
+	}
+	var b struct {
+		ID  string `json:"id"`
+		App struct {
+			Writers []struct {
+				Name        string `json:"name"`
+				Consistency string `json:"consistency"`
+				Failed      bool   `json:"failed"`
+				Error       string `json:"error"`
+			} `json:"writers"`
+		} `json:"app"`
+	}
+	if err := json.Unmarshal([]byte(res.stdout), &b); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, w := range b.App.Writers {
+		got[w.Name] = w.Consistency
+		if w.Failed {
+			got[w.Name] = "failed: " + w.Error
+		}
+	}
+	if len(got) != 2 || !strings.HasPrefix(got["redis:default"], "failed: ") || len(got["redis:default"]) < len("failed: x") {
+		t.Errorf("writers recorded: %v; want SQLite and Redis failed with its reason", got)
+	}
+	for name, c := range got {
+		if name != "redis:default" && c != "application" {
+			t.Errorf("%s recorded %s beside the failed writer, want application", name, c)
+		}
+	}
+
+	target := t.TempDir()
+	rres := umbraRun(t, state, repo.environ(), "restore", b.ID, "--target", target)
+	if rres.code != 0 || !strings.Contains(rres.stdout, "Not restored redis:default") {
+		t.Errorf("restore of the partial backup: exit %d\n%s%s", rres.code, rres.stdout, rres.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(target, db)); err != nil {
+		t.Errorf("the SQLite database was not restored: %v", err)
+	}
+	if out := umbraRun(t, state, repo.environ(), "restore", "latest", "--writer", "redis:default", "--target", t.TempDir()); out.code == 0 ||
+		!strings.Contains(out.stderr, "no backup holds writer redis:default") {
+		t.Errorf("restore latest --writer redis:default: exit %d %s; want a refusal: no backup holds it", out.code, out.stderr)
+	}
+
+	res = umbraRun(t, state, repo.environ(), append(args, "--strict")...)
+	if res.code != 1 || !strings.Contains(res.stderr, "redis:default") {
+		t.Errorf("backup --strict with Redis down: exit %d, %s; want 1 naming the writer", res.code, res.stderr)
+	}
+	var list []json.RawMessage
+	if err := json.Unmarshal([]byte(umbraRun(t, state, repo.environ(), "--json", "backups").stdout), &list); err != nil || len(list) != 1 {
+		t.Errorf("after the strict failure: %d backups (%v), want the partial one only", len(list), err)
+	}
+}
