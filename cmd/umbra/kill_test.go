@@ -215,7 +215,7 @@ func TestKillRestoreAtEveryStep(t *testing.T) {
 				var putBack string
 				for _, line := range w.seen {
 					if _, after, ok := strings.Cut(line, "to put it back, stop the application, then: "); ok {
-						putBack = strings.TrimSuffix(after, " (if this restore does not finish)")
+						putBack = after
 					}
 				}
 				if putBack == "" {

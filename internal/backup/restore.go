@@ -147,7 +147,7 @@ func restoreWriter(ctx context.Context, repo *repository.Repository, job Restore
 			return rw, fmt.Errorf("pre-restore: %w%s", err, putBack(wr))
 		}
 		if msg := putBack(wr); msg != "" && job.Notify != nil {
-			job.Notify(strings.TrimPrefix(msg, "\n") + " (if this restore does not finish)")
+			job.Notify("If this restore does not finish: " + strings.TrimPrefix(msg, "\n"))
 		}
 		if err := pause(ctx, string(writer.PhasePreRestore)); err != nil {
 			return rw, fmt.Errorf("%w%s", err, putBack(wr))
