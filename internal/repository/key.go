@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/user"
 	"time"
@@ -103,8 +104,15 @@ func openKey(ctx context.Context, be backend.Backend, password string) (*MasterK
 	if len(names) == 0 {
 		return nil, "", fmt.Errorf("%s has no keys: it is not an umbra repository, or it is damaged", be.Location())
 	}
+	var unreadable []error
 	for _, name := range names {
 		kf, err := loadKeyFile(ctx, be, name)
+		if errors.Is(err, fs.ErrPermission) {
+			// Another user's key (root's, beside the one made for
+			// wal-push): try the others.
+			unreadable = append(unreadable, err)
+			continue
+		}
 		if err != nil {
 			return nil, "", err
 		}
@@ -123,6 +131,9 @@ func openKey(ctx context.Context, be backend.Backend, password string) (*MasterK
 			return nil, "", fmt.Errorf("key %s: %w", shortName(name), err)
 		}
 		return &mk, name, nil
+	}
+	if len(unreadable) > 0 {
+		return nil, "", fmt.Errorf("%w (and %d key files this user cannot read: %w)", ErrWrongPassword, len(unreadable), errors.Join(unreadable...))
 	}
 	return nil, "", ErrWrongPassword
 }

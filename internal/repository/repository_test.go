@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"io"
+	"io/fs"
 	"strings"
 	"testing"
 
@@ -369,5 +371,62 @@ func TestIndexWrittenAsItGoes(t *testing.T) {
 		if !r2.HasBlob(id) {
 			t.Fatalf("blob %s lost from the index", id.Short())
 		}
+	}
+}
+
+// deniedKeys is a store where some key files cannot be read by this user
+// (root-only, beside the one made for wal-push); they are listed first.
+type deniedKeys struct {
+	backend.Backend
+	deny map[string]bool
+}
+
+func (d deniedKeys) List(ctx context.Context, t backend.Type, fn func(backend.FileInfo) error) error {
+	var first, rest []backend.FileInfo
+	err := d.Backend.List(ctx, t, func(fi backend.FileInfo) error {
+		if d.deny[fi.Name] {
+			first = append(first, fi)
+		} else {
+			rest = append(rest, fi)
+		}
+		return nil
+	})
+	for _, fi := range append(first, rest...) {
+		if err := fn(fi); err != nil {
+			return err
+		}
+	}
+	return err
+}
+
+func (d deniedKeys) Load(ctx context.Context, h backend.Handle, off, n int64) (io.ReadCloser, error) {
+	if h.Type == backend.TypeKey && d.deny[h.Name] {
+		return nil, &fs.PathError{Op: "open", Path: h.String(), Err: fs.ErrPermission}
+	}
+	return d.Backend.Load(ctx, h, off, n)
+}
+
+// TestUnreadableKeysAreSkipped: a key file this user cannot read does not
+// stop it opening the repository with a key it can (issue 11: wal-push
+// aborted on root's key and WAL archiving stopped silently).
+func TestUnreadableKeysAreSkipped(t *testing.T) {
+	r, be := newRepo(t)
+	r.kdf = fastKDF
+	readable, err := r.AddKey(t.Context(), "wal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deny := map[string]bool{}
+	for h := range be.Files() {
+		if h.Type == backend.TypeKey && h.Name != readable {
+			deny[h.Name] = true
+		}
+	}
+	if _, err := OpenWAL(t.Context(), deniedKeys{be, deny}, "wal"); err != nil {
+		t.Errorf("open with the one readable key: %v", err)
+	}
+	_, err = OpenWAL(t.Context(), deniedKeys{be, deny}, "secret")
+	if !errors.Is(err, ErrWrongPassword) || !strings.Contains(err.Error(), "cannot read") {
+		t.Errorf("open with the password of an unreadable key: %v; want wrong password, naming the unreadable keys", err)
 	}
 }
