@@ -602,3 +602,23 @@ func TestCompleteAndAbortAreCoordinated(t *testing.T) {
 		})
 	}
 }
+
+// TestNoLockFilesPileUp: a set's lock file goes with the set; only the
+// writers' and volumes' (one per name) stay (issue 11: one set-*.lock per
+// set was never removed).
+func TestNoLockFilesPileUp(t *testing.T) {
+	r := newRig(t, Options{})
+	for range 3 {
+		set, err := r.create(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.coord.Delete(t.Context(), set.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files, err := filepath.Glob(filepath.Join(r.store.dir, "locks", "set-*"))
+	if err != nil || len(files) != 0 {
+		t.Errorf("set lock files left after three sets: %v (%v)", files, err)
+	}
+}

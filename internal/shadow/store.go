@@ -158,10 +158,20 @@ func lockName(s string) string {
 // Lock is a held exclusive lock; the kernel drops it if the process dies.
 type Lock struct {
 	f *os.File
+	// remove is the lock file to remove at Unlock: a set's, named by its
+	// unique id, would otherwise pile up one per set.
+	remove string
 }
 
-// Unlock releases the lock.
-func (l *Lock) Unlock() error { return l.f.Close() }
+// Unlock releases the lock. A set's lock file goes first, while still
+// held: a process that opened it meanwhile finds it busy, one that comes
+// later makes a new one.
+func (l *Lock) Unlock() error {
+	if l.remove != "" {
+		_ = os.Remove(l.remove)
+	}
+	return l.f.Close()
+}
 
 // TryLock takes the named lock of a kind ("writer", "volume", "set") without
 // waiting. When another process holds it, the error wraps ErrBusy and names
@@ -182,7 +192,11 @@ func (s *Store) TryLock(kind, name string) (*Lock, error) {
 	}
 	_ = f.Truncate(0)
 	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	return &Lock{f: f}, nil
+	l := &Lock{f: f}
+	if kind == "set" {
+		l.remove = path
+	}
+	return l, nil
 }
 
 // Locked reports whether the named lock is held by a live process.
