@@ -582,3 +582,30 @@ func TestRestoreFromReadOnlyRepository(t *testing.T) {
 		t.Errorf("backup into a read-only repository: exit %d, %s; want a failure saying why", res.code, res.stderr)
 	}
 }
+
+// TestFullRepositoryDisk: a backup into a repository whose disk fills up
+// fails, saying so once (issue 11: the same ENOSPC line 662 times), and
+// records nothing.
+func TestFullRepositoryDisk(t *testing.T) {
+	testenv.NeedRoot(t)
+	disk := t.TempDir()
+	if err := syscall.Mount("tmpfs", disk, "tmpfs", 0, "size=3m"); err != nil {
+		t.Skipf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(disk, syscall.MNT_DETACH) })
+	repo := testRepo{loc: filepath.Join(disk, "repo")}
+	mustRepo(t, repo, "init")
+	dir := t.TempDir()
+	for i := range 300 {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprint(i)), testenv.Random(t, 64<<10), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res := umbraRepo(t, repo, "backup", dir)
+	if n := strings.Count(res.stderr, "no space left"); res.code != 1 || n != 1 {
+		t.Errorf("backup onto a full disk: exit %d, \"no space left\" said %d times; want 1 and once:\n%s", res.code, n, res.stderr)
+	}
+	if list := umbraRepo(t, repo, "backups", "--json"); strings.TrimSpace(list.stdout) != "[]" {
+		t.Errorf("a backup that filled the disk left a record: %s", list.stdout)
+	}
+}

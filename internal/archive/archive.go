@@ -366,7 +366,7 @@ func (a *archiver) walkDir(ctx context.Context, path, rec string, parent *reposi
 		for _, d := range pending {
 			errs = append(errs, <-d)
 		}
-		if err := errors.Join(errs...); err != nil {
+		if err := joinDistinct(errs); err != nil {
 			done <- err
 			return
 		}
@@ -486,4 +486,32 @@ func (a *archiver) finishFile(ctx context.Context, path string, node *repository
 		return &repoError{err}
 	}
 	return nil
+}
+
+// joinDistinct joins errs, nils dropped, each message once: a repository
+// that fails (a full disk) fails every file being stored at the moment with
+// the same error, which must not be printed hundreds of times.
+func joinDistinct(errs []error) error {
+	var kept []error
+	seen := map[string]int{}
+	for _, err := range errs {
+		if err == nil {
+			continue
+		}
+		msg := err.Error()
+		if _, ok := seen[msg]; !ok {
+			kept = append(kept, err)
+		}
+		seen[msg]++
+	}
+	if len(kept) == 0 {
+		return nil
+	}
+	if len(kept) == 1 {
+		if n := seen[kept[0].Error()]; n > 1 {
+			return fmt.Errorf("%w (%d times)", kept[0], n)
+		}
+		return kept[0]
+	}
+	return errors.Join(kept...)
 }

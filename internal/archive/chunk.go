@@ -133,7 +133,7 @@ func (a *archiver) readContent(ctx context.Context, f *os.File, name string, siz
 			ids = append(ids, r.ids...)
 			a.progress.BytesAdded.Add(int64(r.added))
 		}
-		return ids, errors.Join(errs...)
+		return ids, joinDistinct(errs)
 	}
 
 	switch {
