@@ -299,6 +299,10 @@ func (a *app) appRestore(cmd *cobra.Command, repo *repository.Repository, e repo
 			fmt.Fprintf(a.stdout, ", and %s it handed on", count(len(w.HandedOn), "file"))
 		}
 		fmt.Fprintln(a.stdout, ".")
+		for _, mv := range w.MovedAside {
+			fmt.Fprintf(a.stdout, "  The data from before the restore of %s is kept at %s; remove it once you no longer need it: rm -rf %s\n",
+				mv.From, mv.To, shellQuote(mv.To))
+		}
 	}
 	fmt.Fprintf(a.stdout, "Backup %s restored in %s.\n", e.ID.Short(), time.Since(start).Round(time.Millisecond))
 	return nil

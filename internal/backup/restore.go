@@ -63,6 +63,9 @@ type RestoredWriter struct {
 	// Skipped says why the writer was not restored: it failed in this
 	// (partial) backup, which holds nothing of it.
 	Skipped string `json:"skipped,omitempty"`
+	// MovedAside is where PreRestore put the live data it replaced: kept
+	// until the operator removes it.
+	MovedAside []writer.Moved `json:"moved_aside,omitempty"`
 }
 
 // Restore brings each selected writer back, in the order of the backup:
@@ -181,6 +184,9 @@ func restoreWriter(ctx context.Context, repo *repository.Repository, job Restore
 		if err := pause(ctx, string(writer.PhasePostRestore)); err != nil {
 			return rw, err
 		}
+	}
+	if m, ok := wr.(writer.AsideMover); ok {
+		rw.MovedAside = m.MovedAside()
 	}
 	return rw, nil
 }

@@ -39,6 +39,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrRetryable marks failures that may succeed when tried again.
@@ -335,6 +337,55 @@ func (l *AsideList) List() []Moved {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return slices.Clone(l.moved)
+}
+
+// AsideDirPrefix begins the name of the directory that MoveAside moves
+// live data into, at the top of its filesystem.
+const AsideDirPrefix = ".umbra-before-restore-"
+
+// MoveAside moves path, before a restore writes in its place, to
+// TOP/.umbra-before-restore-STAMP/PATH, TOP being the highest directory
+// above path on the same filesystem (a rename, never a copy): not beside
+// path, where a tool that scans path's directory would mistake it for the
+// live thing (postgresql-common takes every directory in
+// /etc/postgresql/15/ for a cluster). It returns where path went, or ""
+// if path does not exist.
+func MoveAside(path, stamp string) (string, error) {
+	path = filepath.Clean(path)
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	top, err := filesystemTop(filepath.Dir(path))
+	if err != nil {
+		return "", err
+	}
+	to := filepath.Join(top, AsideDirPrefix+stamp, path)
+	if err := os.MkdirAll(filepath.Dir(to), 0o700); err != nil {
+		return "", fmt.Errorf("move %s aside: %w", path, err)
+	}
+	if err := os.Rename(path, to); err != nil {
+		return "", fmt.Errorf("move %s aside to %s: %w", path, to, err)
+	}
+	return to, nil
+}
+
+// filesystemTop returns the highest directory above dir (dir included) on
+// dir's filesystem: a mount point, or a btrfs subvolume's root.
+func filesystemTop(dir string) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return "", &fs.PathError{Op: "stat", Path: dir, Err: err}
+	}
+	top := dir
+	for top != "/" {
+		up := filepath.Dir(top)
+		var ust unix.Stat_t
+		if err := unix.Stat(up, &ust); err != nil || ust.Dev != st.Dev {
+			break
+		}
+		top = up
+	}
+	return top, nil
 }
 
 // CheckRoom returns an error, naming the fix, unless the filesystem of dir

@@ -30,8 +30,11 @@ type restoreOptions struct {
 // WAL takes seconds, a point-in-time recovery may replay hours of archive.
 const defaultStartLimit = time.Hour
 
-// PreRestore stops the server and moves its data directory, tablespaces and
-// separate pg_wal aside (to NAME.umbra-before-restore-TIME), so that the
+// PreRestore stops the server and moves its data directory, tablespaces,
+// separate pg_wal and configuration directory aside (writer.MoveAside: to
+// .umbra-before-restore-TIME at the top of each one's filesystem, where
+// postgresql-common does not take a moved configuration for a cluster), so
+// that the
 // restore writes into empty places and nothing live is lost. Restoring to
 // a target directory touches nothing live.
 func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
@@ -54,18 +57,17 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 	if err := w.stopServer(ctx, dataDir); err != nil {
 		return err
 	}
-	suffix := ".umbra-before-restore-" + time.Now().UTC().Format("20060102T150405Z")
+	stamp := time.Now().UTC().Format("20060102T150405Z")
 	w.aside.Reset()
 	for _, c := range r.Metadata.Components {
 		for _, p := range c.Paths {
-			err := os.Rename(p, p+suffix)
-			if errors.Is(err, os.ErrNotExist) {
-				continue
-			}
+			to, err := writer.MoveAside(p, stamp)
 			if err != nil {
-				return fmt.Errorf("postgres writer %q: pre-restore: move %s aside: %w; if it is a mount point, empty it yourself and restore again", w.name, p, err)
+				return fmt.Errorf("postgres writer %q: pre-restore: %w; if it is a mount point, empty it yourself and restore again", w.name, err)
 			}
-			w.aside.Add(p, p+suffix)
+			if to != "" {
+				w.aside.Add(p, to)
+			}
 		}
 	}
 	return nil
