@@ -123,6 +123,14 @@ func tryRestoreInPlace(t *testing.T, pg *testenv.Postgres, wr *Writer, set *shad
 	if !pg.Server.Exited() {
 		t.Fatal("PreRestore left the server running")
 	}
+	for _, mv := range wr.MovedAside() {
+		// The moved data lies under TOP/.umbra-before-restore-TIME:
+		// gone with the test, on whichever filesystem.
+		if i := strings.Index(mv.To, "/"+writer.AsideDirPrefix); i >= 0 {
+			root := mv.To[:i+1] + strings.SplitN(mv.To[i+1:], "/", 2)[0]
+			t.Cleanup(func() { _ = os.RemoveAll(root) })
+		}
+	}
 	t.Cleanup(func() { pgCtl(t, pg.DataDir, "stop", "-m", "immediate") })
 	for _, c := range md.Components {
 		for _, p := range c.Paths {
