@@ -43,6 +43,7 @@ for pkg in ./internal/repository ./internal/config; do
 			echo "$out" >&2
 			exit 1
 		fi
+		echo "fuzzed $pkg $target for $fuzztime: nothing found"
 	done
 done
 

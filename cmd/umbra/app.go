@@ -163,8 +163,20 @@ func (a *app) writers(cfg *config.Config, inline []string, withConfig bool) ([]w
 	return wrs, err
 }
 
-// writersAndSpecs is writers with the spec each was built from.
+// writersAndSpecs is writers with the spec each was built from; a writer
+// that cannot be built fails them all, naming it.
 func (a *app) writersAndSpecs(cfg *config.Config, inline []string, withConfig bool) ([]writer.Writer, []config.Spec, error) {
+	wrs, specs, broken, err := a.buildWriters(cfg, inline, withConfig)
+	if err == nil && len(broken) > 0 {
+		err = &usageError{broken[0]}
+	}
+	return wrs, specs, err
+}
+
+// buildWriters builds the writers of the configuration (withConfig) and of
+// the inline specs; the ones whose options are wrong (a password_file that
+// is missing) come back as errors naming them, beside the others.
+func (a *app) buildWriters(cfg *config.Config, inline []string, withConfig bool) ([]writer.Writer, []config.Spec, []error, error) {
 	var specs []config.Spec
 	if withConfig {
 		specs = cfg.Writers
@@ -173,29 +185,42 @@ func (a *app) writersAndSpecs(cfg *config.Config, inline []string, withConfig bo
 	for _, s := range inline {
 		spec, err := config.ParseSpec(s)
 		if err != nil {
-			return nil, nil, &usageError{err}
+			return nil, nil, nil, &usageError{err}
 		}
 		extra = append(extra, spec)
 	}
 	specs, err := config.Merge(specs, extra)
 	if err != nil {
-		return nil, nil, &usageError{err}
+		return nil, nil, nil, &usageError{err}
 	}
 	kinds := writerKinds()
 	var wrs []writer.Writer
+	var built []config.Spec
+	var broken []error
 	for _, spec := range specs {
 		mk, ok := kinds[spec.Type]
 		if !ok {
-			return nil, nil, &usageError{fmt.Errorf("writer %s: unknown type %q; known types: %s", spec.Instance(), spec.Type, strings.Join(sortedKeys(kinds), ", "))}
+			return nil, nil, nil, &usageError{fmt.Errorf("writer %s: unknown type %q; known types: %s", spec.Instance(), spec.Type, strings.Join(sortedKeys(kinds), ", "))}
 		}
 		wr, err := mk(spec.Instance(), spec.Options)
 		if err != nil {
-			return nil, nil, &usageError{fmt.Errorf("writer %s: %w", spec.Instance(), err)}
+			broken = append(broken, &brokenWriter{spec.Instance(), err})
+			continue
 		}
 		wrs = append(wrs, wr)
+		built = append(built, spec)
 	}
-	return wrs, specs, nil
+	return wrs, built, broken, nil
 }
+
+// brokenWriter is a writer whose options are wrong.
+type brokenWriter struct {
+	name string
+	err  error
+}
+
+func (b *brokenWriter) Error() string { return fmt.Sprintf("writer %s: %v", b.name, b.err) }
+func (b *brokenWriter) Unwrap() error { return b.err }
 
 // coordinator builds the coordinator with the config's settings, overridden
 // by any flag given.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -18,7 +19,7 @@ import (
 // writerView is one writer as umbra writers shows it.
 type writerView struct {
 	Name     string              `json:"name"`
-	State    string              `json:"state"` // stable, in-use, failed
+	State    string              `json:"state"` // stable, in-use, failed, unreachable, misconfigured
 	Metadata *writer.Metadata    `json:"metadata,omitempty"`
 	Error    string              `json:"error,omitempty"`
 	LastSet  *shadow.WriterState `json:"last_result,omitempty"`
@@ -40,7 +41,9 @@ last set failed) and its last result.`,
 			if err != nil {
 				return err
 			}
-			wrs, err := a.writers(cfg, specs, true)
+			// A writer whose options are wrong is shown as such, beside
+			// the others (one missing password_file hid them all).
+			wrs, _, broken, err := a.buildWriters(cfg, specs, true)
 			if err != nil {
 				return err
 			}
@@ -51,6 +54,12 @@ last set failed) and its last result.`,
 			views := []writerView{}
 			for _, wr := range wrs {
 				views = append(views, a.describeWriter(cmd.Context(), store, wr))
+			}
+			for _, b := range broken {
+				var bw *brokenWriter
+				if errors.As(b, &bw) {
+					views = append(views, writerView{Name: bw.name, State: "misconfigured", Error: bw.err.Error()})
+				}
 			}
 			if a.json {
 				return a.printJSON(views)

@@ -83,3 +83,36 @@ func TestPartialBackup(t *testing.T) {
 		t.Errorf("after the strict failure: %d backups (%v), want the partial one only", len(list), err)
 	}
 }
+
+// TestWritersShowsMisconfigured: a writer whose password_file is missing is
+// listed as misconfigured, naming the file, beside the others (issue 11:
+// one missing password_file hid every writer).
+func TestWritersShowsMisconfigured(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "app.db")
+	testenv.StartSQLiteLoad(t, db).Stop()
+	cfg := filepath.Join(t.TempDir(), "umbra.toml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`[[writer]]
+type = "sqlite"
+path = %q
+
+[[writer]]
+type = "postgres"
+name = "main"
+password_file = "/nonexistent/pg.pass"
+`, db)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res := umbraRun(t, t.TempDir(), nil, "--config", cfg, "--json", "writers")
+	var views []writerView
+	if err := json.Unmarshal([]byte(res.stdout), &views); err != nil {
+		t.Fatalf("writers: exit %d: %v\n%s", res.code, err, res.stderr)
+	}
+	states := map[string]string{}
+	for _, v := range views {
+		states[v.Name] = v.State + ": " + v.Error
+	}
+	if len(views) != 2 || !strings.HasPrefix(states["postgres:main"], "misconfigured: ") ||
+		!strings.Contains(states["postgres:main"], "/nonexistent/pg.pass") {
+		t.Errorf("writers with one missing password_file: %v; want both, postgres:main misconfigured naming the file", states)
+	}
+}

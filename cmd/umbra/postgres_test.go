@@ -1,11 +1,16 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/umbra-backup/umbra/internal/shadow"
 	"github.com/umbra-backup/umbra/internal/shadow/shadowtest"
@@ -82,4 +87,59 @@ func TestKillDuringFreezePostgres(t *testing.T) {
 	}
 	_ = cmd.Wait()
 	pg.AssertNoUmbraSession(t)
+}
+
+// TestPeerAuthentication: Debian's "local all postgres peer" refuses umbra
+// (root): umbra writers says so and how to let it in; the pg_ident.conf map
+// it names (docs/writers.md) does (issue 11). The rule is for database
+// template1, which the writer is pointed at, so that the test's own
+// connections (to postgres) stay trusted.
+func TestPeerAuthentication(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	pg := testenv.InitPostgres(t, data, testenv.PostgresOptions{})
+	spec := pg.Spec("main") + ",dbname=template1"
+	// loaded reports whether root, as user postgres, gets into template1.
+	loaded := func() bool {
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, pg.ConnString("template1"))
+		if err != nil {
+			return false
+		}
+		conn.Close(ctx)
+		return true
+	}
+	setHBA := func(hba, ident string, in bool) {
+		t.Helper()
+		uid, gid := pg.Owner()
+		for f, text := range map[string]string{"pg_hba.conf": hba + "local all all trust\n", "pg_ident.conf": ident} {
+			if err := os.WriteFile(filepath.Join(data, f), []byte(text), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chown(filepath.Join(data, f), uid, gid); err != nil {
+				t.Fatal(err)
+			}
+		}
+		pg.Exec(t, "SELECT pg_reload_conf()")
+		// The postmaster reloads on its own time: wait for the effect.
+		for deadline := time.Now().Add(30 * time.Second); loaded() != in; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("PostgreSQL did not reload pg_hba.conf within 30s")
+			}
+		}
+	}
+	setHBA("local template1 postgres peer\n", "", false)
+	state := t.TempDir()
+	res := umbraRun(t, state, nil, "writers", "--writer", spec)
+	if !strings.Contains(res.stdout+res.stderr, "Peer authentication failed") || !strings.Contains(res.stdout+res.stderr, "umbra root postgres") {
+		t.Fatalf("writers under peer authentication: %s%s; want the refusal and the pg_ident.conf line that fixes it", res.stdout, res.stderr)
+	}
+	setHBA("local template1 postgres peer map=umbra\n", "umbra root postgres\numbra postgres postgres\n", true)
+	var views []writerView
+	if err := json.Unmarshal([]byte(mustUmbra(t, state, "--json", "writers", "--writer", spec).stdout), &views); err != nil {
+		t.Fatal(err)
+	}
+	if len(views) != 1 || views[0].Error != "" || views[0].Metadata == nil {
+		t.Errorf("writers with the documented map: %+v; want it reachable", views)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -142,6 +143,13 @@ func (w *Writer) connectErr(cfg *pgx.ConnConfig, err error) error {
 	where := fmt.Sprintf("%s port %d as %s", cfg.Host, cfg.Port, cfg.User)
 	var pgErr *pgconn.PgError
 	switch {
+	case errors.As(err, &pgErr) && strings.Contains(pgErr.Message, "Peer authentication failed"):
+		// Debian's pg_hba.conf: "local all postgres peer". umbra runs as
+		// root, so the socket's peer is root, not postgres.
+		return fmt.Errorf("postgres writer %q: PostgreSQL at %s refused the login: %s. umbra runs as %s; "+
+			"let that OS user in as %s with a pg_ident.conf map (line \"umbra %s %s\", then \"map=umbra\" after \"peer\" on pg_hba.conf's local line for %s, "+
+			"and reload PostgreSQL), or connect over TCP with a password (host=127.0.0.1, password_file=); docs/writers.md has the lines",
+			w.name, where, pgErr.Message, osUser(), cfg.User, osUser(), cfg.User, cfg.User)
 	case errors.As(err, &pgErr) && (pgErr.Code == "28P01" || pgErr.Code == "28000"):
 		return fmt.Errorf("postgres writer %q: PostgreSQL at %s refused the login: %s; check user= and the password (password_file=, the configuration file, PGPASSWORD or ~/.pgpass) and pg_hba.conf", w.name, where, pgErr.Message)
 	case errors.As(err, &pgErr) && pgErr.Code == "3D000":
@@ -150,6 +158,14 @@ func (w *Writer) connectErr(cfg *pgx.ConnConfig, err error) error {
 		return fmt.Errorf("postgres writer %q: connect to %s: %s (%s)", w.name, where, pgErr.Message, pgErr.Code)
 	}
 	return fmt.Errorf("postgres writer %q: cannot connect to PostgreSQL at %s: %w; is the server running, and are host= and port= right? %w", w.name, where, err, writer.ErrRetryable)
+}
+
+// osUser names the user umbra runs as.
+func osUser() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return fmt.Sprint(os.Getuid())
 }
 
 // server is what Identify learns about a running server.
