@@ -515,7 +515,18 @@ it. --files-only restores a writer backup as plain files.`,
 				return err
 			}
 			defer done()
-			e, err := backup.FindBackup(ctx, repo, args[0], only)
+			var untilTime time.Time
+			if until != "" {
+				if untilTime, err = parseTime(until); err != nil {
+					return usagef("--until %q: %v; write it like 2026-11-22T10:30:00+01:00 or \"2026-11-22 10:30:00\" (local time)", until, err)
+				}
+			}
+			var e repository.ManifestEntry
+			if until != "" {
+				e, err = backup.FindBackupUntil(ctx, repo, args[0], only, untilTime)
+			} else {
+				e, err = backup.FindBackup(ctx, repo, args[0], only)
+			}
 			if err != nil {
 				return err
 			}
@@ -542,9 +553,7 @@ it. --files-only restores a writer backup as plain files.`,
 					}
 				}
 				if until != "" {
-					if job.Until, err = parseTime(until); err != nil {
-						return usagef("--until %q: %v; write it like 2026-11-22T10:30:00+01:00 or \"2026-11-22 10:30:00\" (local time)", until, err)
-					}
+					job.Until = untilTime
 					if fetchErr != nil {
 						return fetchErr
 					}

@@ -195,3 +195,24 @@ func walFiles(t *testing.T, repo string) []string {
 	}
 	return names
 }
+
+// TestUntilBeforeTheBackup: --until a moment before the backup ended is
+// refused before anything is stopped (issue 11: production was stopped and
+// moved aside, then recovery refused the target and the server stayed
+// down); with "latest", the newest backup that ended before it is chosen.
+func TestUntilBeforeTheBackup(t *testing.T) {
+	pg := testenv.InitPostgres(t, filepath.Join(t.TempDir(), "data"), testenv.PostgresOptions{})
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	before := time.Now().Add(-time.Hour).Format(time.RFC3339)
+	b := mustAppBackup(t, state, repo.environ(), "--writer", pg.Spec("main"))
+	for _, ref := range []string{b.ID, "latest"} {
+		res := umbraRun(t, state, repo.environ(), "restore", ref, "--force", "--until", before)
+		if res.code != 1 || !strings.Contains(res.stderr, "ended") {
+			t.Errorf("restore %s --until an hour before the backup: exit %d, %s; want a refusal saying the backup ended after it", ref, res.code, res.stderr)
+		}
+	}
+	if n := pg.QueryInt(t, "SELECT 1"); n != 1 || pg.Server.Exited() {
+		t.Error("the server was stopped by a restore that could not reach its target")
+	}
+}

@@ -384,6 +384,47 @@ func escapeGlob(p string) string {
 	return strings.NewReplacer(`\`, `\\`, `*`, `\*`, `?`, `\?`, `[`, `\[`).Replace(p)
 }
 
+// Ended is when the backup was complete: a point-in-time recovery from it
+// can reach no earlier moment.
+func Ended(m *repository.Manifest) time.Time {
+	return m.Time.Add(time.Duration(m.Stats.DurationMS) * time.Millisecond)
+}
+
+// FindBackupUntil is FindBackup for a point-in-time restore to until:
+// "latest" is the newest backup (holding writers) that ended before until,
+// and a backup named that ended after it is refused, before anything is
+// stopped (issue 11: production stopped and moved aside, then recovery
+// refused the target and the server stayed down).
+func FindBackupUntil(ctx context.Context, repo *repository.Repository, ref string, writers []string, until time.Time) (repository.ManifestEntry, error) {
+	if ref != "latest" {
+		e, err := FindBackup(ctx, repo, ref, writers)
+		if err == nil && Ended(e.Manifest).After(until) {
+			err = fmt.Errorf("--until %s is before backup %s ended (%s): recovery replays forward from a backup; choose an earlier one (umbra backups), or \"latest\" to have umbra choose",
+				until.Local().Format(time.DateTime), e.ID.Short(), Ended(e.Manifest).Local().Format(time.DateTime))
+		}
+		return e, err
+	}
+	all, err := repo.Manifests(ctx)
+	if err != nil {
+		return repository.ManifestEntry{}, err
+	}
+	for i := len(all) - 1; i >= 0; i-- {
+		info, err := ReadInfo(all[i].Manifest)
+		if err == nil && info != nil && len(lacking(info, writers)) == 0 && !Ended(all[i].Manifest).After(until) {
+			return all[i], nil
+		}
+	}
+	return repository.ManifestEntry{}, fmt.Errorf("no backup%s ended before --until %s; the earliest moment a point-in-time restore can reach is the end of the first backup",
+		holding(writers), until.Local().Format(time.DateTime))
+}
+
+func holding(writers []string) string {
+	if len(writers) == 0 {
+		return ""
+	}
+	return " holding " + strings.Join(writers, ", ")
+}
+
 // FindBackup resolves ref (an id, a unique prefix of one, or "latest") to a
 // backup. With writers, "latest" is the newest backup that holds every one
 // of them, and a backup that lacks one is an error: never a silent restore
