@@ -276,11 +276,16 @@ func (a *app) appRestore(cmd *cobra.Command, repo *repository.Repository, e repo
 	job.Manifest, job.Info, job.Writers, job.Target, job.Progress = e.Manifest, info, wrs, target, prog
 	done, err := backup.Restore(cmd.Context(), repo, job)
 	stop()
-	if err != nil {
+	if err != nil && done == nil {
 		return err
 	}
+	// Some writers may have failed while the others were restored: the
+	// summary names each, then the error says how many failed.
 	if a.json {
-		return a.printJSON(map[string]any{"id": e.ID, "target": target, "writers": done})
+		if jerr := a.printJSON(map[string]any{"id": e.ID, "target": target, "writers": done}); jerr != nil {
+			return jerr
+		}
+		return err
 	}
 	where := "in place"
 	switch {
@@ -294,6 +299,10 @@ func (a *app) appRestore(cmd *cobra.Command, repo *repository.Repository, e repo
 			fmt.Fprintf(a.stdout, "Not restored %s: %s.\n", w.Name, w.Skipped)
 			continue
 		}
+		if w.Error != "" {
+			fmt.Fprintf(a.stdout, "FAILED %s: %s\n", w.Name, w.Error)
+			continue
+		}
 		fmt.Fprintf(a.stdout, "Restored %s (%s) %s: %s, %s", w.Name, strings.Join(w.Components, ", "), where, count(w.Stats.Files, "file"), size(w.Stats.Bytes))
 		if len(w.HandedOn) > 0 {
 			fmt.Fprintf(a.stdout, ", and %s it handed on", count(len(w.HandedOn), "file"))
@@ -303,6 +312,9 @@ func (a *app) appRestore(cmd *cobra.Command, repo *repository.Repository, e repo
 			fmt.Fprintf(a.stdout, "  The data from before the restore of %s is kept at %s; remove it once you no longer need it: rm -rf %s\n",
 				mv.From, mv.To, shellQuote(mv.To))
 		}
+	}
+	if err != nil {
+		return err
 	}
 	fmt.Fprintf(a.stdout, "Backup %s restored in %s.\n", e.ID.Short(), time.Since(start).Round(time.Millisecond))
 	return nil

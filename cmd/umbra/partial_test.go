@@ -116,3 +116,29 @@ password_file = "/nonexistent/pg.pass"
 		t.Errorf("writers with one missing password_file: %v; want both, postgres:main misconfigured naming the file", states)
 	}
 }
+
+// TestRestoreGoesOnAfterAWriterFails: in place, a writer that cannot be
+// brought back (Redis, whose start command fails) does not keep the others
+// down: SQLite, after it in the backup, is restored; the summary names
+// each; umbra exits 1 (issue 11).
+func TestRestoreGoesOnAfterAWriterFails(t *testing.T) {
+	fs := testenv.Btrfs(t)
+	r := testenv.StartRedis(t, fs.Subvolume(t, "redis"))
+	r.ShutdownAtCleanup(t)
+	db := filepath.Join(fs.Subvolume(t, "app"), "app.db")
+	testenv.StartSQLiteLoad(t, db).Stop()
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	mustAppBackup(t, state, repo.environ(), "--writer", "redis:addr="+r.Addr+",start=false", "--writer", "sqlite:path="+db)
+	if err := os.Remove(db); err != nil {
+		t.Fatal(err)
+	}
+	res := umbraRun(t, state, repo.environ(), "restore", "latest", "--force")
+	if res.code != 1 || !strings.Contains(res.stdout, "FAILED redis:default") || !strings.Contains(res.stdout, "Restored sqlite:") ||
+		!strings.Contains(res.stderr, "1 of 2 writers could not be restored") {
+		t.Errorf("restore with Redis unable to start: exit %d\n%s%s\nwant 1, Redis failed, SQLite restored, and a count", res.code, res.stdout, res.stderr)
+	}
+	if _, err := os.Stat(db); err != nil {
+		t.Errorf("SQLite was not restored after Redis failed: %v", err)
+	}
+}

@@ -66,6 +66,9 @@ type RestoredWriter struct {
 	// MovedAside is where PreRestore put the live data it replaced: kept
 	// until the operator removes it.
 	MovedAside []writer.Moved `json:"moved_aside,omitempty"`
+	// Error is why the writer's restore failed (with where its data from
+	// before is and how to put it back); the others went on.
+	Error string `json:"error,omitempty"`
 }
 
 // Restore brings each selected writer back, in the order of the backup:
@@ -76,7 +79,16 @@ func Restore(ctx context.Context, repo *repository.Repository, job RestoreJob) (
 	if job.ToDataDir != "" {
 		return restoreBeside(ctx, repo, job)
 	}
+	// Refusals first, before any application is stopped.
+	for _, wi := range job.Info.Writers {
+		if (len(job.Only) == 0 || slices.Contains(job.Only, wi.Name)) && !wi.Failed {
+			if err := preflight(job, wi); err != nil {
+				return nil, fmt.Errorf("writer %s: %w", wi.Name, err)
+			}
+		}
+	}
 	var done []RestoredWriter
+	var failed []string
 	for _, wi := range job.Info.Writers {
 		if len(job.Only) > 0 && !slices.Contains(job.Only, wi.Name) {
 			continue
@@ -95,14 +107,57 @@ func Restore(ctx context.Context, repo *repository.Repository, job RestoreJob) (
 		}
 		rw, err := restoreWriter(ctx, repo, job, wi, wr)
 		if err != nil {
-			return done, fmt.Errorf("writer %s: %w", wi.Name, err)
+			if ctx.Err() != nil {
+				return done, fmt.Errorf("writer %s: %w", wi.Name, err)
+			}
+			// The applications are independent: one that cannot come
+			// back must not keep the others down.
+			rw.Error = err.Error()
+			failed = append(failed, wi.Name)
 		}
 		done = append(done, rw)
 	}
 	if len(done) == 0 {
 		return nil, errors.New("nothing to restore: no writer of the backup was selected")
 	}
+	if len(failed) > 0 {
+		return done, fmt.Errorf("%d of %d writers could not be restored: %s; the others were", len(failed), len(done), strings.Join(failed, ", "))
+	}
 	return done, nil
+}
+
+// preflight refuses what can be refused before anything is stopped: a
+// component selection the backup cannot meet, and an in-place restore
+// without Force over data that exists.
+func preflight(job RestoreJob, wi WriterInfo) error {
+	var comps []writer.Component
+	for _, c := range wi.Metadata.Components {
+		if len(job.Components) == 0 || slices.Contains(job.Components, c.Name) {
+			comps = append(comps, c)
+		}
+	}
+	if len(comps) == 0 {
+		return fmt.Errorf("no component named %s; the backup has %s", strings.Join(job.Components, ", "), componentNames(wi.Metadata))
+	}
+	for _, c := range comps {
+		if !c.Selectable && len(comps) < len(wi.Metadata.Components) {
+			return fmt.Errorf("component %s cannot be restored alone; restore the writer whole", c.Name)
+		}
+	}
+	if job.Target != "" || job.Force || job.ToDataDir != "" {
+		return nil
+	}
+	for _, c := range wi.Metadata.Components {
+		if len(job.Components) > 0 && !slices.Contains(job.Components, c.Name) {
+			continue
+		}
+		for _, p := range c.Paths {
+			if exists(p) {
+				return fmt.Errorf("%s exists: restoring in place replaces it; give --force (the writer stops the application and moves its files aside first), or --target DIR to restore beside it", p)
+			}
+		}
+	}
+	return nil
 }
 
 func restoreWriter(ctx context.Context, repo *repository.Repository, job RestoreJob, wi WriterInfo, wr writer.Writer) (RestoredWriter, error) {
@@ -120,15 +175,6 @@ func restoreWriter(ctx context.Context, repo *repository.Repository, job Restore
 	for _, c := range comps {
 		if !c.Selectable && len(comps) < len(wi.Metadata.Components) {
 			return rw, fmt.Errorf("component %s cannot be restored alone; restore the writer whole", c.Name)
-		}
-	}
-	if job.Target == "" && !job.Force {
-		for _, c := range comps {
-			for _, p := range c.Paths {
-				if exists(p) {
-					return rw, fmt.Errorf("%s exists: restoring in place replaces it; give --force (the writer stops the application and moves its files aside first), or --target DIR to restore beside it", p)
-				}
-			}
 		}
 	}
 	r := writer.Restore{Metadata: wi.Metadata, Report: wi.Report, Components: rw.Components, Target: job.Target,
