@@ -34,6 +34,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -337,6 +338,33 @@ func (l *AsideList) List() []Moved {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return slices.Clone(l.moved)
+}
+
+// systemdRunning reports whether systemd is the service manager (a
+// variable for tests).
+var systemdRunning = func() bool {
+	_, err := os.Stat("/run/systemd/system")
+	return err == nil
+}
+
+// pgTemplateUnit is postgresql-common's unit of one cluster.
+var pgTemplateUnit = regexp.MustCompile(`^postgresql@([0-9.]+)-([^.]+)(\.service)?$`)
+
+// ServiceCommand is the command that does action ("start", "stop") to a
+// service named as systemd names it (service = "postgresql@15-main"):
+// systemctl where systemd runs; without it (containers, sysvinit),
+// postgresql-common's pg_ctlcluster for a cluster's unit, else the init
+// script through service(8), which takes the name without its instance.
+func ServiceCommand(action, unit string) (string, []string) {
+	if systemdRunning() {
+		return "systemctl", []string{action, unit}
+	}
+	if m := pgTemplateUnit.FindStringSubmatch(unit); m != nil {
+		return "pg_ctlcluster", []string{m[1], m[2], action}
+	}
+	name := strings.TrimSuffix(unit, ".service")
+	name, _, _ = strings.Cut(name, "@")
+	return "service", []string{name, action}
 }
 
 // AsideDirPrefix begins the name of the directory that MoveAside moves

@@ -100,7 +100,8 @@ func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
 	case w.start != "":
 		err = run(ctx, "sh", "-c", w.start)
 	case w.service != "":
-		err = run(ctx, "systemctl", "start", w.service)
+		name, args := writer.ServiceCommand("start", w.service)
+		err = run(ctx, name, args...)
 	default:
 		// As it ran when the backup was made: its command line (options
 		// included) and user.
@@ -203,7 +204,8 @@ func (w *Writer) stopServer(ctx context.Context) error {
 	case w.stop != "":
 		err = run(ctx, "sh", "-c", w.stop)
 	case w.service != "":
-		err = run(ctx, "systemctl", "stop", w.service)
+		name, args := writer.ServiceCommand("stop", w.service)
+		err = run(ctx, name, args...)
 	default:
 		if _, err := conn.ExecContext(ctx, "SHUTDOWN"); err != nil {
 			return w.sqlErr(ctx, phase, "SHUTDOWN", w.cfg.User, "SHUTDOWN", err)

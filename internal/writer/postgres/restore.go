@@ -117,7 +117,8 @@ func (w *Writer) stopServer(ctx context.Context, dataDir string) error {
 	case w.restore.stop != "":
 		err = runShell(ctx, w.restore.stop)
 	case w.restore.service != "":
-		err = runCommand(ctx, "systemctl", "stop", w.restore.service)
+		name, args := writer.ServiceCommand("stop", w.restore.service)
+		err = runCommand(ctx, name, args...)
 	default:
 		err = syscall.Kill(pid, syscall.SIGINT)
 	}
@@ -324,7 +325,8 @@ func (w *Writer) startServer(ctx context.Context, dataDir string) error {
 	case w.restore.start != "":
 		err = runShell(ctx, w.restore.start)
 	case w.restore.service != "":
-		err = runCommand(ctx, "systemctl", "start", w.restore.service)
+		name, args := writer.ServiceCommand("start", w.restore.service)
+		err = runCommand(ctx, name, args...)
 	default:
 		var opts []string
 		if opts, err = startOptions(dataDir, false); err == nil {

@@ -45,7 +45,8 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 	var err error
 	switch {
 	case w.service != "":
-		err = w.run(ctx, phase, "service="+w.service, "systemctl", "stop", w.service)
+		name, args := writer.ServiceCommand("stop", w.service)
+		err = w.run(ctx, phase, "service="+w.service, append([]string{name}, args...)...)
 	case w.stop != "":
 		err = w.run(ctx, phase, "stop="+w.stop, "/bin/sh", "-c", w.stop)
 	default:
@@ -155,7 +156,8 @@ func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {
 	logHint := "its log says why"
 	switch {
 	case w.service != "":
-		err = w.run(ctx, phase, "service="+w.service, "systemctl", "start", w.service)
+		name, args := writer.ServiceCommand("start", w.service)
+		err = w.run(ctx, phase, "service="+w.service, append([]string{name}, args...)...)
 	case w.start != "":
 		err = w.run(ctx, phase, "start="+w.start, "/bin/sh", "-c", w.start)
 	case r.Report.Started != nil:
