@@ -216,3 +216,26 @@ func TestUntilBeforeTheBackup(t *testing.T) {
 		t.Error("the server was stopped by a restore that could not reach its target")
 	}
 }
+
+// TestArchivingThatFailsIsSaid: a backup of a server whose WAL archiving
+// fails completes with a warning that says so (exit 3), rather than report
+// its positions as if point-in-time restore worked (issue 11: archiving
+// stopped silently).
+func TestArchivingThatFailsIsSaid(t *testing.T) {
+	pg := testenv.InitPostgres(t, filepath.Join(t.TempDir(), "data"), testenv.PostgresOptions{
+		Settings: []string{"archive_mode = on", "archive_command = 'false'"},
+	})
+	pg.Exec(t, "CREATE TABLE t AS SELECT generate_series(1, 1000) AS n")
+	pg.Exec(t, "SELECT pg_switch_wal()")
+	// The archiver tries in its own time: wait for its first failure.
+	for deadline := time.Now().Add(time.Minute); pg.QueryInt(t, "SELECT failed_count FROM pg_stat_archiver") == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the archiver did not fail within a minute")
+		}
+	}
+	repo := newRepoDir(t)
+	res := umbraRun(t, t.TempDir(), repo.environ(), "backup", "--writer", pg.Spec("main"))
+	if res.code != 3 || !strings.Contains(res.stderr, "WAL archiving is failing") {
+		t.Errorf("backup with failing archiving: exit %d, %s; want 3 and a warning saying archiving fails", res.code, res.stderr)
+	}
+}

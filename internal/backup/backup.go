@@ -201,9 +201,16 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 	if err != nil {
 		return nil, err
 	}
+	// The writers' warnings (archiving that fails) go with the files'.
+	warnings := slices.Clone(res.Warnings)
+	for _, w := range set.Writers {
+		for _, warn := range w.Report.Warnings {
+			warnings = append(warnings, w.Name+": "+warn)
+		}
+	}
 	m := &repository.Manifest{
 		Time: start.UTC(), Host: job.Host, Paths: recorded, Tree: root,
-		Tags: job.Tags, Stats: res.Stats, Warnings: res.Warnings, Extra: extra,
+		Tags: job.Tags, Stats: res.Stats, Warnings: warnings, Extra: extra,
 	}
 	if parent != nil {
 		m.Parent = &parent.ID
@@ -225,7 +232,7 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 
 	// The manifest is durable: now, and not before, the writers learn
 	// that the backup is safe and may truncate their logs.
-	result := &Result{ID: id, Manifest: m, Info: info, Warnings: res.Warnings}
+	result := &Result{ID: id, Manifest: m, Info: info, Warnings: m.Warnings}
 	for _, f := range down {
 		if f.failed {
 			result.Failed = append(result.Failed, f.wr.Name())

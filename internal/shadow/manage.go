@@ -302,6 +302,7 @@ func mergeReports(a, b writer.Report) writer.Report {
 	}
 	maps.Copy(a.Positions, b.Positions)
 	a.Files = append(a.Files, b.Files...)
+	a.Warnings = append(a.Warnings, b.Warnings...)
 	return a
 }
 

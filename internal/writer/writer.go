@@ -204,6 +204,9 @@ type Report struct {
 	// line and user), for a restore in place to start it the same way
 	// when the writer has no start command configured.
 	Started *Started `json:"started,omitempty"`
+	// Warnings are what the operator must hear although the backup is
+	// good (WAL archiving that fails): the backup completes with warnings.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Started is a server's command line as the kernel saw it, and its user.

@@ -211,7 +211,7 @@ func (w *Writer) inBackup(phase writer.Phase) (*session, error) {
 // is safe, so the slot holds the server's WAL no longer than needed.
 func (w *Writer) finish(ctx context.Context, s *session, set writer.Set) (writer.Report, error) {
 	defer w.endSession(s)
-	var stopLSN, label, spcmap, stopFile string
+	var stopLSN, label, spcmap, stopFile, archiveWarning string
 	err := s.do(ctx, func(ctx context.Context, conn *pgx.Conn) error {
 		_, stop := backupFunctions(s.srv.versionNum)
 		if err := conn.QueryRow(ctx, stop.call).Scan(&stopLSN, &label, &spcmap); err != nil {
@@ -221,7 +221,9 @@ func (w *Writer) finish(ctx context.Context, s *session, set writer.Set) (writer
 		if err := conn.QueryRow(ctx, "SELECT pg_walfile_name($1::pg_lsn)", stopLSN).Scan(&stopFile); err != nil {
 			return w.queryErr("name the stop WAL file", err)
 		}
-		return nil
+		var err error
+		archiveWarning, err = w.archiveHealth(ctx, conn)
+		return err
 	})
 	if err != nil {
 		return writer.Report{}, err
@@ -246,6 +248,9 @@ func (w *Writer) finish(ctx context.Context, s *session, set writer.Set) (writer
 		"start_lsn": startLSN, "stop_lsn": stopLSN, "start_wal": startFile, "stop_wal": stopFile,
 		writer.PosArchiveFrom: startFile,
 	}}
+	if archiveWarning != "" {
+		rep.Warnings = append(rep.Warnings, archiveWarning)
+	}
 	for _, f := range files {
 		rep.Files = append(rep.Files, writer.HandOn{Component: "data", Path: filepath.Join("pg_wal", f), Source: filepath.Join(dir, "pg_wal", f)})
 	}
@@ -321,3 +326,36 @@ func (w *Writer) closeSession() {
 
 // errNoSegment is returned when a WAL segment the backup needs is missing.
 var errNoSegment = errors.New("WAL segment missing")
+
+// archiveHealth says, when WAL archiving is on and its last attempt failed,
+// that it does not work: a point-in-time restore cannot reach past the last
+// archived segment, and nothing else would say so (issue 11: archiving
+// stopped silently while backups went on reporting their positions).
+func (w *Writer) archiveHealth(ctx context.Context, conn *pgx.Conn) (string, error) {
+	var mode string
+	var failed int64
+	var lastArchived, lastFailed *string
+	var failing bool
+	err := conn.QueryRow(ctx, `SELECT current_setting('archive_mode'), failed_count, last_archived_wal, last_failed_wal,
+		last_failed_time IS NOT NULL AND (last_archived_time IS NULL OR last_failed_time > last_archived_time)
+		FROM pg_stat_archiver`).Scan(&mode, &failed, &lastArchived, &lastFailed, &failing)
+	if err != nil {
+		return "", w.queryErr("read pg_stat_archiver", err)
+	}
+	if mode == "off" || !failing {
+		return "", nil
+	}
+	last := "none yet"
+	if lastArchived != nil {
+		last = *lastArchived
+	}
+	return fmt.Sprintf("WAL archiving is failing (%d failures, the last for %s; last archived: %s): a point-in-time restore cannot reach past the last archived segment until it works; PostgreSQL's log has archive_command's error",
+		failed, deref(lastFailed), last), nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
