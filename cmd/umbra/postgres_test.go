@@ -143,3 +143,45 @@ func TestPeerAuthentication(t *testing.T) {
 		t.Errorf("writers with the documented map: %+v; want it reachable", views)
 	}
 }
+
+// TestRestoreIntoEmptyMountPoint: the data directory is a volume of its
+// own; the volume is lost and a new, empty one mounted in its place:
+// restore --force restores into it (issue 11: refused, "device or resource
+// busy"), and the server comes back with the data.
+func TestRestoreIntoEmptyMountPoint(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	mountData := func() {
+		t.Helper()
+		if err := os.MkdirAll(data, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Mount("tmpfs", data, "tmpfs", 0, "size=512m,mode=0700"); err != nil {
+			t.Skipf("mount tmpfs: %v", err)
+		}
+		t.Cleanup(func() { _ = syscall.Unmount(data, syscall.MNT_DETACH) })
+	}
+	mountData()
+	pg := testenv.InitPostgres(t, data, testenv.PostgresOptions{})
+	pg.Exec(t, "CREATE TABLE marks AS SELECT 'backed up' AS what")
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	b := mustAppBackup(t, state, repo.environ(), "--writer", pg.Spec("main"))
+
+	// The disaster: the volume is gone; a new one takes its place.
+	pg.Stop(t)
+	if err := syscall.Unmount(data, syscall.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	mountData()
+	uid, gid := pg.Owner()
+	if err := os.Chown(data, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pgCtlStop(t, data) })
+	if res := umbraRun(t, state, repo.environ(), "restore", b.ID, "--force"); res.code != 0 {
+		t.Fatalf("restore into an empty mount point: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	if n := pg.QueryInt(t, "SELECT count(*) FROM marks"); n != 1 {
+		t.Errorf("restored server has %d marks, want 1", n)
+	}
+}

@@ -370,6 +370,36 @@ func ServiceCommand(action, unit string) (string, []string) {
 	return "service", []string{name, action}
 }
 
+// MountPoint reports whether path is where a filesystem is mounted.
+func MountPoint(path string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	esc := strings.NewReplacer(`\`, `\134`, " ", `\040`, "\t", `\011`, "\n", `\012`).Replace(filepath.Clean(path))
+	for line := range strings.Lines(string(b)) {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == esc {
+			return true
+		}
+	}
+	return false
+}
+
+// EmptyDir reports whether dir holds nothing but, on a fresh ext4,
+// lost+found: a new volume mounted where the lost data was.
+func EmptyDir(dir string) bool {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range entries {
+		if e.Name() != "lost+found" {
+			return false
+		}
+	}
+	return true
+}
+
 // AsideDirPrefix begins the name of the directory that MoveAside moves
 // live data into, at the top of its filesystem.
 const AsideDirPrefix = ".umbra-before-restore-"

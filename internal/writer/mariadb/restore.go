@@ -52,6 +52,14 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 	if err != nil {
 		return fmt.Errorf("mariadb writer %q: pre-restore: %w", w.name, err)
 	}
+	// A mount point cannot be renamed: refused before the server stops
+	// unless it is empty (a new volume where the lost one was), when the
+	// restore goes straight into it.
+	for _, d := range dirs {
+		if writer.MountPoint(d) && !writer.EmptyDir(d) {
+			return fmt.Errorf("mariadb writer %q: pre-restore: %s is a mount point holding data, which umbra cannot move aside; empty it yourself (the server stopped) and restore again, or restore with --target", w.name, d)
+		}
+	}
 	if err := w.stopServer(ctx); err != nil {
 		return err
 	}
@@ -66,6 +74,9 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 	stamp := time.Now().Format("20060102T150405")
 	w.aside.Reset()
 	for _, d := range dirs {
+		if writer.MountPoint(d) {
+			continue // empty (checked above)
+		}
 		moved, err := moveAside(d, d+asideSuffix+stamp)
 		if moved {
 			w.aside.Add(d, d+asideSuffix+stamp)

@@ -383,10 +383,10 @@ func TestCheckVersion(t *testing.T) {
 }
 
 func TestMountPoint(t *testing.T) {
-	if !mountPoint("/proc") || !mountPoint("/") {
+	if !writer.MountPoint("/proc") || !writer.MountPoint("/") {
 		t.Error("/proc or / is not seen as a mount point")
 	}
-	if mountPoint(t.TempDir()) {
+	if writer.MountPoint(t.TempDir()) {
 		t.Error("a temporary directory is seen as a mount point")
 	}
 }

@@ -49,8 +49,8 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 	// cannot be, so find out before the server is stopped.
 	for _, c := range r.Metadata.Components {
 		for _, p := range c.Paths {
-			if mountPoint(p) {
-				return fmt.Errorf("postgres writer %q: pre-restore: %s is a mount point, which umbra cannot move aside; empty it yourself (the server stopped) and restore again, or restore with --target", w.name, p)
+			if writer.MountPoint(p) && !writer.EmptyDir(p) {
+				return fmt.Errorf("postgres writer %q: pre-restore: %s is a mount point holding data, which umbra cannot move aside; empty it yourself (the server stopped) and restore again, or restore with --target", w.name, p)
 			}
 		}
 	}
@@ -61,6 +61,9 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 	w.aside.Reset()
 	for _, c := range r.Metadata.Components {
 		for _, p := range c.Paths {
+			if writer.MountPoint(p) {
+				continue // empty (checked above): restored into as it is
+			}
 			to, err := writer.MoveAside(p, stamp)
 			if err != nil {
 				return fmt.Errorf("postgres writer %q: pre-restore: %w; if it is a mount point, empty it yourself and restore again", w.name, err)
@@ -75,24 +78,6 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 
 // MovedAside lists what the last PreRestore moved aside.
 func (w *Writer) MovedAside() []writer.Moved { return w.aside.List() }
-
-// mountPoint reports whether path is a mount point (in
-// /proc/self/mountinfo, whose fifth field is the mount point, with space,
-// tab, newline and backslash written in octal). A btrfs subvolume, which
-// only has a device number of its own, is not one: it renames.
-func mountPoint(path string) bool {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	esc := strings.NewReplacer(`\`, `\134`, " ", `\040`, "\t", `\011`, "\n", `\012`).Replace(filepath.Clean(path))
-	for line := range strings.Lines(string(b)) {
-		if f := strings.Fields(line); len(f) > 4 && f[4] == esc {
-			return true
-		}
-	}
-	return false
-}
 
 // dataDirOf finds the data directory in a backup's metadata.
 func dataDirOf(md writer.Metadata) (string, error) {
