@@ -95,6 +95,7 @@ type archiver struct {
 // while read, are warnings, not errors: the backup goes on.
 func Run(ctx context.Context, repo *repository.Repository, sources []Source, opts Options) (Result, error) {
 	start := time.Now()
+	blobsBefore := repo.BlobsAdded()
 	workers := opts.Workers
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
@@ -142,7 +143,7 @@ func Run(ctx context.Context, repo *repository.Repository, sources []Source, opt
 		Tree: root,
 		Stats: repository.Stats{
 			Files: p.Files.Load(), Dirs: p.Dirs.Load(), Bytes: p.Bytes.Load(), BytesRead: p.BytesRead.Load(),
-			FilesChanged: p.FilesChanged.Load(), BytesAdded: p.BytesAdded.Load(),
+			FilesChanged: p.FilesChanged.Load(), BytesAdded: p.BytesAdded.Load(), BlobsAdded: repo.BlobsAdded() - blobsBefore,
 			DurationMS: time.Since(start).Milliseconds(),
 		},
 		Warnings: a.warnings,

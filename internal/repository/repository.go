@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -43,7 +44,12 @@ type Repository struct {
 	slots        chan struct{} // bounds concurrent uploads, and so memory
 	err          error         // first upload failure; every later call fails
 	scratch      sync.Pool     // *[]byte for compressing and sealing
+	blobsAdded   atomic.Int64  // blobs this process stored (not deduplicated)
 }
+
+// BlobsAdded is how many blobs this Repository has stored, deduplicated
+// ones not counted.
+func (r *Repository) BlobsAdded() int64 { return r.blobsAdded.Load() }
 
 // Options tune Init.
 type Options struct {
@@ -245,6 +251,7 @@ func (r *Repository) SaveBlob(ctx context.Context, t BlobType, data []byte) (ID,
 		r.packers[t] = p
 	}
 	p.add(e, sealed) // copies sealed
+	r.blobsAdded.Add(1)
 	var full *packBuilder
 	if p.size() >= r.cfg.PackSize {
 		full = p

@@ -69,6 +69,10 @@ func TestUnchangedFilesAreNotRead(t *testing.T) {
 	if second.Stats.BytesAdded > first.Stats.Bytes/100 {
 		t.Errorf("unchanged tree added %d bytes; want under 1%% of %d", second.Stats.BytesAdded, first.Stats.Bytes)
 	}
+	// blobs_added counts what was stored (issue 11: always 0).
+	if first.Stats.BlobsAdded == 0 || second.Stats.BlobsAdded >= first.Stats.BlobsAdded {
+		t.Errorf("blobs added: %d by the first backup, %d by the unchanged second; want some, then fewer", first.Stats.BlobsAdded, second.Stats.BlobsAdded)
+	}
 	// The roots may differ: they hold the metadata of the source's parent
 	// directories (/tmp changes whenever anything on the machine makes a
 	// temporary file). The source's own tree must not.
