@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"encoding/json"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -86,13 +85,7 @@ func TestStoreOutage(t *testing.T) {
 		env: []string{"AWS_ACCESS_KEY_ID=" + srv.AccessKey, "AWS_SECRET_ACCESS_KEY=" + srv.SecretKey},
 	}
 	mustRepo(t, repo, "init")
-	dir := filepath.Join(t.TempDir(), "d")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "f"), testenv.Random(t, 1<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	dir := oneFileTree(t, 1<<20)
 
 	// The store stops just before the manifest is saved, and comes back.
 	cmd, w, stdout := startWatched(t, repo, "manifest", "-v", "backup", "--json", dir)

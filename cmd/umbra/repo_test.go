@@ -560,13 +560,7 @@ func TestRestoreFromReadOnlyRepository(t *testing.T) {
 	fs := testenv.Ext4(t)
 	repo := testRepo{loc: filepath.Join(fs.Mount, "repo")}
 	mustRepo(t, repo, "init")
-	dir := filepath.Join(t.TempDir(), "d")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "f"), testenv.Random(t, 1<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	dir := oneFileTree(t, 1<<20)
 	b := backupOf(t, repo, dir)
 	if out, err := exec.Command("mount", "-o", "remount,ro", fs.Mount).CombinedOutput(); err != nil {
 		t.Fatalf("remount read-only: %v: %s", err, out)
@@ -608,4 +602,17 @@ func TestFullRepositoryDisk(t *testing.T) {
 	if list := umbraRepo(t, repo, "backups", "--json"); strings.TrimSpace(list.stdout) != "[]" {
 		t.Errorf("a backup that filled the disk left a record: %s", list.stdout)
 	}
+}
+
+// oneFileTree makes a directory holding one file of size random bytes.
+func oneFileTree(t *testing.T, size int) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "d")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "f"), testenv.Random(t, size), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
