@@ -572,9 +572,13 @@ func TestRestoreService(t *testing.T) {
 	srv := testenv.StartRedis(t, t.TempDir())
 	bin := t.TempDir()
 	log := filepath.Join(bin, "log")
-	script := fmt.Sprintf("#!/bin/sh\necho \"$@\" >> %s\nif [ \"$1\" = stop ]; then kill -TERM %d; fi\n", log, srv.Server.Pid())
-	if err := os.WriteFile(filepath.Join(bin, "systemctl"), []byte(script), 0o755); err != nil {
-		t.Fatal(err)
+	// The service manager umbra finds (systemctl under systemd, else
+	// service(8)) is faked: it logs its calls and stops the server.
+	for _, name := range []string{"systemctl", "service"} {
+		script := fmt.Sprintf("#!/bin/sh\necho %s \"$@\" >> %s\ncase \"$*\" in *stop*) kill -TERM %d;; esac\n", name, log, srv.Server.Pid())
+		if err := os.WriteFile(filepath.Join(bin, name), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
 	wr := newWriter(t, srv, map[string]string{"service": "redis-test.service"})
@@ -586,8 +590,13 @@ func TestRestoreService(t *testing.T) {
 	if err := wr.PostRestore(t.Context(), writer.Restore{}); err != nil {
 		t.Fatalf("PostRestore: %v", err)
 	}
-	if got, want := string(readOrNil(t, log)), "stop redis-test.service\nstart redis-test.service\n"; got != want {
-		t.Errorf("systemctl calls: got %q, want %q", got, want)
+	var want string
+	for _, action := range []string{"stop", "start"} {
+		name, args := writer.ServiceCommand(action, "redis-test.service")
+		want += name + " " + strings.Join(args, " ") + "\n"
+	}
+	if got := string(readOrNil(t, log)); got != want {
+		t.Errorf("service manager calls: got %q, want %q", got, want)
 	}
 }
 
