@@ -33,10 +33,13 @@ fi
 # binary in separate processes, where the detector adds time but no insight.
 go test -race -count=1 ./internal/...
 go test -count=1 ./cmd/...
-# Every fuzz target for a bounded time (FUZZTIME, 5s each): malformed
-# repository objects, configuration and writer specs must never crash
-# umbra. Found inputs land in testdata/fuzz and fail the run.
-fuzztime=${FUZZTIME:-5s}
+# Every fuzz target for a bounded number of inputs (FUZZTIME, 20000x each;
+# a duration such as 1m works too): malformed repository objects,
+# configuration and writer specs must never crash umbra. Found inputs land
+# in testdata/fuzz and fail the run. A count rather than a duration: when a
+# duration ends on a busy machine the fuzzer can report "context deadline
+# exceeded" with nothing found.
+fuzztime=${FUZZTIME:-20000x}
 for pkg in ./internal/repository ./internal/config; do
 	for target in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz'); do
 		if ! out=$(go test -run '^$' -fuzz "^$target\$" -fuzztime "$fuzztime" "$pkg" 2>&1); then
