@@ -130,11 +130,23 @@ func (a *app) store(cfg *config.Config) (*shadow.Store, error) {
 	return shadow.OpenStore(dir)
 }
 
+// logger logs every phase with -v; without it, warnings only (a writer
+// retried or left out, a store call tried again): issue 11's "35 s of
+// silent retries".
 func (a *app) logger() *slog.Logger {
 	if !a.verbose {
-		return slog.New(slog.DiscardHandler)
+		return slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelWarn, ReplaceAttr: dropTime}))
 	}
 	return slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// dropTime leaves the time out of a warning: it goes to a terminal or a
+// log that has its own.
+func dropTime(groups []string, attr slog.Attr) slog.Attr {
+	if len(groups) == 0 && attr.Key == slog.TimeKey {
+		return slog.Attr{}
+	}
+	return attr
 }
 
 // providers lists every provider in order of preference.

@@ -31,6 +31,11 @@ func TestPartialBackup(t *testing.T) {
 		t.Fatalf("backup with Redis down: exit %d, last line %q; want 4 and a last line saying the backup is partial without redis:default\n%s",
 			res.code, lines[len(lines)-1], res.stderr)
 	}
+	// Said as it happens, without -v (issue 11: retries and failures
+	// were silent).
+	if !strings.Contains(res.stderr, "backing up the others without it") {
+		t.Errorf("the writer left out was not announced as it happened:\n%s", res.stderr)
+	}
 	var b struct {
 		ID  string `json:"id"`
 		App struct {
