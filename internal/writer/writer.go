@@ -416,6 +416,22 @@ func MoveAside(path, stamp string) (string, error) {
 	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
 		return "", nil
 	}
+	to, err := PrepareAside(path, stamp)
+	if err != nil {
+		return "", err
+	}
+	if err := os.Rename(path, to); err != nil {
+		return "", fmt.Errorf("move %s aside to %s: %w", path, to, err)
+	}
+	return to, nil
+}
+
+// PrepareAside makes the directory MoveAside(path, stamp) moves path into,
+// and returns where path will go: called before the application is
+// stopped, it finds a place that cannot be written while the application
+// still runs.
+func PrepareAside(path, stamp string) (string, error) {
+	path = filepath.Clean(path)
 	top, err := filesystemTop(filepath.Dir(path))
 	if err != nil {
 		return "", err
@@ -423,9 +439,6 @@ func MoveAside(path, stamp string) (string, error) {
 	to := filepath.Join(top, AsideDirPrefix+stamp, path)
 	if err := os.MkdirAll(filepath.Dir(to), 0o700); err != nil {
 		return "", fmt.Errorf("move %s aside: %w", path, err)
-	}
-	if err := os.Rename(path, to); err != nil {
-		return "", fmt.Errorf("move %s aside to %s: %w", path, to, err)
 	}
 	return to, nil
 }

@@ -54,10 +54,21 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 			}
 		}
 	}
+	// Where each path goes, made before the server stops: a place that
+	// cannot be written fails the restore while production still runs.
+	stamp := time.Now().UTC().Format("20060102T150405Z")
+	for _, c := range r.Metadata.Components {
+		for _, p := range c.Paths {
+			if _, err := os.Lstat(p); err == nil && !writer.MountPoint(p) {
+				if _, err := writer.PrepareAside(p, stamp); err != nil {
+					return fmt.Errorf("postgres writer %q: pre-restore: %w; nothing was stopped", w.name, err)
+				}
+			}
+		}
+	}
 	if err := w.stopServer(ctx, dataDir); err != nil {
 		return err
 	}
-	stamp := time.Now().UTC().Format("20060102T150405Z")
 	w.aside.Reset()
 	for _, c := range r.Metadata.Components {
 		for _, p := range c.Paths {
