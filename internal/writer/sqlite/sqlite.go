@@ -263,19 +263,34 @@ func (w *Writer) truncateWAL(ctx context.Context) error {
 	}
 	ctx, done := s.Bind(ctx)
 	defer done()
-	if _, err := s.Conn.Conn.ExecContext(ctx, fmt.Sprintf("PRAGMA busy_timeout = %d", truncateBusyMillis)); err != nil {
-		return w.sqlErr(ctx, writer.PhaseBackupComplete, "busy_timeout", err)
+	// A checkpoint the application runs (every wal_autocheckpoint pages)
+	// holds SQLite's checkpoint lock, and a TRUNCATE that meets it returns
+	// busy at once, without its busy handler: try again until the budget is
+	// spent, each try waiting only for what is left of it.
+	deadline := time.Now().Add(truncateBusyMillis * time.Millisecond)
+	for {
+		left := time.Until(deadline).Milliseconds()
+		if _, err := s.Conn.Conn.ExecContext(ctx, fmt.Sprintf("PRAGMA busy_timeout = %d", max(left, 1))); err != nil {
+			return w.sqlErr(ctx, writer.PhaseBackupComplete, "busy_timeout", err)
+		}
+		var busy, frames, moved int64
+		err = s.Conn.Conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &frames, &moved)
+		if err != nil {
+			return w.sqlErr(ctx, writer.PhaseBackupComplete, "wal_checkpoint(TRUNCATE)", err)
+		}
+		if busy == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("sqlite writer %q: backup-complete: WAL of %s not truncated: readers, writers or the application's own checkpoints kept it busy for %d ms; the next successful backup truncates it: %w",
+				w.name, w.path, truncateBusyMillis, writer.ErrRetryable)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("sqlite writer %q: backup-complete: %w", w.name, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
-	var busy, frames, moved int64
-	err = s.Conn.Conn.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &frames, &moved)
-	if err != nil {
-		return w.sqlErr(ctx, writer.PhaseBackupComplete, "wal_checkpoint(TRUNCATE)", err)
-	}
-	if busy != 0 {
-		return fmt.Errorf("sqlite writer %q: backup-complete: WAL of %s not truncated: readers or writers kept it busy for %d ms; the next successful backup truncates it: %w",
-			w.name, w.path, truncateBusyMillis, writer.ErrRetryable)
-	}
-	return nil
 }
 
 // Abort closes the held connection, which rolls back a freeze and releases

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -447,5 +448,58 @@ func TestRestorePhases(t *testing.T) {
 	}
 	if err := wr.PostRestore(ctx, r); err == nil {
 		t.Error("PostRestore of a damaged database succeeded")
+	}
+}
+
+// TestTruncateBesideCheckpoints: an application that checkpoints after
+// every commit (wal_autocheckpoint=1) holds SQLite's checkpoint lock much of
+// the time, and a TRUNCATE checkpoint that meets it gets SQLITE_BUSY at once,
+// without its busy handler. BackupComplete still truncates, round after
+// round, while the application writes on.
+func TestTruncateBesideCheckpoints(t *testing.T) {
+	path := newDB(t)
+	app := openDB(t, path)
+	if _, err := app.ExecContext(t.Context(), "PRAGMA wal_autocheckpoint = 1"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		for i := 0; ; i++ {
+			if ctx.Err() != nil {
+				done <- nil
+				return
+			}
+			if _, err := app.ExecContext(ctx, "INSERT INTO t(v) VALUES (?)", strings.Repeat("x", 1000+i%100)); err != nil && ctx.Err() == nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("application write: %v", err)
+		}
+	}()
+	wr := newWriter(t, path)
+	md, err := wr.Identify(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 20 {
+		set := writer.Set{ID: fmt.Sprint("s", round), Type: writer.Full}
+		for _, step := range []func() error{
+			func() error { return wr.PrepareSnapshot(t.Context(), set) },
+			func() error { return wr.Freeze(t.Context(), set) },
+			func() error { return wr.Thaw(t.Context(), set) },
+			func() error {
+				return wr.BackupComplete(t.Context(), writer.Completion{Set: set, Components: map[string]bool{md.Components[0].Name: true}})
+			},
+		} {
+			if err := step(); err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
 	}
 }
