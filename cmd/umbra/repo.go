@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/user"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -210,6 +212,7 @@ func (a *app) openBackup(ctx context.Context, f *repoFlags, ref string) (*reposi
 func (a *app) initCommand() *cobra.Command {
 	var f repoFlags
 	var blockSize int
+	var group string
 	cmd := &cobra.Command{
 		Use:   "init [--repo LOCATION]",
 		Short: "Create a repository",
@@ -217,10 +220,30 @@ func (a *app) initCommand() *cobra.Command {
 missing) or S3 bucket. The password comes from UMBRA_PASSWORD,
 UMBRA_PASSWORD_FILE or a prompt. Keep it safe: without a password that opens
 one of the repository's keys, nothing in it can be read (umbra key add makes
-a second one).`,
-		Example: "  umbra init --repo /srv/backup\n  UMBRA_REPO=s3:https://minio.example:9000/backups umbra init",
-		Args:    cobra.NoArgs,
+a second one).
+
+A local repository is its owner's alone (files 0600). --group GROUP lets that
+group read it and archive WAL into it: PostgreSQL runs archive_command (umbra
+wal-push) as postgres, so --group postgres is what point-in-time restore
+needs. Anyone in the group can then read every backup with the password.`,
+		Example: `  umbra init --repo /srv/backup
+  UMBRA_REPO=s3:https://minio.example:9000/backups umbra init
+  UMBRA_PASSWORD_FILE=/etc/umbra/umbra.pass umbra init --group postgres`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			gid := -1
+			if group != "" {
+				if strings.HasPrefix(f.location(), "s3:") {
+					return usagef("--group is for a repository in a local directory; an S3 bucket's access is its credentials'")
+				}
+				g, err := user.LookupGroup(group)
+				if err != nil {
+					return usagef("--group %s: %v", group, err)
+				}
+				if gid, err = strconv.Atoi(g.Gid); err != nil {
+					return fmt.Errorf("--group %s: gid %q: %w", group, g.Gid, err)
+				}
+			}
 			cfg := repository.DefaultConfig()
 			if blockSize != 0 {
 				cfg.Chunker.BlockSize = blockSize
@@ -239,6 +262,11 @@ a second one).`,
 				return err
 			}
 			defer repo.Close()
+			if gid >= 0 {
+				if err := local.Share(be.Location(), gid, backend.TypeWAL); err != nil {
+					return err
+				}
+			}
 			if a.json {
 				return a.printJSON(map[string]any{"id": repo.Config().ID, "location": be.Location(), "config": repo.Config()})
 			}
@@ -248,6 +276,7 @@ a second one).`,
 	}
 	f.register(cmd.Flags())
 	cmd.Flags().IntVar(&blockSize, "block-size", 0, "fixed chunk size for database and image files, a power of two (default 16384)")
+	cmd.Flags().StringVar(&group, "group", "", "let this group read the repository and write its wal/ (postgres, for wal-push)")
 	return cmd
 }
 

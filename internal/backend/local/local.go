@@ -19,7 +19,9 @@
 // (renameat2 RENAME_NOREPLACE, or link and unlink where the filesystem lacks
 // it; lock files are replaced), then fsyncs the directory. A crash leaves at
 // most such a temporary file, which List never reports and CleanTemp removes.
-// Files are created 0600 and directories 0700.
+// Files are created 0600 and directories 0700; in a repository directory
+// that its group may read (Share), 0640 and 0750, so that another account
+// in that group (PostgreSQL's archive_command) can read it.
 package local
 
 import (
@@ -50,6 +52,9 @@ const (
 // Backend is a repository in a local directory.
 type Backend struct {
 	dir string
+	// shared: the repository directory is readable by its group, and
+	// what is made in it is too.
+	shared bool
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -68,7 +73,7 @@ func Open(dir string) (*Backend, error) {
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("open repository %s: not a directory", abs)
 	}
-	return &Backend{dir: abs}, nil
+	return &Backend{dir: abs, shared: fi.Mode().Perm()&0o040 != 0}, nil
 }
 
 // Create makes dir (and its parents) and the repository layout in it. It
@@ -179,6 +184,12 @@ func (b *Backend) Save(ctx context.Context, h backend.Handle, size int64, rd io.
 			f, err = os.CreateTemp(dir, tempPrefix+h.Name+"-*")
 		}
 	}
+	if err == nil && b.shared {
+		if err = f.Chmod(fileMode | 0o040); err != nil {
+			_ = f.Close()
+			_ = os.Remove(f.Name())
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("save %s: %w", h, err)
 	}
@@ -224,6 +235,13 @@ func (b *Backend) makeParents(dir string) error {
 		}
 		if err := mkdir(d); err != nil {
 			return err
+		}
+		if b.shared {
+			// Not left to the umask; the group comes from the parent's
+			// set-group-ID bit (Share).
+			if err := os.Chmod(d, dirMode|0o050|fs.ModeSetgid); err != nil {
+				return err
+			}
 		}
 		if err := syncDir(filepath.Dir(d)); err != nil {
 			return err
