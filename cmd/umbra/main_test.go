@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/umbra-backup/umbra/internal/peerdial"
 	"github.com/umbra-backup/umbra/internal/testenv"
 )
 
@@ -25,6 +26,7 @@ import (
 const asUmbraEnv = "UMBRA_TEST_AS_UMBRA"
 
 func TestMain(m *testing.M) {
+	peerdial.Main()
 	if os.Getenv(asUmbraEnv) != "" {
 		if at := os.Getenv(pauseAtEnv); at != "" {
 			testPause = pauseAt(at, os.Stderr)

@@ -90,8 +90,10 @@ func TestKillDuringFreezePostgres(t *testing.T) {
 }
 
 // TestPeerAuthentication: Debian's "local all postgres peer" refuses umbra
-// (root): umbra writers says so and how to let it in; the pg_ident.conf map
-// it names (docs/writers.md) does (issue 11). The rule is for database
+// (root), which then connects as the socket's owner, the server's user
+// (issue 11: "Peer authentication failed"); a role that no OS user matches
+// is refused, and umbra writers says how to let root in; the pg_ident.conf
+// map it names (docs/writers.md) does. The rule is for database
 // template1, which the writer is pointed at, so that the test's own
 // connections (to postgres) stay trusted.
 func TestPeerAuthentication(t *testing.T) {
@@ -128,20 +130,36 @@ func TestPeerAuthentication(t *testing.T) {
 			}
 		}
 	}
-	setHBA("local template1 postgres peer\n", "", false)
+	// The helper that connects as postgres is this test binary.
+	testenv.Traversable(t, os.Args[0])
 	state := t.TempDir()
-	res := umbraRun(t, state, nil, "writers", "--writer", spec)
-	if !strings.Contains(res.stdout+res.stderr, "Peer authentication failed") || !strings.Contains(res.stdout+res.stderr, "umbra root postgres") {
-		t.Fatalf("writers under peer authentication: %s%s; want the refusal and the pg_ident.conf line that fixes it", res.stdout, res.stderr)
+	reachable := func(what string) {
+		t.Helper()
+		var views []writerView
+		if err := json.Unmarshal([]byte(mustUmbra(t, state, "--json", "writers", "--writer", spec).stdout), &views); err != nil {
+			t.Fatal(err)
+		}
+		if len(views) != 1 || views[0].Error != "" || views[0].Metadata == nil {
+			t.Errorf("writers %s: %+v; want it reachable", what, views)
+		}
 	}
+	// Debian's line: root is refused, and umbra comes in as the socket's
+	// owner, the server's own user.
+	setHBA("local template1 postgres peer\n", "", false)
+	reachable("under Debian's peer line")
+
+	// A role that no OS user matches: refused as root and as the owner,
+	// and the refusal says how to let root in.
+	pg.Exec(t, "CREATE ROLE backup LOGIN SUPERUSER")
+	setHBA("local template1 postgres peer\nlocal template1 backup peer\n", "", false)
+	res := umbraRun(t, state, nil, "writers", "--writer", strings.Replace(spec, "user=postgres", "user=backup", 1))
+	if !strings.Contains(res.stdout+res.stderr, "Peer authentication failed") || !strings.Contains(res.stdout+res.stderr, "umbra root backup") {
+		t.Fatalf("writers as a role no OS user matches: %s%s; want the refusal and the pg_ident.conf line that fixes it", res.stdout, res.stderr)
+	}
+
+	// The documented map lets root in itself.
 	setHBA("local template1 postgres peer map=umbra\n", "umbra root postgres\numbra postgres postgres\n", true)
-	var views []writerView
-	if err := json.Unmarshal([]byte(mustUmbra(t, state, "--json", "writers", "--writer", spec).stdout), &views); err != nil {
-		t.Fatal(err)
-	}
-	if len(views) != 1 || views[0].Error != "" || views[0].Metadata == nil {
-		t.Errorf("writers with the documented map: %+v; want it reachable", views)
-	}
+	reachable("with the documented map")
 }
 
 // TestRestoreIntoEmptyMountPoint: the data directory is a volume of its

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
+
+	"github.com/umbra-backup/umbra/internal/peerdial"
 )
 
 // loadEnv carries a load process's configuration, as JSON, from
@@ -49,10 +51,11 @@ type SQLiteLoadOptions struct {
 }
 
 // Main runs the tests, or, in a process started by StartSQLiteLoad, the
-// load. A package whose tests start loads calls it from TestMain:
+// load, or in one started by peerdial.Dial, its helper. A package whose tests start loads calls it from TestMain:
 //
 //	func TestMain(m *testing.M) { testenv.Main(m) }
 func Main(m *testing.M) {
+	peerdial.Main()
 	if cfg := os.Getenv(loadEnv); cfg != "" {
 		os.Exit(runLoad(cfg))
 	}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -17,11 +18,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/umbra-backup/umbra/internal/peerdial"
 	"github.com/umbra-backup/umbra/internal/writer"
 )
 
@@ -53,6 +56,9 @@ type Writer struct {
 
 	mu   sync.Mutex
 	sess *session // the set's held connection, nil between sets
+	// asOwner: peer authentication refused umbra's own user, and the
+	// socket's owner (the server's OS user) was let in: connect as it.
+	asOwner bool
 
 	aside writer.AsideList // what PreRestore moved aside
 }
@@ -121,6 +127,11 @@ func quote(v string) string {
 func (w *Writer) Name() string { return w.name }
 
 // connect opens a new connection named for umbra in pg_stat_activity.
+//
+// Debian's pg_hba.conf lets the postgres role in over the socket only from
+// the OS user postgres ("local all postgres peer"), and umbra runs as root:
+// refused so, it connects as the socket's owner, the server's own user, as
+// pgBackRest and Barman run (peerdial), and keeps doing so.
 func (w *Writer) connect(ctx context.Context) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(w.connStr)
 	if err != nil {
@@ -131,11 +142,55 @@ func (w *Writer) connect(ctx context.Context) (*pgx.Conn, error) {
 	}
 	cfg.RuntimeParams["application_name"] = "umbra " + w.name
 	cfg.ConnectTimeout = connectLimit
+	w.mu.Lock()
+	asOwner := w.asOwner
+	w.mu.Unlock()
+	if asOwner {
+		if err := dialAsOwner(cfg); err != nil {
+			return nil, fmt.Errorf("postgres writer %q: %w", w.name, err)
+		}
+	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
+	var pgErr *pgconn.PgError
+	if err != nil && !asOwner && errors.As(err, &pgErr) && strings.Contains(pgErr.Message, "Peer authentication failed") &&
+		os.Geteuid() == 0 && dialAsOwner(cfg) == nil {
+		var again error
+		if conn, again = pgx.ConnectConfig(ctx, cfg); again == nil {
+			w.mu.Lock()
+			w.asOwner = true
+			w.mu.Unlock()
+			err = nil
+		} else {
+			err = fmt.Errorf("%w (and as the socket's owner: %v)", err, again)
+		}
+	}
 	if err != nil {
 		return nil, w.connectErr(cfg, err)
 	}
 	return conn, nil
+}
+
+// dialAsOwner makes cfg connect to its Unix socket as the socket's owner;
+// it fails if cfg is for TCP or root owns the socket.
+func dialAsOwner(cfg *pgx.ConnConfig) error {
+	if !strings.HasPrefix(cfg.Host, "/") {
+		return fmt.Errorf("%s is not a socket directory", cfg.Host)
+	}
+	sock := filepath.Join(cfg.Host, fmt.Sprintf(".s.PGSQL.%d", cfg.Port))
+	var st syscall.Stat_t
+	if err := syscall.Stat(sock, &st); err != nil {
+		return err
+	}
+	if st.Uid == 0 {
+		return fmt.Errorf("%s belongs to root", sock)
+	}
+	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if network != "unix" {
+			return nil, fmt.Errorf("connect as %s's owner: %s is not a socket", sock, addr)
+		}
+		return peerdial.Dial(ctx, addr, int(st.Uid), int(st.Gid))
+	}
+	return nil
 }
 
 // connectErr says what to do about a failed connection.
