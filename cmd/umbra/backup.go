@@ -592,7 +592,7 @@ it. --files-only restores a writer backup as plain files.`,
 	cmd.Flags().StringArrayVar(&components, "component", nil, "restore only this component of the writers (repeatable)")
 	cmd.Flags().StringVar(&toDataDir, "to-datadir", "", "bring a database writer's copy up in this new data directory, beside the original")
 	cmd.Flags().IntVar(&toPort, "to-port", 0, "the port of the copy started with --to-datadir")
-	cmd.Flags().StringVar(&until, "until", "", "recover PostgreSQL to this moment from WAL archived by umbra wal-push (needs UMBRA_PASSWORD_FILE)")
+	cmd.Flags().StringVar(&until, "until", "", "recover PostgreSQL to this moment from WAL archived by umbra wal-push (needs a password file postgres can read: UMBRA_PASSWORD_FILE or the configuration's [repository] password_file)")
 	return cmd
 }
 

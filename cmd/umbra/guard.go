@@ -31,6 +31,10 @@ setting is optional; a missing default file is an empty configuration.
 
   state_dir = "/var/lib/umbra"     # sets, locks and writers' last results
 
+  [repository]                     # --repo, UMBRA_REPO, UMBRA_PASSWORD(_FILE) win
+  location      = "/var/backups/umbra"       # or s3:https://host/bucket/prefix
+  password_file = "/etc/umbra/umbra.pass"    # the password; never the password here
+
   [shadow]
   freeze_limit = "60s"             # longest writers stay frozen
   commit_limit = "10s"             # longest providers take to commit

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -31,23 +32,49 @@ type repoFlags struct {
 }
 
 func (f *repoFlags) register(fs *pflag.FlagSet) {
-	fs.StringVarP(&f.repo, "repo", "r", "", "repository: a directory, or s3:https://host/bucket/prefix with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY set (default $UMBRA_REPO or "+defaultRepo+")")
+	fs.StringVarP(&f.repo, "repo", "r", "", "repository: a directory, or s3:https://host/bucket/prefix with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY set (default $UMBRA_REPO, the configuration's [repository] location, or "+defaultRepo+")")
 }
 
-func (f *repoFlags) location() string {
+// location is the repository: --repo, UMBRA_REPO, the configuration
+// file's [repository] location, or defaultRepo.
+func (a *app) location(f *repoFlags) (string, error) {
 	switch {
 	case f.repo != "":
-		return f.repo
+		return f.repo, nil
 	case os.Getenv("UMBRA_REPO") != "":
-		return os.Getenv("UMBRA_REPO")
+		return os.Getenv("UMBRA_REPO"), nil
 	}
-	return defaultRepo
+	cfg, err := a.config()
+	if err != nil {
+		return "", err
+	}
+	return cmp.Or(cfg.Repository.Location, defaultRepo), nil
+}
+
+// passwordFile is the file the repository's password is read from:
+// UMBRA_PASSWORD_FILE, else the configuration file's [repository]
+// password_file; "" if neither (or UMBRA_PASSWORD) is set.
+func (a *app) passwordFile() (string, error) {
+	if os.Getenv("UMBRA_PASSWORD") != "" {
+		return "", nil
+	}
+	if file := os.Getenv("UMBRA_PASSWORD_FILE"); file != "" {
+		return file, nil
+	}
+	cfg, err := a.config()
+	if err != nil {
+		return "", err
+	}
+	return cfg.Repository.PasswordFile, nil
 }
 
 // openBackend opens (or, for init, creates) the backend at the location;
 // an S3 one retries transient failures for --retry-for.
 func (a *app) openBackend(ctx context.Context, f *repoFlags, create bool) (backend.Backend, error) {
-	loc := f.location()
+	loc, err := a.location(f)
+	if err != nil {
+		return nil, err
+	}
 	if strings.HasPrefix(loc, "s3:") {
 		be, err := openS3(ctx, loc, create)
 		if err != nil {
@@ -71,8 +98,18 @@ func (a *app) openBackend(ctx context.Context, f *repoFlags, create bool) (backe
 }
 
 // password reads the repository password from UMBRA_PASSWORD,
-// UMBRA_PASSWORD_FILE or, on a terminal, a prompt.
+// UMBRA_PASSWORD_FILE, the configuration's password_file or, on a
+// terminal, a prompt.
 func (a *app) password(prompt string, confirm bool) (string, error) {
+	if os.Getenv("UMBRA_PASSWORD") == "" && os.Getenv("UMBRA_PASSWORD_FILE") == "" {
+		file, err := a.passwordFile()
+		if err != nil {
+			return "", err
+		}
+		if file != "" {
+			return readSecret(file, "[repository] password_file")
+		}
+	}
 	return secret("UMBRA_PASSWORD", prompt, confirm)
 }
 
@@ -82,6 +119,20 @@ func newPassword() (string, error) {
 	return secret("UMBRA_NEW_PASSWORD", "New password: ", true)
 }
 
+// readSecret reads the password in file (a line end after it is not part
+// of it); what names where the file was given.
+func readSecret(file, what string) (string, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", what, err)
+	}
+	p := strings.TrimRight(string(b), "\r\n")
+	if p == "" {
+		return "", fmt.Errorf("%s %s is empty", what, file)
+	}
+	return p, nil
+}
+
 // secret reads a password from the variable env, the file named by
 // env_FILE, or the terminal.
 func secret(env, prompt string, confirm bool) (string, error) {
@@ -89,15 +140,7 @@ func secret(env, prompt string, confirm bool) (string, error) {
 		return p, nil
 	}
 	if file := os.Getenv(env + "_FILE"); file != "" {
-		b, err := os.ReadFile(file)
-		if err != nil {
-			return "", fmt.Errorf("%s_FILE: %w", env, err)
-		}
-		p := strings.TrimRight(string(b), "\r\n")
-		if p == "" {
-			return "", fmt.Errorf("%s_FILE %s is empty", env, file)
-		}
-		return p, nil
+		return readSecret(file, env+"_FILE")
 	}
 	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
 	if err != nil || !term.IsTerminal(int(tty.Fd())) {
@@ -233,7 +276,11 @@ needs. Anyone in the group can then read every backup with the password.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			gid := -1
 			if group != "" {
-				if strings.HasPrefix(f.location(), "s3:") {
+				loc, err := a.location(&f)
+				if err != nil {
+					return err
+				}
+				if strings.HasPrefix(loc, "s3:") {
 					return usagef("--group is for a repository in a local directory; an S3 bucket's access is its credentials'")
 				}
 				g, err := user.LookupGroup(group)

@@ -616,3 +616,39 @@ func oneFileTree(t *testing.T, size int) string {
 	}
 	return dir
 }
+
+// TestRepositoryFromConfig: the configuration file's [repository] names
+// the repository and its password file, so that no command needs UMBRA_*
+// (PostgreSQL's archive_command included); UMBRA_PASSWORD still wins, and a
+// password file that cannot be read is named.
+func TestRepositoryFromConfig(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "umbra.pass")
+	if err := os.WriteFile(pw, []byte("from the file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "umbra.toml")
+	write := func(passwordFile string) {
+		t.Helper()
+		text := fmt.Sprintf("[repository]\nlocation = %q\npassword_file = %q\n", filepath.Join(dir, "repo"), passwordFile)
+		if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(pw)
+	state := t.TempDir()
+	mustUmbra(t, state, "--config", cfg, "init")
+	mustUmbra(t, state, "--config", cfg, "backup", oneFileTree(t, 1000))
+	var list []json.RawMessage
+	if err := json.Unmarshal([]byte(mustUmbra(t, state, "--config", cfg, "backups", "--json").stdout), &list); err != nil || len(list) != 1 {
+		t.Fatalf("backups: %d (%v), want 1", len(list), err)
+	}
+	if res := umbraRun(t, state, []string{"UMBRA_PASSWORD=wrong"}, "--config", cfg, "backups"); res.code == 0 {
+		t.Error("UMBRA_PASSWORD=wrong opened the repository: the configuration's password file won over the environment")
+	}
+	write(filepath.Join(dir, "missing.pass"))
+	res := umbraRun(t, state, nil, "--config", cfg, "backups")
+	if res.code == 0 || !strings.Contains(res.stderr, "password_file") || !strings.Contains(res.stderr, "missing.pass") {
+		t.Errorf("a missing password file: exit %d, %q; want an error naming password_file and the file", res.code, res.stderr)
+	}
+}

@@ -100,32 +100,37 @@ repository or write PATH, which stops recovery.`,
 // the repository this run uses: umbra's own executable, with the run's
 // UMBRA_* settings except a password itself, which must come from a file.
 func (a *app) walFetchShell(f *repoFlags, writerName string) (string, error) {
-	if strings.HasPrefix(f.location(), "s3:") {
+	loc, err := a.location(f)
+	if err != nil {
+		return "", err
+	}
+	if strings.HasPrefix(loc, "s3:") {
 		return "", errors.New("--until with an S3 repository is not supported yet: PostgreSQL's restore_command would need the S3 credentials written into its configuration; restore without --until, or from a local copy of the repository")
 	}
-	if os.Getenv("UMBRA_PASSWORD_FILE") == "" {
-		return "", errors.New("--until needs UMBRA_PASSWORD_FILE, a password file the postgres user can read: PostgreSQL fetches archived WAL with umbra wal-fetch, and a password must not be written into its configuration")
+	pwFile, err := a.passwordFile()
+	if err != nil {
+		return "", err
+	}
+	if pwFile == "" {
+		return "", errors.New("--until needs a password file the postgres user can read (UMBRA_PASSWORD_FILE, or password_file in the configuration's [repository]): PostgreSQL fetches archived WAL with umbra wal-fetch, and a password must not be written into its configuration")
+	}
+	if pwFile, err = filepath.Abs(pwFile); err != nil {
+		return "", err
 	}
 	self, err := os.Executable()
 	if err != nil {
 		return "", err
 	}
 	// The command runs in the data directory: paths must be absolute.
-	loc := f.location()
 	if !strings.Contains(loc, ":") {
 		if loc, err = filepath.Abs(loc); err != nil {
 			return "", err
 		}
 	}
-	env := map[string]string{"UMBRA_REPO": loc}
+	env := map[string]string{"UMBRA_REPO": loc, "UMBRA_PASSWORD_FILE": pwFile}
 	for _, kv := range os.Environ() {
 		k, v, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "UMBRA_") && k != "UMBRA_PASSWORD" && k != "UMBRA_REPO" {
-			if k == "UMBRA_PASSWORD_FILE" {
-				if v, err = filepath.Abs(v); err != nil {
-					return "", err
-				}
-			}
+		if strings.HasPrefix(k, "UMBRA_") && k != "UMBRA_PASSWORD" && k != "UMBRA_REPO" && k != "UMBRA_PASSWORD_FILE" {
 			env[k] = v
 		}
 	}

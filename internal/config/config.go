@@ -19,10 +19,11 @@ const DefaultPath = "/etc/umbra/umbra.toml"
 
 // Config is the whole configuration file.
 type Config struct {
-	StateDir string
-	Shadow   Shadow
-	Writers  []Spec
-	Jobs     []Job
+	StateDir   string
+	Repository Repository
+	Shadow     Shadow
+	Writers    []Spec
+	Jobs       []Job
 }
 
 // Job is a named backup: umbra backup --job NAME.
@@ -59,6 +60,13 @@ func (c *Config) Job(name string) (Job, error) {
 	return Job{}, fmt.Errorf("no job %q; the configuration file defines: %s", name, strings.Join(names, ", "))
 }
 
+// Repository is where backups go and how to open them, for commands given
+// no --repo or UMBRA_REPO, and no UMBRA_PASSWORD or UMBRA_PASSWORD_FILE.
+type Repository struct {
+	Location     string // a directory, or s3:https://host/bucket/prefix
+	PasswordFile string // the password, on its first line
+}
+
 // Shadow holds the coordinator's settings.
 type Shadow struct {
 	FreezeLimit time.Duration
@@ -78,10 +86,16 @@ type Spec struct {
 func (s Spec) Instance() string { return s.Type + ":" + s.Name }
 
 type fileFormat struct {
-	StateDir string           `toml:"state_dir"`
-	Shadow   shadowFormat     `toml:"shadow"`
-	Writer   []map[string]any `toml:"writer"`
-	Job      []jobFormat      `toml:"job"`
+	StateDir   string           `toml:"state_dir"`
+	Repository repositoryFormat `toml:"repository"`
+	Shadow     shadowFormat     `toml:"shadow"`
+	Writer     []map[string]any `toml:"writer"`
+	Job        []jobFormat      `toml:"job"`
+}
+
+type repositoryFormat struct {
+	Location     string `toml:"location"`
+	PasswordFile string `toml:"password_file"`
 }
 
 type jobFormat struct {
@@ -157,7 +171,8 @@ func Parse(name, text string) (*Config, error) {
 		}
 	}
 	cfg := &Config{
-		StateDir: f.StateDir,
+		StateDir:   f.StateDir,
+		Repository: Repository(f.Repository),
 		Shadow: Shadow{
 			FreezeLimit: f.Shadow.FreezeLimit.Duration,
 			CommitLimit: f.Shadow.CommitLimit.Duration,

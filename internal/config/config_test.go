@@ -50,6 +50,9 @@ func TestParseSpecErrors(t *testing.T) {
 func TestParseFile(t *testing.T) {
 	cfg, err := Parse("test.toml", `
 state_dir = "/tmp/state"
+[repository]
+location = "s3:https://minio.example/backups"
+password_file = "/etc/umbra/umbra.pass"
 [shadow]
 freeze_limit = "5s"
 provider = "btrfs"
@@ -68,8 +71,9 @@ timeout = 30
 		t.Fatal(err)
 	}
 	want := &Config{
-		StateDir: "/tmp/state",
-		Shadow:   Shadow{FreezeLimit: 5 * time.Second, Provider: "btrfs"},
+		StateDir:   "/tmp/state",
+		Repository: Repository{Location: "s3:https://minio.example/backups", PasswordFile: "/etc/umbra/umbra.pass"},
+		Shadow:     Shadow{FreezeLimit: 5 * time.Second, Provider: "btrfs"},
 		Writers: []Spec{
 			{Type: "sqlite", Name: "app", Options: map[string]string{"path": "/data/app.db"}},
 			{Type: "script", Name: "cache", Options: map[string]string{"freeze": "/usr/local/bin/f", "timeout": "30"}},
@@ -84,6 +88,7 @@ func TestParseFileErrors(t *testing.T) {
 	tests := []struct{ name, text, want string }{
 		{"unknown key", "frobnicate = 1", "unknown setting frobnicate"},
 		{"bad duration", "[shadow]\nfreeze_limit = \"soon\"", "not a duration"},
+		{"unknown repository key", "[repository]\npassword = \"x\"", "unknown setting repository.password"},
 		{"no type", "[[writer]]\npath = \"/x\"", "type is missing"},
 		{"duplicate", "[[writer]]\ntype=\"sqlite\"\npath=\"/a/x.db\"\n[[writer]]\ntype=\"sqlite\"\npath=\"/b/x.db\"", "configured twice"},
 	}
