@@ -73,7 +73,9 @@ Configuration is read from ` + config.DefaultPath + ` (see "umbra help config");
 state is kept in ` + defaultStateDir + `.
 
 Backups go to a deduplicating, encrypted repository: a local directory
-(default ` + defaultRepo + `, or --repo / UMBRA_REPO) or an S3 bucket.
+(default ` + defaultRepo + `, or --repo / UMBRA_REPO / [repository] in the
+configuration) or an S3 bucket; its password comes from UMBRA_PASSWORD,
+UMBRA_PASSWORD_FILE, the configuration's password_file, or a prompt.
 
 Exit status: 0 success, 1 failure, 2 bad command line, 3 completed with
 warnings (some files could not be read, a log was not truncated), 4 partial
