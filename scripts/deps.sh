@@ -4,7 +4,7 @@
 set -euo pipefail
 # Database servers for the writers' tests: PostgreSQL (with pgbench),
 # MariaDB (with mariadb-backup), Redis.
-packages=(btrfs-progs xfsprogs e2fsprogs util-linux sqlite3
+packages=(btrfs-progs xfsprogs e2fsprogs util-linux procps sqlite3
 	postgresql postgresql-contrib mariadb-server mariadb-backup mariadb-client redis-server redis-tools)
 missing=()
 for p in "${packages[@]}"; do

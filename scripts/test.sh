@@ -50,3 +50,7 @@ for pkg in ./internal/repository ./internal/config; do
 	done
 done
 
+# The README's database story on this machine's own Debian PostgreSQL,
+# MariaDB and Redis: only where they hold nothing but what their packages
+# made (a fresh machine, as CI's); elsewhere it says so and skips.
+scripts/debian-story.sh
