@@ -32,8 +32,9 @@ func (a *app) writersCommand() *cobra.Command {
 		Short: "List writers, their components, state and last result",
 		Long: `List every configured writer (and each --writer) the way "vssadmin list
 writers" does: whether it answers, its components with their paths and the
-copy they need, its state (stable, in-use while a set runs, failed when its
-last set failed) and its last result.`,
+copy they need, its state (stable; in-use while a set runs; failed when its
+last set failed; not ready when the checks a backup starts with fail now;
+unreachable; misconfigured) and its last result.`,
 		Example: "  umbra writers\n  umbra writers --writer sqlite:path=/srv/app/app.db --json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -80,7 +81,7 @@ last set failed) and its last result.`,
 						fmt.Fprintf(a.stdout, "  Copy backups only: %s; umbra truncates none of its logs\n", v.Metadata.LogsOwnedBy)
 					}
 					for _, c := range v.Metadata.Components {
-						fmt.Fprintf(a.stdout, "  Component %s (%s, needs a %s copy): %s\n", c.Name, c.Kind, c.Needs, strings.Join(c.Paths, " "))
+						fmt.Fprintf(a.stdout, "  Component %s (%s, needs %s): %s\n", c.Name, c.Kind, needsCopy(c.Needs), strings.Join(c.Paths, " "))
 						if c.Logs.Truncates != "" {
 							fmt.Fprintf(a.stdout, "    Truncates: %s\n", c.Logs.Truncates)
 						}
@@ -124,7 +125,21 @@ func (a *app) describeWriter(ctx context.Context, store *shadow.Store, wr writer
 		return v
 	}
 	v.Metadata = &md
+	if c, ok := wr.(writer.Checker); ok {
+		if err := c.Check(ctx); err != nil {
+			v.State = "not ready"
+			v.Error = "the next backup would fail: " + err.Error()
+		}
+	}
 	return v
+}
+
+// needsCopy names the copy a component needs: "an atomic copy".
+func needsCopy(n writer.Need) string {
+	if n != "" && strings.ContainsRune("aeiou", rune(n[0])) {
+		return "an " + string(n) + " copy"
+	}
+	return "a " + string(n) + " copy"
 }
 
 func describeCopy(c provider.Copy) string {

@@ -147,3 +147,30 @@ func TestRestoreGoesOnAfterAWriterFails(t *testing.T) {
 		t.Errorf("SQLite was not restored after Redis failed: %v", err)
 	}
 }
+
+// TestWritersShowsNotReady: umbra writers runs the checks a backup starts
+// with, so a writer certain to fail the next backup (a role that may log in
+// and read the settings but lacks REPLICATION) is "not ready" with the
+// reason, not "stable" (issue 11); a role with what it needs is stable.
+func TestWritersShowsNotReady(t *testing.T) {
+	pg := testenv.InitPostgres(t, filepath.Join(t.TempDir(), "data"), testenv.PostgresOptions{})
+	pg.Exec(t, "CREATE ROLE weak LOGIN")
+	pg.Exec(t, "GRANT pg_read_all_settings TO weak")
+	spec := pg.Spec("main")
+	weak := strings.Replace(pg.Spec("weak"), "user=postgres", "user=weak", 1)
+	res := umbraRun(t, t.TempDir(), nil, "--json", "writers", "--writer", spec, "--writer", weak)
+	var views []writerView
+	if err := json.Unmarshal([]byte(res.stdout), &views); err != nil {
+		t.Fatalf("writers: exit %d: %v\n%s", res.code, err, res.stderr)
+	}
+	states := map[string]string{}
+	for _, v := range views {
+		states[v.Name] = v.State + ": " + v.Error
+	}
+	if states["postgres:main"] != "stable: " {
+		t.Errorf("postgres:main as a superuser: %q, want stable", states["postgres:main"])
+	}
+	if got := states["postgres:weak"]; !strings.HasPrefix(got, "not ready: the next backup would fail") || !strings.Contains(got, "REPLICATION") {
+		t.Errorf("postgres:weak without REPLICATION: %q, want not ready, naming REPLICATION", got)
+	}
+}

@@ -152,6 +152,14 @@ type BackupPreparer interface {
 	PrepareBackup(ctx context.Context, set Set) error
 }
 
+// Checker is a writer whose PrepareBackup checks can run with no effect on
+// the application (no user command, nothing held): umbra writers runs
+// Check, so that a writer certain to fail the next backup is not shown as
+// ready.
+type Checker interface {
+	Check(ctx context.Context) error
+}
+
 // SnapshotPreparer does slow work that does not block the application
 // (checkpoint, pg_backup_start, BGSAVE).
 type SnapshotPreparer interface {

@@ -218,6 +218,11 @@ func (w *Writer) Identify(ctx context.Context) (writer.Metadata, error) {
 // innodb_flush_log_at_trx_commit setting it for Freeze's flush (SUPER), and
 // with purge_binlogs PURGE BINARY LOGS (BINLOG ADMIN) and seeing replicas'
 // threads (PROCESS).
+// Check runs PrepareBackup's checks; they hold nothing afterwards.
+func (w *Writer) Check(ctx context.Context) error {
+	return w.PrepareBackup(ctx, writer.Set{Type: writer.Full})
+}
+
 func (w *Writer) PrepareBackup(ctx context.Context, _ writer.Set) error {
 	db, conn, err := w.connect(ctx)
 	if err != nil {

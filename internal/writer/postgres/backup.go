@@ -68,6 +68,11 @@ func (s *session) close() {
 // PrepareBackup checks what a backup needs: a supported primary whose files
 // are here, the privileges for pg_backup_start/stop and a replication slot,
 // and a WAL level that allows online backups.
+// Check runs PrepareBackup's checks; they hold nothing afterwards.
+func (w *Writer) Check(ctx context.Context) error {
+	return w.PrepareBackup(ctx, writer.Set{Type: writer.Full})
+}
+
 func (w *Writer) PrepareBackup(ctx context.Context, _ writer.Set) error {
 	conn, err := w.connect(ctx)
 	if err != nil {
