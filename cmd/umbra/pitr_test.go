@@ -239,3 +239,32 @@ func TestArchivingThatFailsIsSaid(t *testing.T) {
 		t.Errorf("backup with failing archiving: exit %d, %s; want 3 and a warning saying archiving fails", res.code, res.stderr)
 	}
 }
+
+// TestFetchCheckedBeforeStop: a restore whose restore_command PostgreSQL
+// could not run (the password file readable by root alone) is refused
+// before the server is stopped, naming the file (issue 11: production
+// stopped and moved aside, then recovery failed and the server stayed
+// down).
+func TestFetchCheckedBeforeStop(t *testing.T) {
+	pg := testenv.InitPostgres(t, filepath.Join(t.TempDir(), "data"), testenv.PostgresOptions{})
+	uid, gid := pg.Owner()
+	testenv.Traversable(t, os.Args[0]) // umbra (this binary) is within postgres's reach
+	repo := newRepoDir(t)
+	testenv.Chown(t, repo.loc, uid, gid)
+	testenv.Traversable(t, repo.loc)
+	pw := filepath.Join(t.TempDir(), "umbra.pass")
+	if err := os.WriteFile(pw, []byte("correct horse\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Traversable(t, pw)
+	env := []string{"UMBRA_REPO=" + repo.loc, "UMBRA_PASSWORD_FILE=" + pw}
+	state := t.TempDir()
+	mustAppBackup(t, state, env, "--writer", pg.Spec("main"))
+	res := umbraRun(t, state, env, "restore", "latest", "--force", "--until", time.Now().Add(time.Hour).Format(time.DateTime))
+	if res.code == 0 || !strings.Contains(res.stderr, "nothing was stopped") || !strings.Contains(res.stderr, pw) {
+		t.Errorf("restore whose restore_command postgres cannot run: exit %d, %s; want a refusal naming %s, nothing stopped", res.code, res.stderr, pw)
+	}
+	if n := pg.QueryInt(t, "SELECT 1"); n != 1 || pg.Server.Exited() {
+		t.Error("the server was stopped by a restore whose recovery could not fetch WAL")
+	}
+}

@@ -85,6 +85,11 @@ func Restore(ctx context.Context, repo *repository.Repository, job RestoreJob) (
 			if err := preflight(job, wi); err != nil {
 				return nil, fmt.Errorf("writer %s: %w", wi.Name, err)
 			}
+			if c, ok := job.Writers[wi.Name].(writer.RestoreChecker); ok {
+				if err := c.CheckRestore(ctx, writerRestore(job, wi)); err != nil {
+					return nil, fmt.Errorf("writer %s: %w", wi.Name, err)
+				}
+			}
 		}
 	}
 	var done []RestoredWriter
@@ -160,6 +165,21 @@ func preflight(job RestoreJob, wi WriterInfo) error {
 	return nil
 }
 
+// writerRestore is what the writer of wi is told about its restore.
+func writerRestore(job RestoreJob, wi WriterInfo) writer.Restore {
+	r := writer.Restore{Metadata: wi.Metadata, Report: wi.Report, Target: job.Target,
+		DataDir: job.ToDataDir, Port: job.ToPort, Until: job.Until, Crash: wi.Error != ""}
+	for _, c := range wi.Metadata.Components {
+		if len(job.Components) == 0 || slices.Contains(job.Components, c.Name) {
+			r.Components = append(r.Components, c.Name)
+		}
+	}
+	if job.FetchLog != nil {
+		r.FetchLog = job.FetchLog(wi.Name)
+	}
+	return r
+}
+
 func restoreWriter(ctx context.Context, repo *repository.Repository, job RestoreJob, wi WriterInfo, wr writer.Writer) (RestoredWriter, error) {
 	rw := RestoredWriter{Name: wi.Name}
 	var comps []writer.Component
@@ -177,13 +197,9 @@ func restoreWriter(ctx context.Context, repo *repository.Repository, job Restore
 			return rw, fmt.Errorf("component %s cannot be restored alone; restore the writer whole", c.Name)
 		}
 	}
-	r := writer.Restore{Metadata: wi.Metadata, Report: wi.Report, Components: rw.Components, Target: job.Target,
-		DataDir: job.ToDataDir, Port: job.ToPort, Until: job.Until, Crash: wi.Error != ""}
+	r := writerRestore(job, wi)
 	if r.Crash && (!r.Until.IsZero() || r.DataDir != "") {
 		return rw, fmt.Errorf("its data in this backup is only crash-consistent (%s): --until and --to-datadir need an application-consistent backup", wi.Error)
-	}
-	if job.FetchLog != nil {
-		r.FetchLog = job.FetchLog(wi.Name)
 	}
 	pause := job.Pause
 	if pause == nil {

@@ -276,6 +276,13 @@ type Restorer interface {
 	PostRestore(ctx context.Context, r Restore) error
 }
 
+// RestoreChecker is a Restorer that can tell, with the application still
+// running, that its restore would fail: the restore checks every writer
+// before it stops any.
+type RestoreChecker interface {
+	CheckRestore(ctx context.Context, r Restore) error
+}
+
 // Restore describes one restore of a writer's components.
 type Restore struct {
 	Metadata Metadata

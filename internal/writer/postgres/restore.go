@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -45,14 +46,8 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 	if err != nil {
 		return fmt.Errorf("postgres writer %q: pre-restore: %w", w.name, err)
 	}
-	// Moving aside renames each directory in its parent: a mount point
-	// cannot be, so find out before the server is stopped.
-	for _, c := range r.Metadata.Components {
-		for _, p := range c.Paths {
-			if writer.MountPoint(p) && !writer.EmptyDir(p) {
-				return fmt.Errorf("postgres writer %q: pre-restore: %s is a mount point holding data, which umbra cannot move aside; empty it yourself (the server stopped) and restore again, or restore with --target", w.name, p)
-			}
-		}
+	if err := w.CheckRestore(ctx, r); err != nil {
+		return err
 	}
 	// Where each path goes, made before the server stops: a place that
 	// cannot be written fails the restore while production still runs.
@@ -83,6 +78,80 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 				w.aside.Add(p, to)
 			}
 		}
+	}
+	return nil
+}
+
+// fetchCheckLimit bounds the trial run of restore_command.
+const fetchCheckLimit = time.Minute
+
+// checkFetch runs the restore_command fetch once, as the user that will run
+// the server, for a WAL file that cannot exist (timeline 0): "not archived"
+// (exit 1) means PostgreSQL will be able to fetch. Anything else (the
+// repository, its password file or key unreadable by that user, umbra out
+// of its reach) would stop recovery with production already stopped, so
+// the restore is refused now.
+func (w *Writer) checkFetch(ctx context.Context, fetch, dataDir string) error {
+	uid, gid, ok := nearestOwner(dataDir)
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, fetchCheckLimit)
+	defer cancel()
+	line := strings.NewReplacer("%f", "000000000000000000000000", "%p", os.DevNull, "%%", "%").Replace(fetch)
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", line)
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: process.Credential(uid, gid)}
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if err == nil || errors.As(err, &exit) && exit.ExitCode() == 1 {
+		return nil
+	}
+	who := strconv.Itoa(uid)
+	if u, err := user.LookupId(who); err == nil {
+		who = u.Username
+	}
+	return fmt.Errorf("postgres writer %q: pre-restore: PostgreSQL, running as %s, could not fetch archived WAL with its restore_command (%v: %s); "+
+		"it needs to run umbra, read the repository and its password file (group-readable, such as root:postgres 0640; umbra init --group postgres); nothing was stopped",
+		w.name, who, err, strings.TrimSpace(string(out)))
+}
+
+// nearestOwner is the owner of path, or of its nearest existing ancestor (the
+// data directory may be gone: the disaster), unless that is root.
+func nearestOwner(path string) (uid, gid int, ok bool) {
+	for p := path; ; p = filepath.Dir(p) {
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err == nil {
+			return int(st.Uid), int(st.Gid), st.Uid != 0
+		}
+		if p == "/" || p == "." {
+			return 0, 0, false
+		}
+	}
+}
+
+// CheckRestore refuses, with the server still running, an in-place restore
+// that could not finish: a mount point holding data (which cannot be moved
+// aside), a restore_command the server's user could not run.
+func (w *Writer) CheckRestore(ctx context.Context, r writer.Restore) error {
+	if r.Target != "" {
+		return nil
+	}
+	dataDir, err := dataDirOf(r.Metadata)
+	if err != nil {
+		return fmt.Errorf("postgres writer %q: pre-restore: %w", w.name, err)
+	}
+	// Moving aside renames each directory in its parent: a mount point
+	// cannot be.
+	for _, c := range r.Metadata.Components {
+		for _, p := range c.Paths {
+			if writer.MountPoint(p) && !writer.EmptyDir(p) {
+				return fmt.Errorf("postgres writer %q: pre-restore: %s is a mount point holding data, which umbra cannot move aside; empty it yourself (the server stopped) and restore again, or restore with --target", w.name, p)
+			}
+		}
+	}
+	if r.FetchLog != "" {
+		return w.checkFetch(ctx, r.FetchLog, dataDir)
 	}
 	return nil
 }
