@@ -63,16 +63,31 @@ the server prunes archived WAL older than the oldest backup of it.`,
 func (a *app) walFetchCommand() *cobra.Command {
 	var f repoFlags
 	var wname string
+	var prefetch int
 	cmd := &cobra.Command{
 		Use:   "wal-fetch NAME PATH",
 		Short: "Fetch one archived WAL file (restore_command)",
 		Long: `Write the archived WAL file NAME to PATH. umbra restore --until sets
 restore_command to call it; it exits 1 when NAME was never archived, which
 PostgreSQL takes as the end of the archive, and 126 when it cannot read the
-repository or write PATH, which stops recovery.`,
+repository or write PATH, which stops recovery.
+
+--prefetch N also fetches the next N segments of NAME's timeline (at most
+256 MiB) into .umbra-prefetch beside PATH, and a later wal-fetch of one of
+them only moves it into place: opening the repository costs about half a
+second of key derivation, once per segment without it. restore removes
+the directory once recovery is over.`,
 		Example: "  umbra wal-fetch 000000010000000000000003 pg_wal/RECOVERYXLOG",
 		Args:    exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if prefetch > 0 {
+				if ok, err := backup.TakeSpooled(args[0], args[1]); ok || err != nil {
+					if err != nil {
+						return &exitError{code: exitFatal, err: err}
+					}
+					return nil
+				}
+			}
 			repo, done, err := a.openWAL(cmd.Context(), &f)
 			if err != nil {
 				// Not "the archive ends here" (exit 1): recovery must stop.
@@ -82,6 +97,13 @@ repository or write PATH, which stops recovery.`,
 			data, err := repo.LoadWAL(cmd.Context(), backup.WALKey(wname, args[0]))
 			if err == nil {
 				err = os.WriteFile(args[1], data, 0o600)
+			}
+			if err == nil {
+				// Ahead of what recovery asks next; a failure here only
+				// means the next runs open the repository themselves.
+				if perr := backup.PrefetchWAL(cmd.Context(), repo, wname, args[0], args[1], prefetch); perr != nil {
+					a.logger().Warn("prefetching archived WAL failed", "err", perr)
+				}
 			}
 			if err != nil && !errors.Is(err, repository.ErrNoWAL) {
 				// Exit status 1 tells PostgreSQL the archive ends here; a
@@ -93,8 +115,12 @@ repository or write PATH, which stops recovery.`,
 	}
 	f.register(cmd.Flags())
 	cmd.Flags().StringVarP(&wname, "writer", "w", "", "the writer instance whose archive to read, as given to wal-push")
+	cmd.Flags().IntVar(&prefetch, "prefetch", 0, "also fetch the next N segments into .umbra-prefetch beside PATH")
 	return cmd
 }
+
+// walPrefetch is how many segments restore_command fetches ahead.
+const walPrefetch = 32
 
 // walFetchCommand is the restore_command that fetches archived WAL from
 // the repository this run uses: umbra's own executable, with the run's
@@ -143,7 +169,7 @@ func (a *app) walFetchShell(f *repoFlags, writerName string) (string, error) {
 	for _, k := range keys {
 		fmt.Fprintf(&b, "%s=%s ", k, shellQuote(env[k]))
 	}
-	fmt.Fprintf(&b, "%s wal-fetch --writer %s %%f %%p", shellQuote(self), shellQuote(writerName))
+	fmt.Fprintf(&b, "%s wal-fetch --prefetch %d --writer %s %%f %%p", shellQuote(self), walPrefetch, shellQuote(writerName))
 	return b.String(), nil
 }
 

@@ -276,6 +276,11 @@ type Restorer interface {
 	PostRestore(ctx context.Context, r Restore) error
 }
 
+// FetchSpoolDir is the directory, beside the file a Restore's FetchLog
+// command is asked to write, where that command may leave log files it
+// fetched ahead; the writer removes it once recovery is over.
+const FetchSpoolDir = ".umbra-prefetch"
+
 // RestoreChecker is a Restorer that can tell, with the application still
 // running, that its restore would fail: the restore checks every writer
 // before it stops any.

@@ -630,7 +630,12 @@ func (w *Writer) recovered(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
 		return err
 	}
-	return nil
+	// What restore_command fetched ahead and recovery did not need.
+	var dataDir string
+	if err := conn.QueryRow(ctx, "SHOW data_directory").Scan(&dataDir); err != nil {
+		return err
+	}
+	return os.RemoveAll(filepath.Join(dataDir, "pg_wal", writer.FetchSpoolDir))
 }
 
 func runShell(ctx context.Context, command string) error {
