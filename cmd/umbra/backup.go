@@ -162,7 +162,7 @@ its logs truncated, and umbra exits with status 4, "partial". With --strict
 					eta(seen, expected, elapsed))
 			})
 			start := time.Now()
-			res, err := archive.Run(ctx, repo, sources, archive.Options{Parent: parentTree, Progress: prog})
+			res, err := archive.Run(ctx, repo, sources, archive.Options{Parent: parentTree, Progress: prog, Exclude: backup.IsShadowDir})
 			if err == nil {
 				err = repo.Flush(ctx)
 			}

@@ -652,3 +652,26 @@ func TestRepositoryFromConfig(t *testing.T) {
 		t.Errorf("a missing password file: exit %d, %q; want an error naming password_file and the file", res.code, res.stderr)
 	}
 }
+
+// TestShadowDirNotBackedUp: a backup of a volume's root while a shadow set
+// lives on it leaves out <mount>/.umbra-shadow, where the set's copies are:
+// restored into a data directory that is a volume root, MariaDB took it for
+// a database (issue 11), and read live it would store the copies again.
+func TestShadowDirNotBackedUp(t *testing.T) {
+	fs := testenv.Btrfs(t)
+	if err := os.WriteFile(filepath.Join(fs.Mount, "data"), []byte("live"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	state := t.TempDir()
+	mustUmbra(t, state, "shadow", "create", fs.Mount)
+	t.Cleanup(func() { umbraRun(t, state, nil, "shadow", "delete", "--all") })
+	if entries, _ := os.ReadDir(filepath.Join(fs.Mount, ".umbra-shadow")); len(entries) == 0 {
+		t.Fatal("the set left nothing in .umbra-shadow; the test needs it there")
+	}
+	repo := newRepoDir(t)
+	mustRepo(t, repo, "backup", fs.Mount)
+	out := mustRepo(t, repo, "ls", "latest", fs.Mount).stdout
+	if strings.Contains(out, ".umbra-shadow") || !strings.Contains(out, "data") {
+		t.Errorf("ls of the backup of %s:\n%s\nwant data and no .umbra-shadow", fs.Mount, out)
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/umbra-backup/umbra/internal/archive"
+	"github.com/umbra-backup/umbra/internal/provider"
 	"github.com/umbra-backup/umbra/internal/repository"
 	"github.com/umbra-backup/umbra/internal/shadow"
 	"github.com/umbra-backup/umbra/internal/writer"
@@ -389,7 +390,15 @@ func sourcesOf(set *shadow.Set, paths, excludes []string) ([]archive.Source, fun
 		src, ok := own[path]
 		return src, ok
 	}
-	return sources, func(path string) bool { return writer.Excluded(excludes, path) }, readFrom
+	return sources, func(path string) bool { return writer.Excluded(excludes, path) || IsShadowDir(path) }, readFrom
+}
+
+// IsShadowDir reports whether path is where providers keep shadow copies on
+// a volume (<mount>/.umbra-shadow): never data. A snapshot of the volume
+// holds it as empty directories, which restored into a data directory that
+// is a volume's root, MariaDB would take for a database.
+func IsShadowDir(path string) bool {
+	return filepath.Base(path) == provider.ShadowDir && writer.MountPoint(filepath.Dir(path))
 }
 
 // changingOf accepts the paths of components that are read live while
