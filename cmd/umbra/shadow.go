@@ -37,7 +37,8 @@ func (a *app) shadowCreate() *cobra.Command {
 		Short: "Make an application-consistent shadow set",
 		Long: `Make one shadow set of the writers' data and of each PATH.
 
-Every writer in the configuration file takes part, plus each --writer. umbra
+Each --writer takes part and, when no PATH is given, every writer of the
+configuration file (as umbra backup chooses: a PATH alone is files). umbra
 identifies the writers, finds the volume of each path, picks a provider per
 volume (btrfs, then reflink, then live, unless --provider says), freezes the
 writers, takes every shadow at once, thaws, and prints where each shadow is
@@ -73,7 +74,7 @@ A writer SPEC is TYPE:KEY=VALUE[,KEY=VALUE...]:
 			if err != nil {
 				return err
 			}
-			wrs, err := a.writers(cfg, specs, !noConfig)
+			wrs, err := a.writers(cfg, specs, len(paths) == 0 && !noConfig)
 			if err != nil {
 				return err
 			}

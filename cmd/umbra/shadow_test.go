@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -512,4 +513,39 @@ func TestSIGTERMAborts(t *testing.T) {
 		t.Errorf("set records left after SIGTERM: %v", sets)
 	}
 	load.Stop()
+}
+
+// TestShadowCreateChoosesWritersAsBackup: shadow create chooses writers as
+// backup does (issue 11: it took every configured writer for a PATH, backup
+// none): a PATH alone is files; no PATH means every configured writer.
+func TestShadowCreateChoosesWritersAsBackup(t *testing.T) {
+	fs := testenv.Btrfs(t)
+	db := filepath.Join(fs.Subvolume(t, "app"), "app.db")
+	testenv.StartSQLiteLoad(t, db).Stop()
+	files := fs.Subvolume(t, "files")
+	cfg := filepath.Join(t.TempDir(), "umbra.toml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[[writer]]\ntype = \"sqlite\"\npath = %q\n", db)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	state := t.TempDir()
+	t.Cleanup(func() { umbraRun(t, state, nil, "shadow", "delete", "--all") })
+	writersOf := func(args ...string) []string {
+		t.Helper()
+		var set createdSet
+		res := mustUmbra(t, state, append([]string{"--config", cfg, "--json", "shadow", "create"}, args...)...)
+		if err := json.Unmarshal([]byte(res.stdout), &set); err != nil {
+			t.Fatal(err)
+		}
+		names := []string{}
+		for _, w := range set.Writers {
+			names = append(names, w.Name)
+		}
+		return names
+	}
+	if got := writersOf(files); len(got) != 0 {
+		t.Errorf("shadow create %s: writers %v, want none (a PATH alone is files)", files, got)
+	}
+	if got := writersOf(); !slices.Equal(got, []string{"sqlite:app"}) {
+		t.Errorf("shadow create: writers %v, want the configured sqlite:app", got)
+	}
 }
