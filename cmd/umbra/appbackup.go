@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -129,11 +130,13 @@ func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wr
 		if err := a.printJSON(struct {
 			ID repository.ID `json:"id"`
 			*repository.Manifest
-			App          *backup.Info `json:"app"`
-			CompleteErr  string       `json:"backup_complete_error,omitempty"`
-			Forgotten    []string     `json:"forgotten,omitempty"`
-			StoreRetries int64        `json:"store_retries"`
-		}{res.ID, res.Manifest, res.Info, errString(res.CompleteErr), forgotten, a.storeRetries()}); err != nil {
+			// The manifest's raw extra is what app decodes: once is enough.
+			Extra        json.RawMessage `json:"extra,omitempty"`
+			App          *backup.Info    `json:"app"`
+			CompleteErr  string          `json:"backup_complete_error,omitempty"`
+			Forgotten    []string        `json:"forgotten,omitempty"`
+			StoreRetries int64           `json:"store_retries"`
+		}{res.ID, res.Manifest, nil, res.Info, errString(res.CompleteErr), forgotten, a.storeRetries()}); err != nil {
 			return err
 		}
 	} else {

@@ -35,6 +35,10 @@ func mustAppBackup(t *testing.T, state string, env []string, args ...string) app
 	if err := json.Unmarshal([]byte(res.stdout), &b); err != nil {
 		t.Fatalf("backup --json: %v\n%s", err, res.stdout)
 	}
+	// The writers' part once, under app (issue 11: also as the raw extra).
+	if strings.Contains(res.stdout, `"extra"`) {
+		t.Errorf("backup --json repeats the writers' part as extra:\n%s", res.stdout)
+	}
 	return b
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -38,8 +39,10 @@ as stored, with the writers' part decoded under "app".`,
 				return a.printJSON(struct {
 					ID repository.ID `json:"id"`
 					*repository.Manifest
-					App *backup.Info `json:"app,omitempty"`
-				}{e.ID, e.Manifest, info})
+					// The manifest's raw extra is what app decodes.
+					Extra json.RawMessage `json:"extra,omitempty"`
+					App   *backup.Info    `json:"app,omitempty"`
+				}{e.ID, e.Manifest, nil, info})
 			}
 			a.printShow(e, info)
 			return nil
