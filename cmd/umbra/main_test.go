@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,6 +20,8 @@ import (
 
 	"github.com/umbra-backup/umbra/internal/peerdial"
 	"github.com/umbra-backup/umbra/internal/testenv"
+	"github.com/umbra-backup/umbra/internal/writer"
+	"github.com/umbra-backup/umbra/internal/writer/writertest"
 )
 
 // The test binary doubles as umbra: re-executed with asUmbraEnv set, it runs
@@ -82,6 +85,7 @@ func umbraRun(t testing.TB, state string, env []string, args ...string) result {
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
 	res := result{stdout: out.String(), stderr: errb.String()}
+	cleanAside(t, res.stdout)
 	var exit *exec.ExitError
 	switch {
 	case errors.As(err, &exit):
@@ -264,5 +268,17 @@ func TestExitStatuses(t *testing.T) {
 	out := strings.Join(rest, "\n")
 	if strings.Count(out, "interrupted") != 1 || strings.Contains(out, "context canceled") {
 		t.Errorf("interrupted: said %q; want \"interrupted\" once and no \"context canceled\"", out)
+	}
+}
+
+// movedAside finds what a restore says it moved aside.
+var movedAside = regexp.MustCompile(`The data from before the restore of (\S+) is kept at (\S+); remove it`)
+
+// cleanAside removes, when the test ends, what an in-place restore moved
+// aside (under /.umbra-before-restore-TIME for the tests' temporary
+// directories).
+func cleanAside(t testing.TB, out string) {
+	for _, m := range movedAside.FindAllStringSubmatch(out, -1) {
+		writertest.CleanAside(t, writer.Moved{From: m[1], To: m[2]})
 	}
 }

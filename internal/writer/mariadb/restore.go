@@ -26,16 +26,12 @@ const (
 	startLimit = 10 * time.Minute
 )
 
-// asideSuffix marks a live directory PreRestore moved aside; the time of the
-// restore follows it.
-const asideSuffix = ".umbra-before-restore-"
-
 // PreRestore prepares a restore in place: it stops the server (stop=,
 // service=, else the SHUTDOWN statement), waits until the process and its
 // socket are gone, and renames each restored component's live directory to
-// DIR.umbra-before-restore-TIME, leaving an empty DIR with the same owner and
-// mode for the restored files. The old directories are kept for the
-// operator to remove.
+// TOP/.umbra-before-restore-TIME/DIR (writer.MoveAside: TOP is the top of
+// its filesystem), leaving an empty DIR with the same owner and mode for the
+// restored files. The old directories are kept for the operator to remove.
 //
 // With r.Target set the files go there and nothing live is touched. A
 // server that is already down is not an error. Without start= or
@@ -60,6 +56,16 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 			return fmt.Errorf("mariadb writer %q: pre-restore: %s is a mount point holding data, which umbra cannot move aside; empty it yourself (the server stopped) and restore again, or restore with --target", w.name, d)
 		}
 	}
+	// Where each directory goes, made before the server stops: a place
+	// that cannot be written fails the restore while production runs.
+	stamp := time.Now().UTC().Format("20060102T150405Z")
+	for _, d := range dirs {
+		if _, err := os.Lstat(d); err == nil && !writer.MountPoint(d) {
+			if _, err := writer.PrepareAside(d, stamp); err != nil {
+				return fmt.Errorf("mariadb writer %q: pre-restore: %w; nothing was stopped", w.name, err)
+			}
+		}
+	}
 	if err := w.stopServer(ctx); err != nil {
 		return err
 	}
@@ -71,15 +77,14 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 			return fmt.Errorf("mariadb writer %q: pre-restore: %w; stop that server, or check socket= (host=, port=)", w.name, err)
 		}
 	}
-	stamp := time.Now().Format("20060102T150405")
 	w.aside.Reset()
 	for _, d := range dirs {
 		if writer.MountPoint(d) {
 			continue // empty (checked above)
 		}
-		moved, err := moveAside(d, d+asideSuffix+stamp)
-		if moved {
-			w.aside.Add(d, d+asideSuffix+stamp)
+		to, err := moveAside(d, stamp)
+		if to != "" {
+			w.aside.Add(d, to)
 		}
 		if err != nil {
 			return fmt.Errorf("mariadb writer %q: pre-restore: %w", w.name, err)
@@ -262,30 +267,31 @@ func restoreDirs(r writer.Restore) ([]string, error) {
 	return dirs, nil
 }
 
-// moveAside renames dir to aside and makes an empty dir with the same mode
-// and owner in its place.
-// It reports whether dir was moved.
-func moveAside(dir, aside string) (bool, error) {
+// moveAside moves dir aside (writer.MoveAside) and makes an empty dir with
+// the same mode and owner in its place. It returns where dir went, "" if
+// it did not exist.
+func moveAside(dir, stamp string) (string, error) {
 	fi, err := os.Lstat(dir)
 	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
+		return "", nil
 	}
 	if err != nil {
-		return false, err
+		return "", err
 	}
-	if err := os.Rename(dir, aside); err != nil {
-		return false, fmt.Errorf("move %s aside: %w; if it is a mount point, empty it yourself or restore to a target directory", dir, err)
+	aside, err := writer.MoveAside(dir, stamp)
+	if err != nil {
+		return "", fmt.Errorf("%w; if it is a mount point, empty it yourself or restore to a target directory", err)
 	}
 	if err := os.Mkdir(dir, fi.Mode().Perm()); err != nil {
-		return true, fmt.Errorf("moved %s aside to %s, then: %w", dir, aside, err)
+		return aside, fmt.Errorf("moved %s aside to %s, then: %w", dir, aside, err)
 	}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		if err := os.Lchown(dir, int(st.Uid), int(st.Gid)); err != nil {
-			return true, fmt.Errorf("moved %s aside to %s, then: %w", dir, aside, err)
+			return aside, fmt.Errorf("moved %s aside to %s, then: %w", dir, aside, err)
 		}
 	}
 	// Mkdir obeys the umask; the server wants the mode it had.
-	return true, os.Chmod(dir, fi.Mode().Perm())
+	return aside, os.Chmod(dir, fi.Mode().Perm())
 }
 
 // lockedFiles are files a running MariaDB server holds an fcntl lock on.

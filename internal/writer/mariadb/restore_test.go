@@ -9,6 +9,7 @@ import (
 
 	"github.com/umbra-backup/umbra/internal/shadow/shadowtest"
 	"github.com/umbra-backup/umbra/internal/writer"
+	"github.com/umbra-backup/umbra/internal/writer/writertest"
 )
 
 // TestRestore restores a shadow set made under the transfer load into the
@@ -53,7 +54,7 @@ func TestRestore(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "still uses "+m.DataDir) {
 			t.Errorf("PreRestore with the server running elsewhere: got %v, want a refusal naming %s", err, m.DataDir)
 		}
-		if aside, _ := filepath.Glob(m.DataDir + asideSuffix + "*"); len(aside) != 0 {
+		if aside := asides(t, m.DataDir); len(aside) != 0 {
 			t.Errorf("PreRestore moved %q aside under a running server", aside)
 		}
 	})
@@ -68,7 +69,7 @@ func TestRestore(t *testing.T) {
 		if err := m.DB(t).PingContext(ctx); err != nil {
 			t.Errorf("server after a restore to a target: %v", err)
 		}
-		if aside, _ := filepath.Glob(m.DataDir + asideSuffix + "*"); len(aside) != 0 {
+		if aside := asides(t, m.DataDir); len(aside) != 0 {
 			t.Errorf("a restore to a target moved %q aside", aside)
 		}
 	})
@@ -78,7 +79,7 @@ func TestRestore(t *testing.T) {
 		t.Fatalf("PreRestore: %v", err)
 	}
 	waitFor(t, "the server to exit", m.Server.Exited)
-	aside, _ := filepath.Glob(m.DataDir + asideSuffix + "*")
+	aside := asides(t, m.DataDir)
 	entries, err := os.ReadDir(m.DataDir)
 	if len(aside) != 1 || err != nil || len(entries) != 0 {
 		t.Fatalf("after PreRestore: got aside %q, live data directory %d entries (%v); want one aside and an empty data directory", aside, len(entries), err)
@@ -116,5 +117,22 @@ func TestRestore(t *testing.T) {
 	}
 	if gtid != pos[PosGTID] {
 		t.Errorf("restored @@gtid_binlog_pos: got %q, want the recorded %q", gtid, pos[PosGTID])
+	}
+}
+
+// asides lists where PreRestore moved dir (writer.MoveAside's layout,
+// TOP/.umbra-before-restore-TIME/DIR), and removes them when the test ends.
+func asides(t *testing.T, dir string) []string {
+	t.Helper()
+	var found []string
+	for d := filepath.Dir(dir); ; d = filepath.Dir(d) {
+		m, _ := filepath.Glob(filepath.Join(d, writer.AsideDirPrefix+"*", dir))
+		for _, p := range m {
+			writertest.CleanAside(t, writer.Moved{From: dir, To: p})
+		}
+		found = append(found, m...)
+		if d == "/" || d == "." {
+			return found
+		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/umbra-backup/umbra/internal/shadow/shadowtest"
 	"github.com/umbra-backup/umbra/internal/testenv"
 	"github.com/umbra-backup/umbra/internal/writer"
+	"github.com/umbra-backup/umbra/internal/writer/writertest"
 )
 
 // TestRestoreStartsAsItRan backs up a server under pgbench and restores it
@@ -123,14 +124,9 @@ func tryRestoreInPlace(t *testing.T, pg *testenv.Postgres, wr *Writer, set *shad
 	if !pg.Server.Exited() {
 		t.Fatal("PreRestore left the server running")
 	}
-	for _, mv := range wr.MovedAside() {
-		// The moved data lies under TOP/.umbra-before-restore-TIME:
-		// gone with the test, on whichever filesystem.
-		if i := strings.Index(mv.To, "/"+writer.AsideDirPrefix); i >= 0 {
-			root := mv.To[:i+1] + strings.SplitN(mv.To[i+1:], "/", 2)[0]
-			t.Cleanup(func() { _ = os.RemoveAll(root) })
-		}
-	}
+	// The moved data lies under TOP/.umbra-before-restore-TIME: gone with
+	// the test, on whichever filesystem.
+	writertest.CleanAside(t, wr.MovedAside()...)
 	t.Cleanup(func() { pgCtl(t, pg.DataDir, "stop", "-m", "immediate") })
 	for _, c := range md.Components {
 		for _, p := range c.Paths {

@@ -436,12 +436,16 @@ func TestRestore(t *testing.T) {
 				t.Fatalf("PreRestore: %v", err)
 			}
 			waitExited(t, srv.Server)
-			aside, _ := filepath.Glob(filepath.Join(dir, "*.pre-restore-*"))
+			var aside []string
+			for _, m := range wr.MovedAside() {
+				aside = append(aside, m.To)
+			}
+			writertest.CleanAside(t, wr.MovedAside()...)
 			if len(aside) != len(live) {
 				t.Errorf("PreRestore moved aside %v, want the live files %v", aside, live)
 			}
 			for _, p := range aside {
-				if strings.HasPrefix(filepath.Base(p), "dump.rdb.") && !bytes.Equal(readOrNil(t, p), rdbBefore) {
+				if filepath.Base(p) == "dump.rdb" && !bytes.Equal(readOrNil(t, p), rdbBefore) {
 					t.Errorf("PreRestore: %s differs from dump.rdb before the stop; Redis saved on shutdown", p)
 				}
 			}
@@ -539,6 +543,7 @@ func TestRestoreKeyCount(t *testing.T) {
 			if err := wr.PreRestore(t.Context(), writer.Restore{Metadata: md}); err != nil {
 				t.Fatalf("PreRestore: %v", err)
 			}
+			writertest.CleanAside(t, wr.MovedAside()...)
 			waitExited(t, srv.Server)
 			if tt.restore {
 				copyData(t, backup, dir)

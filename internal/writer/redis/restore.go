@@ -24,8 +24,9 @@ import (
 
 // PreRestore stops Redis and waits until it no longer answers, then moves
 // the live files of the components to be restored aside (to
-// NAME.pre-restore-TIME), so that Redis starts from the restored files only
-// and nothing is lost if the restore fails. It refuses to stop Redis that it
+// TOP/.umbra-before-restore-TIME/PATH, writer.MoveAside), so that Redis
+// starts from the restored files only and nothing is lost if the restore
+// fails. It refuses to stop Redis that it
 // could not start again (neither start= nor service= set). With r.Target
 // set the files go elsewhere, and nothing live is touched.
 //
@@ -41,6 +42,16 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 	}
 	if w.start == "" && w.service == "" && r.Report.Started == nil {
 		return fmt.Errorf("redis writer %q: %s: no way to start Redis after the restore, so it was left running; set start=COMMAND or service=UNIT", w.name, phase)
+	}
+	// Where each file goes, made before Redis stops: a place that cannot
+	// be written fails the restore while Redis still runs.
+	stamp := time.Now().UTC().Format("20060102T150405Z")
+	for _, p := range restoredPaths(r) {
+		if _, err := os.Lstat(p); err == nil {
+			if _, err := writer.PrepareAside(p, stamp); err != nil {
+				return fmt.Errorf("redis writer %q: %s: %w; nothing was stopped", w.name, phase, err)
+			}
+		}
 	}
 	var err error
 	switch {
@@ -60,7 +71,7 @@ func (w *Writer) PreRestore(ctx context.Context, r writer.Restore) error {
 	if err := w.waitGone(wctx); err != nil {
 		return err
 	}
-	return w.moveAside(r)
+	return w.moveAside(r, stamp)
 }
 
 // Limits of the waits around a restore: a large data set takes a while to
@@ -114,22 +125,27 @@ func gone(err error) bool {
 	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, fs.ErrNotExist)
 }
 
-// moveAside renames the live paths of the restored components.
-func (w *Writer) moveAside(r writer.Restore) error {
-	suffix := ".pre-restore-" + time.Now().UTC().Format("20060102T150405Z")
-	w.aside.Reset()
+// restoredPaths lists the paths of the components r restores.
+func restoredPaths(r writer.Restore) []string {
+	var paths []string
 	for _, comp := range r.Metadata.Components {
-		if len(r.Components) > 0 && !slices.Contains(r.Components, comp.Name) {
-			continue
+		if len(r.Components) == 0 || slices.Contains(r.Components, comp.Name) {
+			paths = append(paths, comp.Paths...)
 		}
-		for _, p := range comp.Paths {
-			if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
-				continue
-			}
-			if err := os.Rename(p, p+suffix); err != nil {
-				return fmt.Errorf("redis writer %q: %s: move %s aside: %w; Redis is stopped", w.name, writer.PhasePreRestore, p, err)
-			}
-			w.aside.Add(p, p+suffix)
+	}
+	return paths
+}
+
+// moveAside moves the live paths of the restored components aside.
+func (w *Writer) moveAside(r writer.Restore, stamp string) error {
+	w.aside.Reset()
+	for _, p := range restoredPaths(r) {
+		to, err := writer.MoveAside(p, stamp)
+		if err != nil {
+			return fmt.Errorf("redis writer %q: %s: %w; Redis is stopped", w.name, writer.PhasePreRestore, err)
+		}
+		if to != "" {
+			w.aside.Add(p, to)
 		}
 	}
 	return nil

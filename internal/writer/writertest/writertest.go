@@ -4,7 +4,9 @@ package writertest
 
 import (
 	"context"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -170,5 +172,27 @@ func call(t *testing.T, wr writer.Writer, phase writer.Phase, fn func(context.Co
 	defer cancel()
 	if err := fn(ctx); err != nil {
 		t.Fatalf("%s %s: got %v, want nil", phase, wr.Name(), err)
+	}
+}
+
+// CleanAside removes, when the test ends, what a restore moved aside and
+// the directories writer.MoveAside made for it (TOP/.umbra-before-restore-
+// TIME/…) as far as they are then empty: another test's moved data, under
+// the same TIME at the same TOP, stays.
+func CleanAside(t testing.TB, moved ...writer.Moved) {
+	t.Helper()
+	for _, m := range moved {
+		top := strings.TrimSuffix(m.To, m.From)
+		if top == m.To || !strings.Contains(top, writer.AsideDirPrefix) {
+			continue // not MoveAside's layout
+		}
+		t.Cleanup(func() {
+			_ = os.RemoveAll(m.To)
+			// Each directory above it that is now empty, up to top.
+			d := filepath.Dir(m.To)
+			for len(d) >= len(top) && os.Remove(d) == nil {
+				d = filepath.Dir(d)
+			}
+		})
 	}
 }
