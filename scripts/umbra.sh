@@ -8,6 +8,9 @@ if [ "$(id -u)" -eq 0 ]; then
 	"$root/scripts/deps.sh"
 fi
 mkdir -p "$root/bin"
+if [ ! -x "$root/bin/umbra" ]; then
+	echo "building bin/umbra: the first build downloads and compiles its Go modules, a few minutes" >&2
+fi
 (cd "$root" && go build -o bin/umbra ./cmd/umbra)
 # A backup into a repository that does not exist yet creates it first.
 default_repo=yes
