@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
-go test ./cmd/umbra -run '^$' -bench FreezeWindow -benchtime "${SETS:-50}x" -v
+go test ./internal/cli -run '^$' -bench FreezeWindow -benchtime "${SETS:-50}x" -v
 go test ./internal/writer/mariadb -run '^$' -bench FreezeWindow -benchtime "${SETS:-50}x" -v

@@ -18,7 +18,7 @@ ROUNDS=${ROUNDS:-3}
 BACKENDS=${BACKENDS:-s3}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-go test -c -o "$work/umbra.test" ./cmd/umbra
+go test -c -o "$work/umbra.test" ./internal/cli
 for n in $CLIENTS; do
 	echo "== $n clients × $ROUNDS rounds ($BACKENDS)" >&2
 	UMBRA_FLEET_CLIENTS=$n UMBRA_FLEET_ROUNDS=$ROUNDS UMBRA_FLEET_BACKENDS=$BACKENDS \

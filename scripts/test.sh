@@ -29,10 +29,11 @@ if [ "$(go version -m "$minio_bin" 2>/dev/null | awk '$1 == "mod" && $2 == "gith
 	echo "installing minio $minio_version" >&2
 	go install "github.com/minio/minio@$minio_version"
 fi
-# Core packages with the race detector; the CLI's end-to-end tests run the
-# binary in separate processes, where the detector adds time but no insight.
-go test -race -count=1 ./internal/...
-go test -count=1 ./cmd/...
+# Core packages with the race detector; the CLI's end-to-end tests
+# (internal/cli) run the binary in separate processes, where the detector
+# adds time but no insight.
+go test -race -count=1 $(go list ./internal/... | grep -v '/internal/cli$')
+go test -count=1 ./internal/cli ./cmd/...
 # Every fuzz target for a bounded number of inputs (FUZZTIME, 20000x each;
 # a duration such as 1m works too): malformed repository objects,
 # configuration and writer specs must never crash umbra. Found inputs land

@@ -11,7 +11,7 @@ import (
 )
 
 // NewCoordinator returns a coordinator with a store of its own and provs,
-// or, given none, cmd/umbra's providers in its order: btrfs, reflink, live.
+// or, given none, the umbra command's providers in its order: btrfs, reflink, live.
 func NewCoordinator(t testing.TB, provs ...provider.Provider) *shadow.Coordinator {
 	t.Helper()
 	store, err := shadow.OpenStore(t.TempDir())

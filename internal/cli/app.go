@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -16,17 +16,8 @@ import (
 	"github.com/umbra-backup/umbra/internal/backend/retry"
 	"github.com/umbra-backup/umbra/internal/config"
 	"github.com/umbra-backup/umbra/internal/guard"
-	"github.com/umbra-backup/umbra/internal/provider"
-	"github.com/umbra-backup/umbra/internal/provider/btrfs"
-	"github.com/umbra-backup/umbra/internal/provider/live"
-	"github.com/umbra-backup/umbra/internal/provider/reflink"
 	"github.com/umbra-backup/umbra/internal/shadow"
 	"github.com/umbra-backup/umbra/internal/writer"
-	"github.com/umbra-backup/umbra/internal/writer/mariadb"
-	"github.com/umbra-backup/umbra/internal/writer/postgres"
-	"github.com/umbra-backup/umbra/internal/writer/redis"
-	"github.com/umbra-backup/umbra/internal/writer/script"
-	"github.com/umbra-backup/umbra/internal/writer/sqlite"
 )
 
 // defaultStateDir keeps sets and locks across runs.
@@ -46,6 +37,7 @@ type app struct {
 	// retrying is the last backend opened, wrapped to retry transient
 	// failures; its count goes into the results.
 	retrying *retry.Backend
+	reg      Registry
 }
 
 // storeRetries is how many store calls failed and were made again.
@@ -151,26 +143,6 @@ func dropTime(groups []string, attr slog.Attr) slog.Attr {
 	return attr
 }
 
-// providers lists every provider in order of preference.
-func providers() []provider.Provider {
-	return []provider.Provider{btrfs.New(), reflink.New(), live.New()}
-}
-
-// writerKinds is the registry of writer types.
-func writerKinds() map[string]func(name string, opts map[string]string) (writer.Writer, error) {
-	return map[string]func(string, map[string]string) (writer.Writer, error){
-		"sqlite": func(name string, opts map[string]string) (writer.Writer, error) { return sqlite.New(name, opts) },
-		"script": func(name string, opts map[string]string) (writer.Writer, error) { return script.New(name, opts) },
-		"postgres": func(name string, opts map[string]string) (writer.Writer, error) {
-			return postgres.New(name, opts)
-		},
-		"redis": func(name string, opts map[string]string) (writer.Writer, error) { return redis.New(name, opts) },
-		"mariadb": func(name string, opts map[string]string) (writer.Writer, error) {
-			return mariadb.New(name, opts)
-		},
-	}
-}
-
 // writers builds the configured writers (unless skipped) and the inline ones.
 func (a *app) writers(cfg *config.Config, inline []string, withConfig bool) ([]writer.Writer, error) {
 	wrs, _, err := a.writersAndSpecs(cfg, inline, withConfig)
@@ -207,7 +179,7 @@ func (a *app) buildWriters(cfg *config.Config, inline []string, withConfig bool)
 	if err != nil {
 		return nil, nil, nil, &usageError{err}
 	}
-	kinds := writerKinds()
+	kinds := a.reg.Writers
 	var wrs []writer.Writer
 	var built []config.Spec
 	var broken []error
@@ -273,7 +245,7 @@ func (a *app) coordinator(cfg *config.Config, store *shadow.Store, over shadow.O
 	if testPause != nil {
 		opts.OnPhase = func(ctx context.Context, p writer.Phase) error { return testPause(ctx, string(p)) }
 	}
-	return shadow.New(providers(), store, opts), nil
+	return shadow.New(a.reg.Providers(), store, opts), nil
 }
 
 // testPause, set only in the test binary (never in a shipped umbra), holds

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -251,7 +251,7 @@ func (a *app) appRestore(cmd *cobra.Command, repo *repository.Repository, e repo
 	}
 	// A writer missing from the configuration comes back from the spec the
 	// backup recorded (its password from password_file or the environment).
-	kinds := writerKinds()
+	kinds := a.reg.Writers
 	for _, wi := range info.Writers {
 		if wi.Failed || wrs[wi.Name] != nil || (len(only) > 0 && !slices.Contains(only, wi.Name)) {
 			continue

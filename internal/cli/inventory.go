@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -184,7 +184,7 @@ serve it, in this order, unless --provider says otherwise:
 				return err
 			}
 			var views []providerView
-			for _, p := range providers() {
+			for _, p := range a.reg.Providers() {
 				pv := providerView{Name: p.Name(), Copy: p.Capabilities().Copy, Volumes: []volumeReport{}}
 				for _, vol := range table {
 					if !strings.HasPrefix(vol.Device, "/") {

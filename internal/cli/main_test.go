@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bufio"
@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 		if at := os.Getenv(pauseAtEnv); at != "" {
 			testPause = pauseAt(at, os.Stderr)
 		}
-		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr, Standard()))
 	}
 	testenv.Main(m)
 }
