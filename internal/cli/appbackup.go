@@ -15,9 +15,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/umbra-backup/umbra/internal/archive"
-	"github.com/umbra-backup/umbra/internal/backend"
 	"github.com/umbra-backup/umbra/internal/backup"
 	"github.com/umbra-backup/umbra/internal/config"
+	"github.com/umbra-backup/umbra/internal/forget"
 	"github.com/umbra-backup/umbra/internal/repository"
 	"github.com/umbra-backup/umbra/internal/restore"
 	"github.com/umbra-backup/umbra/internal/retention"
@@ -214,17 +214,12 @@ func applyRetention(ctx context.Context, repo *repository.Repository, m *reposit
 		return nil, err
 	}
 	all = slices.DeleteFunc(all, func(e repository.ManifestEntry) bool { return !slices.Equal(e.Paths, m.Paths) })
+	removed, err := forget.Remove(ctx, repo, forget.Plan(all, m.Host, keep))
 	var gone []string
-	for _, v := range policyVerdicts(all, m.Host, keep) {
-		if v.Keep {
-			continue
-		}
-		if err := repo.Backend().Remove(ctx, backend.Handle{Type: backend.TypeManifest, Name: v.ID.String()}); err != nil {
-			return gone, err
-		}
-		gone = append(gone, v.ID.String())
+	for _, id := range removed {
+		gone = append(gone, id.String())
 	}
-	return gone, nil
+	return gone, err
 }
 
 func errString(err error) string {

@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/umbra-backup/umbra/internal/backend"
+	"github.com/umbra-backup/umbra/internal/forget"
 	"github.com/umbra-backup/umbra/internal/repository"
 	"github.com/umbra-backup/umbra/internal/retention"
 )
@@ -55,34 +55,30 @@ Forget removes only the records; the data they alone use stays until
 			}
 			defer lock.Unlock(ctx)
 
-			var verdicts []verdict
+			var verdicts []forget.Verdict
 			if len(ids) > 0 {
 				for _, ref := range ids {
 					e, err := repo.FindManifest(ctx, ref)
 					if err != nil {
 						return err
 					}
-					verdicts = append(verdicts, verdict{ID: e.ID, Time: e.Time, Host: e.Host, Paths: e.Paths})
+					verdicts = append(verdicts, forget.Of(e))
 				}
 			} else {
 				all, err := repo.Manifests(ctx)
 				if err != nil {
 					return err
 				}
-				verdicts = policyVerdicts(all, host, policy)
+				verdicts = forget.Plan(all, host, policy)
 			}
 			removed := 0
 			var errs []error
-			for _, v := range verdicts {
-				if v.Keep || dryRun {
-					continue
+			if !dryRun {
+				gone, err := forget.Remove(ctx, repo, verdicts)
+				removed = len(gone)
+				if err != nil {
+					errs = append(errs, err)
 				}
-				h := backend.Handle{Type: backend.TypeManifest, Name: v.ID.String()}
-				if err := repo.Backend().Remove(ctx, h); err != nil {
-					errs = append(errs, fmt.Errorf("forget %s: %w", v.ID.Short(), err))
-					continue
-				}
-				removed++
 			}
 			var pruned *repository.PruneReport
 			if prune && !dryRun && len(errs) == 0 {
@@ -93,7 +89,7 @@ Forget removes only the records; the data they alone use stays until
 			}
 			if a.json {
 				if verdicts == nil {
-					verdicts = []verdict{}
+					verdicts = []forget.Verdict{}
 				}
 				if err := a.printJSON(map[string]any{"backups": verdicts, "removed": removed, "dry_run": dryRun, "prune": pruned}); err != nil {
 					return err
@@ -191,45 +187,4 @@ func (a *app) printPrune(rep *repository.PruneReport) {
 		fmt.Fprintf(a.stdout, "%s (%s) marked for deletion wait for %s that were running (backups, restores); the next prune after they have ended deletes them.\n",
 			count(rep.PacksMarked, "pack"), size(rep.BytesMarked), count(rep.WaitingFor, "operation"))
 	}
-}
-
-// verdict is forget's decision on one backup.
-type verdict struct {
-	ID      repository.ID `json:"id"`
-	Time    time.Time     `json:"time"`
-	Host    string        `json:"host"`
-	Paths   []string      `json:"paths"`
-	Keep    bool          `json:"keep"`
-	Reasons []string      `json:"reasons,omitempty"`
-}
-
-// policyVerdicts applies a keep policy to the backups of each host and set
-// of paths on its own (of host only, unless it is empty).
-func policyVerdicts(all []repository.ManifestEntry, host string, policy retention.Policy) []verdict {
-	groups := map[string][]repository.ManifestEntry{}
-	var order []string
-	for _, e := range all {
-		if host != "" && e.Host != host {
-			continue
-		}
-		key := e.Host + "\x00" + strings.Join(e.Paths, "\x00")
-		if _, ok := groups[key]; !ok {
-			order = append(order, key)
-		}
-		groups[key] = append(groups[key], e)
-	}
-	var verdicts []verdict
-	for _, key := range order {
-		byID := map[string]repository.ManifestEntry{}
-		var items []retention.Item
-		for _, e := range groups[key] {
-			byID[e.ID.String()] = e
-			items = append(items, retention.Item{ID: e.ID.String(), Time: e.Time})
-		}
-		for _, d := range retention.Apply(items, policy, time.Local) {
-			e := byID[d.ID]
-			verdicts = append(verdicts, verdict{ID: e.ID, Time: e.Time, Host: e.Host, Paths: e.Paths, Keep: d.Keep, Reasons: d.Reasons})
-		}
-	}
-	return verdicts
 }

@@ -99,6 +99,16 @@ func (r *Repository) Manifests(ctx context.Context) ([]ManifestEntry, error) {
 	return out, nil
 }
 
+// RemoveManifest forgets the backup id: its manifest goes; the data only it
+// used stays until prune. A backup already gone is not an error.
+func (r *Repository) RemoveManifest(ctx context.Context, id ID) error {
+	err := r.be.Remove(ctx, backend.Handle{Type: backend.TypeManifest, Name: id.String()})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("forget %s: %w", id.Short(), err)
+	}
+	return nil
+}
+
 // FindManifest resolves a backup id, a unique prefix of one, or "latest".
 func (r *Repository) FindManifest(ctx context.Context, ref string) (ManifestEntry, error) {
 	all, err := r.Manifests(ctx)
