@@ -103,7 +103,7 @@ func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wr
 	}
 	if !o.force {
 		job.FindParent = func(recorded []string) *repository.ManifestEntry {
-			pe, err := findParent(ctx, repo, "", host, recorded)
+			pe, err := backup.FindParent(ctx, repo, "", host, recorded)
 			if err != nil {
 				return nil // only costs reading every file
 			}

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -9,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -124,10 +124,6 @@ its logs truncated, and umbra exits with status 4, "partial". With --strict
 			if err != nil {
 				return err
 			}
-			var sources []archive.Source
-			for _, p := range abs {
-				sources = append(sources, archive.Source{Path: p})
-			}
 			repo, ctx, done, err := a.openLocked(ctx, &f, false, "backup")
 			if err != nil {
 				return err
@@ -136,52 +132,23 @@ its logs truncated, and umbra exits with status 4, "partial". With --strict
 			if host == "" {
 				host, _ = os.Hostname()
 			}
-			recorded := make([]string, len(sources))
-			for i, s := range sources {
-				recorded[i] = s.Path
-			}
-			slices.Sort(recorded)
-			var parentID *repository.ID
-			var parentTree *repository.ID
-			pe, err := findParent(ctx, repo, parent, host, recorded)
-			if err != nil {
-				return err
-			}
-			if pe != nil && !force {
-				parentID, parentTree = &pe.ID, &pe.Tree
-			}
 			prog := &archive.Progress{}
-			var expected int64 // the last backup's size, for an ETA
-			if pe != nil {
-				expected = pe.Stats.Bytes
-			}
+			var expected atomic.Int64 // the last backup's size, for an ETA
 			stop := a.showProgress(func(elapsed time.Duration) string {
 				seen := prog.Bytes.Load()
 				return fmt.Sprintf("%d files, %s seen, %s read (%s/s), %s added%s", prog.Files.Load(), size(seen),
 					size(prog.BytesRead.Load()), size(rate(prog.BytesRead.Load(), elapsed)), size(prog.BytesAdded.Load()),
-					eta(seen, expected, elapsed))
+					eta(seen, expected.Load(), elapsed))
 			})
-			start := time.Now()
-			res, err := archive.Run(ctx, repo, sources, archive.Options{Parent: parentTree, Progress: prog, Exclude: backup.IsShadowDir})
-			if err == nil {
-				err = repo.Flush(ctx)
-			}
+			out, err := backup.RunPaths(ctx, repo, backup.PathsJob{
+				Paths: abs, Host: host, Tags: tags, Parent: parent, Force: force, Progress: prog,
+				Started: expected.Store, Pause: testPause,
+			})
 			stop()
-			if err == nil && testPause != nil {
-				err = testPause(ctx, "manifest")
-			}
 			if err != nil {
-				return fmt.Errorf("backup failed; nothing was recorded (umbra prune removes what was stored): %w", lockLost(ctx, err))
+				return lockLost(ctx, err)
 			}
-			m := &repository.Manifest{
-				Time: start.UTC(), Host: host, Paths: recorded, Tree: res.Tree, Parent: parentID,
-				Tags: tags, Stats: res.Stats, Warnings: res.Warnings,
-			}
-			m.Stats.DurationMS = time.Since(start).Milliseconds()
-			id, err := repo.SaveManifest(ctx, m)
-			if err != nil {
-				return err
-			}
+			id, m := out.ID, out.Manifest
 			if a.json {
 				if err := a.printJSON(struct {
 					ID repository.ID `json:"id"`
@@ -191,19 +158,19 @@ its logs truncated, and umbra exits with status 4, "partial". With --strict
 					return err
 				}
 			} else {
-				for _, w := range res.Warnings {
+				for _, w := range m.Warnings {
 					fmt.Fprintf(a.stderr, "warning: %s\n", w)
 				}
 				s := m.Stats
 				fmt.Fprintf(a.stdout, "Backup %s of %s: %s, %s, %s; %s new or changed, %s read, %s added, in %s.\n",
-					id.Short(), strings.Join(recorded, " "), count(s.Files, "file"), count(s.Dirs, "directory"), size(s.Bytes), count(s.FilesChanged, "file"),
+					id.Short(), strings.Join(m.Paths, " "), count(s.Files, "file"), count(s.Dirs, "directory"), size(s.Bytes), count(s.FilesChanged, "file"),
 					size(s.BytesRead), size(s.BytesAdded), (time.Duration(s.DurationMS) * time.Millisecond).Round(time.Millisecond))
 			}
-			if len(res.Warnings) > 0 {
+			if n := len(m.Warnings); n > 0 {
 				if !a.json {
-					return &warningsError{len(res.Warnings)}
+					return &warningsError{n}
 				}
-				return &reportedError{&warningsError{len(res.Warnings)}}
+				return &reportedError{&warningsError{n}}
 			}
 			return nil
 		},
@@ -232,28 +199,6 @@ func parseTime(s string) (time.Time, error) {
 		}
 	}
 	return time.Time{}, errors.New("not a date and time")
-}
-
-// findParent returns the backup named by ref, or else the latest backup of
-// the same paths from the same host, or nil.
-func findParent(ctx context.Context, repo *repository.Repository, ref, host string, paths []string) (*repository.ManifestEntry, error) {
-	if ref != "" {
-		e, err := repo.FindManifest(ctx, ref)
-		if err != nil {
-			return nil, fmt.Errorf("--parent: %w", err)
-		}
-		return &e, nil
-	}
-	all, err := repo.Manifests(ctx)
-	if err != nil {
-		return nil, err
-	}
-	for i := len(all) - 1; i >= 0; i-- {
-		if all[i].Host == host && slices.Equal(all[i].Paths, paths) {
-			return &all[i], nil
-		}
-	}
-	return nil, nil
 }
 
 // rate is n per second over d.
