@@ -63,10 +63,14 @@ const (
 	TypeMark Type = "marks"
 	// TypeWAL holds PostgreSQL's archived WAL, by file name (lower case).
 	TypeWAL Type = "wal"
+	// TypeVerification holds verification records: a backup's writers
+	// brought up in a sandbox and checked (umbra verify), sealed like
+	// manifests.
+	TypeVerification Type = "verifications"
 )
 
 // Types lists every type, for tools that walk a whole repository.
-var Types = []Type{TypeConfig, TypeKey, TypePack, TypeIndex, TypeManifest, TypeLock, TypeMark, TypeWAL}
+var Types = []Type{TypeConfig, TypeKey, TypePack, TypeIndex, TypeManifest, TypeLock, TypeMark, TypeWAL, TypeVerification}
 
 // Handle names one file.
 type Handle struct {
@@ -79,7 +83,7 @@ func (h Handle) String() string { return string(h.Type) + "/" + h.Name }
 // Valid reports whether t is a known type.
 func (t Type) Valid() error {
 	switch t {
-	case TypeConfig, TypeKey, TypePack, TypeIndex, TypeManifest, TypeLock, TypeMark, TypeWAL:
+	case TypeConfig, TypeKey, TypePack, TypeIndex, TypeManifest, TypeLock, TypeMark, TypeWAL, TypeVerification:
 		return nil
 	}
 	return fmt.Errorf("backend: unknown file type %q", t)

@@ -71,7 +71,8 @@ UMBRA_PASSWORD_FILE, the configuration's password_file, or a prompt.
 
 Exit status: 0 success, 1 failure, 2 bad command line, 3 completed with
 warnings (some files could not be read, a log was not truncated), 4 partial
-(a writer failed and was left out; the others are stored), 126 wal-fetch
+(a writer failed and was left out; the others are stored), 5 a backup
+failed its verification (umbra verify), 126 wal-fetch
 failed otherwise than "not archived", 130 interrupted (Ctrl-C, SIGTERM;
 what was begun is undone).
 
@@ -97,7 +98,7 @@ The whole story (docs/writers.md has every writer's options):
 		return nil
 	}
 	root.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
-	root.AddCommand(a.initCommand(), a.backupCommand(), a.backupsCommand(), a.lsCommand(), a.showCommand(), a.restoreCommand(), a.walPushCommand(), a.walFetchCommand(),
+	root.AddCommand(a.initCommand(), a.backupCommand(), a.backupsCommand(), a.lsCommand(), a.showCommand(), a.restoreCommand(), a.verifyCommand(), a.walPushCommand(), a.walFetchCommand(),
 		a.checkCommand(), a.forgetCommand(), a.pruneCommand(), a.keyCommand(),
 		a.shadowCommand(), a.writersCommand(), a.providersCommand(), a.guardCommand(), configHelp())
 	return root

@@ -222,6 +222,39 @@ func applyRetention(ctx context.Context, repo *repository.Repository, m *reposit
 	return gone, err
 }
 
+// backupWriters builds the writer of each instance of the backup (of only
+// those in only, if any): the configured one, else one from the spec the
+// backup recorded (its password from password_file or the environment).
+func (a *app) backupWriters(info *backup.Info, only []string) (map[string]writer.Writer, error) {
+	cfg, err := a.config()
+	if err != nil {
+		return nil, err
+	}
+	configured, _, err := a.writersAndSpecs(cfg, nil, true)
+	if err != nil {
+		return nil, err
+	}
+	wrs := map[string]writer.Writer{}
+	for _, wr := range configured {
+		wrs[wr.Name()] = wr
+	}
+	for _, wi := range info.Writers {
+		if wi.Failed || wrs[wi.Name] != nil || (len(only) > 0 && !slices.Contains(only, wi.Name)) {
+			continue
+		}
+		mk, ok := a.reg.Writers[wi.Spec.Type]
+		if !ok {
+			return nil, fmt.Errorf("writer %s: type %q unknown to this umbra; configure it to restore", wi.Name, wi.Spec.Type)
+		}
+		wr, err := mk(wi.Name, maps.Clone(wi.Spec.Options))
+		if err != nil {
+			return nil, fmt.Errorf("writer %s: %w", wi.Name, err)
+		}
+		wrs[wi.Name] = wr
+	}
+	return wrs, nil
+}
+
 func errString(err error) string {
 	if err == nil {
 		return ""
@@ -232,34 +265,9 @@ func errString(err error) string {
 // appRestore restores the writers of an application backup.
 func (a *app) appRestore(cmd *cobra.Command, repo *repository.Repository, e repository.ManifestEntry, info *backup.Info, job backup.RestoreJob) error {
 	target, only := job.Target, job.Only
-	cfg, err := a.config()
+	wrs, err := a.backupWriters(info, only)
 	if err != nil {
 		return err
-	}
-	configured, _, err := a.writersAndSpecs(cfg, nil, true)
-	if err != nil {
-		return err
-	}
-	wrs := map[string]writer.Writer{}
-	for _, wr := range configured {
-		wrs[wr.Name()] = wr
-	}
-	// A writer missing from the configuration comes back from the spec the
-	// backup recorded (its password from password_file or the environment).
-	kinds := a.reg.Writers
-	for _, wi := range info.Writers {
-		if wi.Failed || wrs[wi.Name] != nil || (len(only) > 0 && !slices.Contains(only, wi.Name)) {
-			continue
-		}
-		mk, ok := kinds[wi.Spec.Type]
-		if !ok {
-			return fmt.Errorf("writer %s: type %q unknown to this umbra; configure it to restore", wi.Name, wi.Spec.Type)
-		}
-		wr, err := mk(wi.Name, maps.Clone(wi.Spec.Options))
-		if err != nil {
-			return fmt.Errorf("writer %s: %w", wi.Name, err)
-		}
-		wrs[wi.Name] = wr
 	}
 	if target != "" {
 		if target, err = filepath.Abs(target); err != nil {

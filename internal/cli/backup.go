@@ -275,8 +275,11 @@ func size(n int64) string {
 func (a *app) backupsCommand() *cobra.Command {
 	var f repoFlags
 	cmd := &cobra.Command{
-		Use:     "backups",
-		Short:   "List the backups in the repository",
+		Use:   "backups",
+		Short: "List the backups in the repository",
+		Long: `List the backups: id, time, host, files, size, bytes added, the writers'
+freeze window, the last verification (umbra verify: ok or FAILED, and when;
+"-" if never verified), each writer with its consistency, and the paths.`,
 		Example: "  umbra backups\n  umbra backups --json | jq '.[-1].id'",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -289,20 +292,38 @@ func (a *app) backupsCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			records, err := repo.Verifications(cmd.Context())
+			if err != nil {
+				return err
+			}
+			verified := repository.LatestVerifications(records)
 			if a.json {
-				if all == nil {
-					all = []repository.ManifestEntry{}
+				type verification struct {
+					Time time.Time `json:"time"`
+					OK   bool      `json:"ok"`
 				}
-				return a.printJSON(all)
+				type entry struct {
+					repository.ManifestEntry
+					Verification *verification `json:"verification,omitempty"`
+				}
+				out := []entry{}
+				for _, e := range all {
+					en := entry{ManifestEntry: e}
+					if v, ok := verified[e.ID]; ok {
+						en.Verification = &verification{Time: v.Time, OK: v.OK}
+					}
+					out = append(out, en)
+				}
+				return a.printJSON(out)
 			}
 			if len(all) == 0 {
 				fmt.Fprintln(a.stdout, "No backups yet.")
 				return nil
 			}
 			tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tTIME\tHOST\tFILES\tSIZE\tADDED\tFREEZE\tWRITERS\tPATHS")
+			fmt.Fprintln(tw, "ID\tTIME\tHOST\tFILES\tSIZE\tADDED\tFREEZE\tVERIFIED\tWRITERS\tPATHS")
 			for _, e := range all {
-				writers, freeze := "-", "-"
+				writers, freeze, checked := "-", "-", "-"
 				if info, err := backup.ReadInfo(e.Manifest); err == nil && info != nil {
 					var ws []string
 					for _, w := range info.Writers {
@@ -313,8 +334,11 @@ func (a *app) backupsCommand() *cobra.Command {
 					}
 					freeze = fmt.Sprintf("%.1f ms", info.FreezeMS)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", e.ID.Short(), e.Time.Local().Format(time.DateTime), e.Host,
-					e.Stats.Files, size(e.Stats.Bytes), size(e.Stats.BytesAdded), freeze, writers, strings.Join(e.Paths, " "))
+				if v, ok := verified[e.ID]; ok {
+					checked = map[bool]string{true: "ok", false: "FAILED"}[v.OK] + " " + v.Time.Local().Format("01-02 15:04")
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.ID.Short(), e.Time.Local().Format(time.DateTime), e.Host,
+					e.Stats.Files, size(e.Stats.Bytes), size(e.Stats.BytesAdded), freeze, checked, writers, strings.Join(e.Paths, " "))
 			}
 			return tw.Flush()
 		},

@@ -11,6 +11,7 @@ import (
 
 	"github.com/umbra-backup/umbra/internal/backup"
 	"github.com/umbra-backup/umbra/internal/repository"
+	"github.com/umbra-backup/umbra/internal/verify"
 )
 
 func (a *app) showCommand() *cobra.Command {
@@ -21,12 +22,13 @@ func (a *app) showCommand() *cobra.Command {
 		Long: `Show backup ID (an id, a unique prefix, or "latest"): when and where it was
 made, what it holds, and for a backup made with writers each writer's
 components with their consistency, the log positions it recorded, the files
-it handed on, the set's type and freeze window. --json prints the manifest
-as stored, with the writers' part decoded under "app".`,
+it handed on, the set's type and freeze window, and every verification of
+it (umbra verify). --json prints the manifest as stored, with the writers'
+part decoded under "app" and the verifications under "verifications".`,
 		Example: "  umbra show latest\n  umbra show 3f9a2c1b --json | jq .app.writers",
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, e, done, err := a.openBackup(cmd.Context(), &f, args[0])
+			repo, e, done, err := a.openBackup(cmd.Context(), &f, args[0])
 			if err != nil {
 				return err
 			}
@@ -35,16 +37,42 @@ as stored, with the writers' part decoded under "app".`,
 			if err != nil {
 				return err
 			}
+			records, err := repo.Verifications(cmd.Context())
+			if err != nil {
+				return err
+			}
+			type verification struct {
+				Time    time.Time             `json:"time"`
+				Host    string                `json:"host"`
+				OK      bool                  `json:"ok"`
+				Writers []verify.WriterResult `json:"writers"`
+			}
+			var checks []verification
+			for _, v := range records {
+				if v.Backup != e.ID {
+					continue
+				}
+				ws, err := verify.Results(v)
+				if err != nil {
+					return err
+				}
+				checks = append(checks, verification{Time: v.Time, Host: v.Host, OK: v.OK, Writers: ws})
+			}
 			if a.json {
 				return a.printJSON(struct {
 					ID repository.ID `json:"id"`
 					*repository.Manifest
 					// The manifest's raw extra is what app decodes.
-					Extra json.RawMessage `json:"extra,omitempty"`
-					App   *backup.Info    `json:"app,omitempty"`
-				}{e.ID, e.Manifest, nil, info})
+					Extra         json.RawMessage `json:"extra,omitempty"`
+					App           *backup.Info    `json:"app,omitempty"`
+					Verifications []verification  `json:"verifications,omitempty"`
+				}{e.ID, e.Manifest, nil, info, checks})
 			}
 			a.printShow(e, info)
+			for _, v := range checks {
+				fmt.Fprintf(a.stdout, "Verification %s on %s:\n", v.Time.Local().Format(time.DateTime), v.Host)
+				a.printVerification(e.ID.Short(), v.OK, v.Writers)
+			}
 			return nil
 		},
 	}

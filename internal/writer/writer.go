@@ -276,6 +276,27 @@ type Restorer interface {
 	PostRestore(ctx context.Context, r Restore) error
 }
 
+// Check is one check a Verifier ran on a sandboxed copy of the backup.
+type Check struct {
+	Name string `json:"name"` // "integrity_check", "pg_amcheck"
+	OK   bool   `json:"ok"`
+	// Detail says what the check found: what is damaged on failure (a
+	// relation, a table, a file), with an excerpt of the application's log.
+	Detail   string        `json:"detail,omitempty"`
+	Duration time.Duration `json:"duration_ns"`
+}
+
+// Verifier checks a backup of its application with the application's own
+// tools. r.Target holds the writer's components as a restore under a target
+// leaves them (PostRestore done). Verify may start the application there,
+// privately (a socket in r.Target, no TCP, nothing that talks to the
+// outside), must stop it before it returns, and never touches the live
+// application. It returns the checks it ran; a check that fails is not an
+// error, an error means the verification itself could not run.
+type Verifier interface {
+	Verify(ctx context.Context, r Restore) ([]Check, error)
+}
+
 // FetchSpoolDir is the directory, beside the file a Restore's FetchLog
 // command is asked to write, where that command may leave log files it
 // fetched ahead; the writer removes it once recovery is over.

@@ -88,6 +88,7 @@ func TestLayout(t *testing.T) {
 		{Type: backend.TypeLock, Name: id},
 		{Type: backend.TypeMark, Name: id},
 		{Type: backend.TypeWAL, Name: "000000010000000000000001"},
+		{Type: backend.TypeVerification, Name: id},
 	} {
 		for _, be := range []*Backend{root, nested} {
 			if err := be.Save(ctx, h, 1, strings.NewReader("x")); err != nil {
@@ -105,7 +106,8 @@ func TestLayout(t *testing.T) {
 	var want []string
 	for _, p := range []string{"", "repos/a/"} {
 		want = append(want, p+"config", p+"keys/"+id, p+"data/ab/"+id, p+"data/z/z",
-			p+"index/"+id, p+"manifests/"+id, p+"locks/"+id, p+"marks/"+id, p+"wal/000000010000000000000001")
+			p+"index/"+id, p+"manifests/"+id, p+"locks/"+id, p+"marks/"+id, p+"wal/000000010000000000000001",
+			p+"verifications/"+id)
 	}
 	slices.Sort(keys)
 	slices.Sort(want)

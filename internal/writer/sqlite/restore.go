@@ -2,12 +2,14 @@ package sqlite
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/umbra-backup/umbra/internal/writer"
@@ -73,4 +75,65 @@ func openedBy(path string) []int {
 		}
 	}
 	return pids
+}
+
+var _ writer.Verifier = (*Writer)(nil)
+
+// Verify runs PRAGMA integrity_check and PRAGMA foreign_key_check on the
+// database restored under r.Target.
+func (w *Writer) Verify(ctx context.Context, r writer.Restore) ([]writer.Check, error) {
+	path := filepath.Join(r.Target, w.path)
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("sqlite writer %q: verify: %w", w.name, err)
+	}
+	var checks []writer.Check
+	start := time.Now()
+	err := IntegrityCheck(ctx, path)
+	checks = append(checks, writer.Check{Name: "integrity_check", OK: err == nil, Detail: errText(err), Duration: time.Since(start)})
+	start = time.Now()
+	err = foreignKeyCheck(ctx, path)
+	checks = append(checks, writer.Check{Name: "foreign_key_check", OK: err == nil, Detail: errText(err), Duration: time.Since(start)})
+	return checks, ctx.Err()
+}
+
+// foreignKeyCheck runs PRAGMA foreign_key_check on the database at path (a
+// copy: it is opened for writing) and lists the first violations.
+func foreignKeyCheck(ctx context.Context, path string) error {
+	db, err := sql.Open("sqlite", dsn(path, "mode=rw"))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	rows, err := db.QueryContext(ctx, "PRAGMA foreign_key_check")
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	var found []string
+	n := 0
+	for rows.Next() {
+		var table, parent string
+		var rowid sql.NullInt64
+		var fk int64
+		if err := rows.Scan(&table, &rowid, &parent, &fk); err != nil {
+			return err
+		}
+		if n++; n <= 10 {
+			found = append(found, fmt.Sprintf("%s row %d refers to a missing row of %s", table, rowid.Int64, parent))
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if n == 0 {
+		return nil
+	}
+	return fmt.Errorf("%d foreign key violations: %s", n, strings.Join(found, "; "))
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }
