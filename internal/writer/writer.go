@@ -323,6 +323,10 @@ type Restore struct {
 	// to DataDir, listening on Port, started (umbra restore --to-datadir).
 	DataDir string
 	Port    int
+	// Socket, with DataDir, makes the copy a sandbox (verification): it
+	// listens on no TCP address, only on a Unix socket in this directory,
+	// and follows no primary.
+	Socket string
 	// Crash says the files are a crash-consistent copy (the backup fell
 	// back without the writer): recover as after a power cut, with
 	// nothing handed on.

@@ -70,6 +70,18 @@ func (w *Writer) relocate(ctx context.Context, r writer.Restore, md writer.Metad
 	if err != nil {
 		return err
 	}
+	sandbox := ""
+	if r.Socket != "" {
+		if err := os.MkdirAll(r.Socket, 0o700); err != nil {
+			return err
+		}
+		if err := os.Chown(r.Socket, owner.uid, owner.gid); err != nil {
+			return err
+		}
+		// Reachable by nobody else: no TCP, a private socket, no primary.
+		sandbox = fmt.Sprintf("listen_addresses = ''\nunix_socket_directories = '%s'\nprimary_conninfo = ''\nprimary_slot_name = ''\n", r.Socket)
+		overrides += sandbox
+	}
 	if err := appendFile(filepath.Join(newDir, "postgresql.conf"), overrides, owner.uid, owner.gid); err != nil {
 		return err
 	}
@@ -79,14 +91,14 @@ func (w *Writer) relocate(ctx context.Context, r writer.Restore, md writer.Metad
 	// postgresql.auto.conf is read last: settings the original made with
 	// ALTER SYSTEM (its port, its archive_command) must not win there.
 	if err := appendFile(filepath.Join(newDir, "postgresql.auto.conf"), fmt.Sprintf(
-		"# umbra restore --to-datadir: this copy's own port, no archiving\nport = %d\narchive_mode = off\narchive_command = ''\ncluster_name = ''\n", r.Port), owner.uid, owner.gid); err != nil {
+		"# umbra restore --to-datadir: this copy's own port, no archiving\nport = %d\narchive_mode = off\narchive_command = ''\ncluster_name = ''\n%s", r.Port, sandbox), owner.uid, owner.gid); err != nil {
 		return err
 	}
 	opts, err := startOptions(newDir, true)
 	if err != nil {
 		return err
 	}
-	copyW := &Writer{name: w.name, connStr: withPort(w.connStr, r.Port), pass: w.pass, restore: restoreOptions{startLimit: w.restore.startLimit}}
+	copyW := w.copyAt(r)
 	sctx, cancel := context.WithTimeout(ctx, w.restore.startLimit)
 	defer cancel()
 	if err := pgCtlStart(sctx, newDir, opts); err != nil {
@@ -176,13 +188,28 @@ func ownerOf(path string) (owner, error) {
 	return owner{uid, gid}, err
 }
 
-// withPort replaces (or adds) the port in a libpq keyword string.
-func withPort(connStr string, port int) string {
+// copyAt is the writer of the copy relocate brings up for r: its port, and
+// its socket directory for a sandbox.
+func (w *Writer) copyAt(r writer.Restore) *Writer {
+	connStr := withPort(w.connStr, r.Port)
+	if r.Socket != "" {
+		connStr = withKeyword(connStr, "host", r.Socket)
+	}
+	return &Writer{name: w.name, connStr: connStr, pass: w.pass, restore: restoreOptions{startLimit: w.restore.startLimit}}
+}
+
+// withKeyword replaces (or adds) key in a libpq keyword string.
+func withKeyword(connStr, key, value string) string {
 	var kept []string
 	for _, kv := range strings.Fields(connStr) {
-		if !strings.HasPrefix(kv, "port=") {
+		if !strings.HasPrefix(kv, key+"=") {
 			kept = append(kept, kv)
 		}
 	}
-	return strings.Join(append(kept, "port="+quote(strconv.Itoa(port))), " ")
+	return strings.Join(append(kept, key+"="+quote(value)), " ")
+}
+
+// withPort replaces (or adds) the port in a libpq keyword string.
+func withPort(connStr string, port int) string {
+	return withKeyword(connStr, "port", strconv.Itoa(port))
 }
