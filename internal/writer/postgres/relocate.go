@@ -94,7 +94,11 @@ func (w *Writer) relocate(ctx context.Context, r writer.Restore, md writer.Metad
 		"# umbra restore --to-datadir: this copy's own port, no archiving\nport = %d\narchive_mode = off\narchive_command = ''\ncluster_name = ''\n%s", r.Port, sandbox), owner.uid, owner.gid); err != nil {
 		return err
 	}
-	opts, err := startOptions(newDir, true)
+	mode := relocatedCopy
+	if r.Socket != "" {
+		mode = sandboxCopy
+	}
+	opts, err := startOptions(newDir, mode)
 	if err != nil {
 		return err
 	}

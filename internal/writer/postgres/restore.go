@@ -394,7 +394,7 @@ func (w *Writer) startServer(ctx context.Context, dataDir string) error {
 		err = runCommand(ctx, name, args...)
 	default:
 		var opts []string
-		if opts, err = startOptions(dataDir, false); err == nil {
+		if opts, err = startOptions(dataDir, originalServer); err == nil {
 			err = pgCtlStart(ctx, dataDir, opts)
 		}
 	}
@@ -428,8 +428,9 @@ func (w *Writer) logHint(dataDir string) string {
 // quotes) and returns the arguments to start it again with, without the
 // data directory (pg_ctl gives it). A copy relocated beside the original
 // also leaves out what would make it the original again: its port and
-// the files its configuration names.
-func startOptions(dataDir string, relocated bool) ([]string, error) {
+// the files its configuration names; a sandbox (verification) also where
+// it listens and what it follows.
+func startOptions(dataDir string, mode copyMode) ([]string, error) {
 	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.opts"))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil // a backup made before umbra handed it on
@@ -443,19 +444,29 @@ func startOptions(dataDir string, relocated bool) ([]string, error) {
 		return nil, nil // the program alone
 	}
 	args := strings.Split(strings.TrimSuffix(rest, `"`), `" "`)
+	// Options that take a value in the next argument, and are left out.
+	dropped := map[string]bool{"-D": true}
+	if mode >= relocatedCopy {
+		dropped["-p"] = true
+	}
+	if mode == sandboxCopy {
+		dropped["-k"], dropped["-h"] = true, true
+	}
 	var out []string
 	for i := 0; i < len(args); i++ {
 		a := args[i]
+		flag := a[:min(2, len(a))]
 		switch {
-		case a == "-D" || (relocated && a == "-p"):
+		case dropped[a]:
 			i++ // and its value
-		case strings.HasPrefix(a, "-D") || (relocated && strings.HasPrefix(a, "-p")):
+		case len(a) > 2 && strings.HasPrefix(a, "-") && !strings.HasPrefix(a, "--") && dropped[flag]:
+		case mode == sandboxCopy && a == "-i":
 		case a == "-c" && i+1 < len(args):
-			if !relocated || !ownSetting(args[i+1]) {
+			if !ownSetting(args[i+1], mode) {
 				out = append(out, a, args[i+1])
 			}
 			i++
-		case relocated && (strings.HasPrefix(a, "-c") || strings.HasPrefix(a, "--")) && ownSetting(strings.TrimLeft(a[2:], "-")):
+		case (strings.HasPrefix(a, "-c") || strings.HasPrefix(a, "--")) && ownSetting(strings.TrimLeft(a[2:], "-"), mode):
 		default:
 			out = append(out, a)
 		}
@@ -463,13 +474,24 @@ func startOptions(dataDir string, relocated bool) ([]string, error) {
 	return out, nil
 }
 
-// ownSetting reports whether a name=value setting is one a relocated copy
-// sets for itself.
-func ownSetting(kv string) bool {
+// copyMode says what a server is started as.
+type copyMode int
+
+const (
+	originalServer copyMode = iota // the restored original, in place
+	relocatedCopy                  // a copy beside it (--to-datadir)
+	sandboxCopy                    // a copy nobody reaches (verification)
+)
+
+// ownSetting reports whether a name=value setting is one the copy sets for
+// itself.
+func ownSetting(kv string, mode copyMode) bool {
 	name, _, _ := strings.Cut(kv, "=")
 	switch strings.ReplaceAll(name, "-", "_") {
 	case "port", "data_directory", "config_file", "hba_file", "ident_file", "external_pid_file", "archive_mode", "archive_command", "cluster_name":
-		return true
+		return mode >= relocatedCopy
+	case "listen_addresses", "unix_socket_directories", "primary_conninfo", "primary_slot_name", "restore_command":
+		return mode == sandboxCopy
 	}
 	return false
 }
