@@ -179,3 +179,48 @@ func TestVerifyPostgres(t *testing.T) {
 		t.Errorf("verify of a backup with a damaged heap page: exit %d, ok %v\n%s%s; want exit 5 naming the relation", res.code, v.OK, res.stdout, res.stderr)
 	}
 }
+
+// TestVerifyRedis: backups of Redis under load, RDB on btrfs and AOF on
+// ext4, verify: the files pass redis-check-rdb / redis-check-aof and a
+// sandbox Redis loads them; production keeps answering and saves nothing
+// because of it.
+func TestVerifyRedis(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		start  func(t *testing.T) *testenv.Redis
+		checks string
+	}{
+		{"btrfs/rdb", func(t *testing.T) *testenv.Redis {
+			return testenv.StartRedis(t, testenv.Btrfs(t).Subvolume(t, "redis"))
+		}, "restore, redis-check-rdb, load"},
+		{"ext4/aof", func(t *testing.T) *testenv.Redis {
+			return testenv.StartRedis(t, filepath.Join(testenv.Ext4(t).Mount, "redis"), testenv.RedisAppendOnly(true))
+		}, "restore, redis-check-aof, load"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := tc.start(t)
+			load := testenv.StartRedisLoad(t, r, 20)
+			repo := newRepoDir(t)
+			state := t.TempDir()
+			mustAppBackup(t, state, repo.environ(), "--writer", "redis:addr="+r.Addr)
+			saved := r.Do(t, "LASTSAVE")
+			v, res := runVerify(t, state, repo.environ())
+			if res.code != 0 || !v.OK || len(v.Writers) != 1 {
+				t.Fatalf("verify: exit %d, %+v\n%s%s", res.code, v, res.stdout, res.stderr)
+			}
+			var names []string
+			for _, c := range v.Writers[0].Checks {
+				names = append(names, c.Name)
+			}
+			if got := strings.Join(names, ", "); got != tc.checks {
+				t.Errorf("checks run: %s, want %s", got, tc.checks)
+			}
+			if err := load.Stop(); err != nil {
+				t.Errorf("the load failed during verification: %v", err)
+			}
+			if got := r.Do(t, "LASTSAVE"); got != saved {
+				t.Errorf("production saved during verification: LASTSAVE %v → %v", saved, got)
+			}
+		})
+	}
+}
