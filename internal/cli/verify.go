@@ -31,10 +31,18 @@ private scratch directory (umbra-verify-PID-… under --scratch) and the
 writer runs the application's own checks on it, never touching
 production:
 
+  postgres  the cluster comes up on a socket in the sandbox (no TCP, no
+            archiving, no primary), recovery must reach the backup's stop
+            LSN, pg_amcheck --heapallindexed checks every database
+  mariadb   mariadbd with none of production's option files, no network,
+            the restored binary logs: InnoDB recovers, the binary log ends
+            at the recorded GTID, CHECK TABLE passes on every table
+  redis     redis-check-rdb / redis-check-aof, then a Redis with no port
+            and no saves loads the files and its key count is compared
   sqlite    PRAGMA integrity_check and foreign_key_check
 
-Other writers are restored, with their restore checks, and the record says
-so. The outcome (each check, its result and duration, the application's
+Other writers (script) are restored, with their restore checks, and the
+record lists only those. The outcome (each check, its result and duration, the application's
 version) is stored in the repository beside the backup: umbra backups shows
 verified, FAILED or nothing; umbra show the record. Exit status 5 when a
 check failed. A sandbox left by a verification that was killed is removed,
