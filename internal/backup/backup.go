@@ -65,6 +65,12 @@ type Job struct {
 	// "backup-complete" (after, before the writers hear of it): fault
 	// tests hold the backup there to kill it.
 	Pause func(ctx context.Context, point string) error
+	// BeforeComplete, if set, runs once the backup is stored and before
+	// the writers hear of it (truncate_after = "verified": its
+	// verification). If it fails, the writers are told the backup was a
+	// copy, so they truncate nothing and the WAL archive is not pruned;
+	// the backup stays stored and the failure is Result.HeldBack.
+	BeforeComplete func(ctx context.Context, r *Result) error
 }
 
 // Spec is a writer's configuration as recorded: its type and options,
@@ -130,6 +136,9 @@ type Result struct {
 	CompleteErr error
 	// Failed names the writers left out: the backup is partial.
 	Failed []string
+	// HeldBack is why the writers were told nothing may be truncated:
+	// Job.BeforeComplete failed (the verification did not pass).
+	HeldBack error
 }
 
 // Run makes the backup. Any failure before the manifest is stored aborts
@@ -244,9 +253,19 @@ func Run(ctx context.Context, repo *repository.Repository, coord *shadow.Coordin
 			log.Warn("keep the shadow set", "set", set.ID, "err", err)
 		}
 	}
-	result.CompleteErr = coord.Complete(ctx, set, job.Writers, job.NoTruncate)
-	if set.Type.Truncates() {
-		if err := pruneArchive(ctx, repo, info, job.NoTruncate); err != nil {
+	noTruncate := job.NoTruncate
+	if job.BeforeComplete != nil {
+		if err := job.BeforeComplete(ctx, result); err != nil {
+			result.HeldBack = err
+			noTruncate = nil
+			for _, wr := range job.Writers {
+				noTruncate = append(noTruncate, wr.Name())
+			}
+		}
+	}
+	result.CompleteErr = coord.Complete(ctx, set, job.Writers, noTruncate)
+	if set.Type.Truncates() && result.HeldBack == nil {
+		if err := pruneArchive(ctx, repo, info, noTruncate); err != nil {
 			result.CompleteErr = errors.Join(result.CompleteErr, fmt.Errorf("prune the WAL archive: %w", err))
 		}
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/umbra-backup/umbra/internal/restore"
 	"github.com/umbra-backup/umbra/internal/retention"
 	"github.com/umbra-backup/umbra/internal/shadow"
+	"github.com/umbra-backup/umbra/internal/verify"
 	"github.com/umbra-backup/umbra/internal/writer"
 )
 
@@ -36,6 +37,10 @@ type appBackupOptions struct {
 	strict      bool
 	noTruncate  []string
 	keep        retention.Policy // applied after success, when not empty
+	// verify runs umbra verify on the stored backup; truncateAfterVerified
+	// does it before the writers hear of the backup, and tells them
+	// nothing may be truncated if it fails.
+	verify, truncateAfterVerified bool
 }
 
 // onlyWriters keeps the writers a job names, and every inline one.
@@ -110,6 +115,24 @@ func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wr
 			return pe
 		}
 	}
+	var checked *verify.Result
+	var checkErr error
+	verifyStored := func(ctx context.Context, r *backup.Result) error {
+		wrs, err := a.backupWriters(r.Info, nil)
+		if err == nil {
+			var res verify.Result
+			res, err = verify.Run(ctx, repo, verify.Job{Entry: repository.ManifestEntry{ID: r.ID, Manifest: r.Manifest}, Info: r.Info,
+				Writers: wrs, Scratch: defaultScratch, Host: host})
+			if res.Record != nil {
+				checked = &res
+			}
+		}
+		checkErr = err
+		return err
+	}
+	if o.truncateAfterVerified {
+		job.BeforeComplete = verifyStored
+	}
 	stop := a.showProgress(func(elapsed time.Duration) string {
 		return fmt.Sprintf("%d files, %s read (%s/s), %s added", prog.Files.Load(),
 			size(prog.BytesRead.Load()), size(rate(prog.BytesRead.Load(), elapsed)), size(prog.BytesAdded.Load()))
@@ -118,6 +141,9 @@ func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wr
 	stop()
 	if err != nil {
 		return fmt.Errorf("backup failed; no backup was recorded and no log was truncated: %w", lockLost(ctx, err))
+	}
+	if o.verify && !o.truncateAfterVerified {
+		_ = verifyStored(ctx, res)
 	}
 	var forgotten []string
 	if !o.keep.Empty() {
@@ -136,14 +162,25 @@ func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wr
 			CompleteErr  string          `json:"backup_complete_error,omitempty"`
 			Forgotten    []string        `json:"forgotten,omitempty"`
 			StoreRetries int64           `json:"store_retries"`
-		}{res.ID, res.Manifest, nil, res.Info, errString(res.CompleteErr), forgotten, a.storeRetries()}); err != nil {
+			Verification any             `json:"verification,omitempty"`
+		}{res.ID, res.Manifest, nil, res.Info, errString(res.CompleteErr), forgotten, a.storeRetries(), verificationJSON(checked, checkErr)}); err != nil {
 			return err
 		}
 	} else {
 		a.printAppBackup(res)
+		if checked != nil {
+			a.printVerification(res.ID.Short(), checked.Record.OK, checked.Writers)
+		}
 		if len(forgotten) > 0 {
 			fmt.Fprintf(a.stdout, "Forgot %d older backups by the job's retention (%s); umbra prune frees their space.\n", len(forgotten), o.keep)
 		}
+	}
+	if checkErr != nil {
+		what := "its logs were truncated as after any stored backup"
+		if o.truncateAfterVerified {
+			what = "nothing was truncated (truncate_after = \"verified\")"
+		}
+		return &exitError{code: exitUnverified, err: fmt.Errorf("backup %s is stored but did not pass its verification (%v); %s", res.ID.Short(), checkErr, what)}
 	}
 	if len(res.Failed) > 0 {
 		return &exitError{code: exitPartial, err: fmt.Errorf("backup %s is partial: %s failed and %s left out (nothing of it stored, none of its logs truncated); the rest is stored",
@@ -157,6 +194,18 @@ func (a *app) appBackup(cmd *cobra.Command, f *repoFlags, cfg *config.Config, wr
 			return &warningsError{n}
 		}
 		return &reportedError{&warningsError{n}}
+	}
+	return nil
+}
+
+// verificationJSON is the verification of a backup for --json, or nil if
+// none ran.
+func verificationJSON(res *verify.Result, err error) any {
+	switch {
+	case res != nil:
+		return map[string]any{"id": res.ID, "ok": res.Record.OK, "writers": res.Writers}
+	case err != nil:
+		return map[string]any{"ok": false, "error": err.Error()}
 	}
 	return nil
 }

@@ -44,6 +44,9 @@ func (a *app) backupCommand() *cobra.Command {
 		fallback    bool
 		strict      bool
 		noTruncate  []string
+		verifyAfter bool
+		// truncateAfter: "stored" or "verified"
+		truncateAfter string
 	)
 	cmd := &cobra.Command{
 		Use:   "backup [--writer SPEC]... [PATH]...",
@@ -72,7 +75,13 @@ component: the other writers and the PATHs are stored, the backup records
 the writer as failed with its reason, nothing of it is stored and none of
 its logs truncated, and umbra exits with status 4, "partial". With --strict
 (or strict = true in a job) it fails the whole backup instead; with
---fallback its data is stored crash-consistently.`,
+--fallback its data is stored crash-consistently.
+
+--verify (verify = true in a job) verifies the stored backup as umbra verify
+does and exits 5 if it fails. --truncate-after verified (truncate_after =
+"verified") verifies it before the writers hear of it: only a backup that
+passed lets them truncate their logs (binary log purge, WAL archive
+pruning); one that failed truncates nothing.`,
 		Example: `  umbra backup /etc /srv/www
   umbra backup --tag nightly --json /home
   umbra backup --writer postgres:host=/run/postgresql,user=postgres
@@ -86,7 +95,13 @@ its logs truncated, and umbra exits with status 4, "partial". With --strict
 				return err
 			}
 			opts := appBackupOptions{tags: tags, host: host, force: force, keepShadows: keepShadows,
-				retries: retries, fallback: fallback, strict: strict, noTruncate: noTruncate}
+				retries: retries, fallback: fallback, strict: strict, noTruncate: noTruncate,
+				verify: verifyAfter || truncateAfter == "verified", truncateAfterVerified: truncateAfter == "verified"}
+			switch truncateAfter {
+			case "stored", "verified":
+			default:
+				return usagef("--truncate-after %s: want stored or verified", truncateAfter)
+			}
 			// With no PATH, or with a job, the configured writers take part.
 			useConfig := len(paths) == 0
 			var job *config.Job
@@ -106,6 +121,10 @@ its logs truncated, and umbra exits with status 4, "partial". With --strict
 					opts.retries = j.Retries
 				}
 				opts.keep = retention.Policy(j.Keep)
+				opts.verify = opts.verify || j.Verify
+				if j.TruncateAfter == "verified" {
+					opts.truncateAfterVerified = true
+				}
 			}
 			wrs, specs, err := a.writersAndSpecs(cfg, writerSpecs, useConfig)
 			if err != nil {
@@ -187,6 +206,8 @@ its logs truncated, and umbra exits with status 4, "partial". With --strict
 	cmd.Flags().BoolVar(&fallback, "fallback", false, "back up a writer that fails crash-consistently instead of leaving it out (recorded as crash)")
 	cmd.Flags().BoolVar(&strict, "strict", false, "fail the whole backup if a writer fails, instead of storing the others (exit 4, partial)")
 	cmd.Flags().StringArrayVar(&noTruncate, "no-truncate", nil, "tell this writer the backup is a copy, so it truncates no log (repeatable)")
+	cmd.Flags().BoolVar(&verifyAfter, "verify", false, "verify the backup once it is stored (umbra verify); exit 5 if it fails")
+	cmd.Flags().StringVar(&truncateAfter, "truncate-after", "stored", `when writers may truncate their logs: "stored", or "verified" (verify first; nothing truncated if it fails)`)
 	return cmd
 }
 

@@ -72,6 +72,8 @@ setting is optional; a missing default file is an empty configuration.
   no_truncate  = []                # writers told it is a copy backup
   keep_shadows = false
   tags         = ["nightly"]
+  verify       = false             # true: umbra verify each stored backup (exit 5 if it fails)
+  truncate_after = "stored"        # "verified": writers truncate only after it passed
   [job.keep]                       # retention after each success (then umbra prune)
   daily  = 7
   weekly = 4

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"database/sql"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -273,5 +274,57 @@ func TestVerifyMariaDB(t *testing.T) {
 	// backup recorded.
 	if d := v.Writers[0].Checks[1].Detail; !strings.Contains(d, "ends at the recorded GTID") {
 		t.Errorf("recovery: %q, want the GTID compared", d)
+	}
+}
+
+// TestTruncateAfterVerified: with --truncate-after verified, SQLite's WAL is
+// truncated after a backup that passed its verification, and left alone
+// after one that failed it (a broken foreign key), which exits 5.
+func TestTruncateAfterVerified(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "app.db")
+	sqlite3(t, path, "PRAGMA journal_mode=WAL", "CREATE TABLE customers (id INTEGER PRIMARY KEY)",
+		"CREATE TABLE orders (id INTEGER PRIMARY KEY, customer INTEGER REFERENCES customers(id))",
+		"INSERT INTO customers VALUES (1)", "INSERT INTO orders VALUES (1, 1), (2, 7)")
+	// The application keeps the database open, so the WAL stays until a
+	// checkpoint truncates it.
+	app, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	app.SetMaxOpenConns(1)
+	write := func() {
+		t.Helper()
+		if _, err := app.ExecContext(t.Context(), "INSERT INTO customers (id) VALUES (NULL)"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	walSize := func() int64 {
+		fi, err := os.Stat(path + "-wal")
+		if err != nil {
+			return 0
+		}
+		return fi.Size()
+	}
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	backup := func() result {
+		return umbraRun(t, state, repo.environ(), "backup", "--writer", "sqlite:path="+path, "--truncate-after", "verified")
+	}
+	write()
+	if res := backup(); res.code != 5 || !strings.Contains(res.stderr, "nothing was truncated") {
+		t.Fatalf("backup of a database that fails verification: exit %d\n%s%s; want 5, nothing truncated", res.code, res.stdout, res.stderr)
+	}
+	if walSize() == 0 {
+		t.Error("the WAL was truncated after a backup that failed its verification")
+	}
+	if _, err := app.ExecContext(t.Context(), "DELETE FROM orders WHERE id = 2"); err != nil {
+		t.Fatal(err)
+	}
+	if res := backup(); res.code != 0 {
+		t.Fatalf("backup that passes verification: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	if n := walSize(); n != 0 {
+		t.Errorf("the WAL holds %d bytes after a backup that passed its verification; want it truncated", n)
 	}
 }

@@ -38,6 +38,12 @@ type Job struct {
 	KeepShadows bool
 	Tags        []string
 	Keep        Keep // retention applied after a successful backup
+	// Verify runs umbra verify on each backup the job stores.
+	Verify bool
+	// TruncateAfter is when the writers may truncate their logs: "stored"
+	// (the default) or "verified", once the backup passed its
+	// verification (which implies Verify).
+	TruncateAfter string
 }
 
 // Keep is a retention policy: how many backups to keep per period.
@@ -99,16 +105,18 @@ type repositoryFormat struct {
 }
 
 type jobFormat struct {
-	Name        string     `toml:"name"`
-	Writers     []string   `toml:"writers"`
-	Paths       []string   `toml:"paths"`
-	Retries     *int       `toml:"retries"`
-	Fallback    bool       `toml:"fallback"`
-	Strict      bool       `toml:"strict"`
-	NoTruncate  []string   `toml:"no_truncate"`
-	KeepShadows bool       `toml:"keep_shadows"`
-	Tags        []string   `toml:"tags"`
-	Keep        keepFormat `toml:"keep"`
+	Name          string     `toml:"name"`
+	Writers       []string   `toml:"writers"`
+	Paths         []string   `toml:"paths"`
+	Retries       *int       `toml:"retries"`
+	Fallback      bool       `toml:"fallback"`
+	Strict        bool       `toml:"strict"`
+	NoTruncate    []string   `toml:"no_truncate"`
+	KeepShadows   bool       `toml:"keep_shadows"`
+	Tags          []string   `toml:"tags"`
+	Keep          keepFormat `toml:"keep"`
+	Verify        bool       `toml:"verify"`
+	TruncateAfter string     `toml:"truncate_after"`
 }
 
 type keepFormat struct {
@@ -208,7 +216,13 @@ func Parse(name, text string) (*Config, error) {
 		}
 		seen[j.Name] = true
 		job := Job{Name: j.Name, Writers: j.Writers, Paths: j.Paths, Retries: -1, Fallback: j.Fallback, Strict: j.Strict,
-			NoTruncate: j.NoTruncate, KeepShadows: j.KeepShadows, Tags: j.Tags, Keep: Keep(j.Keep)}
+			NoTruncate: j.NoTruncate, KeepShadows: j.KeepShadows, Tags: j.Tags, Keep: Keep(j.Keep),
+			Verify: j.Verify || j.TruncateAfter == "verified", TruncateAfter: j.TruncateAfter}
+		switch j.TruncateAfter {
+		case "", "stored", "verified":
+		default:
+			return nil, fmt.Errorf("config %s: job %s: truncate_after = %q; want \"stored\" or \"verified\"", name, j.Name, j.TruncateAfter)
+		}
 		if j.Retries != nil {
 			job.Retries = *j.Retries
 		}
