@@ -328,3 +328,26 @@ func TestTruncateAfterVerified(t *testing.T) {
 		t.Errorf("the WAL holds %d bytes after a backup that passed its verification; want it truncated", n)
 	}
 }
+
+// TestVerifyUserCheck: a writer's verify= command runs against the sandbox
+// (UMBRA_VERIFY_DB names SQLite's restored copy) and its outcome is a
+// check of the record: passing, or failing with exit 5.
+func TestVerifyUserCheck(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "app.db")
+	sqlite3(t, path, "CREATE TABLE t (n INTEGER)", "INSERT INTO t VALUES (1), (2), (3)")
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	for _, tc := range []struct {
+		want string
+		code int
+	}{{"3", 0}, {"4", 5}} {
+		check := `sqlite3 "$UMBRA_VERIFY_DB" "select count(*) from t" | grep -qx ` + tc.want
+		mustAppBackup(t, state, repo.environ(), "--writer", "sqlite:path="+path+",verify="+check)
+		v, res := runVerify(t, state, repo.environ())
+		checks := v.Writers[0].Checks
+		last := checks[len(checks)-1]
+		if res.code != tc.code || last.Name != "verify: "+check || last.OK != (tc.code == 0) {
+			t.Errorf("verify with %q: exit %d, last check %+v; want exit %d", check, res.code, last, tc.code)
+		}
+	}
+}

@@ -34,6 +34,7 @@ func Password(opts map[string]string, envName string) (string, error) {
 // CheckOptions refuses an option not in valid, naming the valid ones:
 // "<kind> writer "<name>": unknown option ...".
 func CheckOptions(kind, name string, opts map[string]string, valid []string) error {
+	valid = append(slices.Clone(valid), CommonOptions...)
 	for _, k := range slices.Sorted(maps.Keys(opts)) {
 		if !slices.Contains(valid, k) {
 			return fmt.Errorf("%s writer %q: unknown option %q; valid options: %s", kind, name, k, strings.Join(slices.Sorted(slices.Values(valid)), ", "))

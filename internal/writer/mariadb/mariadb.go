@@ -84,13 +84,14 @@ var (
 //
 // A Writer may serve one set after another; Abort ends the current one.
 type Writer struct {
-	name    string
-	cfg     *mysql.Config
-	where   string // the server's address, for messages
-	purge   bool
-	stop    string
-	start   string
-	service string
+	userCheck writer.UserVerify // the operator's check of a verification
+	name      string
+	cfg       *mysql.Config
+	where     string // the server's address, for messages
+	purge     bool
+	stop      string
+	start     string
+	service   string
 
 	mu        sync.Mutex
 	sess      *session             // nil between sets
@@ -179,6 +180,11 @@ func New(name string, opts map[string]string) (*Writer, error) {
 			return nil, fmt.Errorf("mariadb writer %q: purge_binlogs=%s: want true or false", name, v)
 		}
 	}
+	uv, err := writer.ParseUserVerify("mariadb", name, opts)
+	if err != nil {
+		return nil, err
+	}
+	w.userCheck = uv
 	return w, nil
 }
 

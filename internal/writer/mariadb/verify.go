@@ -123,7 +123,12 @@ func (w *Writer) Verify(ctx context.Context, r writer.Restore) ([]writer.Check, 
 	if len(problems) > 0 {
 		check.Detail = strings.Join(problems, "\n")
 	}
-	return []writer.Check{recovery, check}, nil
+	checks := []writer.Check{recovery, check}
+	env := []string{"UMBRA_VERIFY_DIR=" + r.Target, "MYSQL_UNIX_PORT=" + sock, "UMBRA_VERIFY_SOCKET=" + sock}
+	if c, ok := w.userCheck.Run(ctx, env, -1, -1); ok {
+		checks = append(checks, c)
+	}
+	return checks, nil
 }
 
 // sandboxBinlog finds the binary logs restored under r.Target (the backup's

@@ -49,10 +49,11 @@ var (
 // Writer is one PostgreSQL server. It may serve one set after another;
 // Abort or the end of a set closes its session.
 type Writer struct {
-	name    string
-	connStr string // libpq keywords, without the password
-	pass    string // "" means libpq's own sources (PGPASSWORD, .pgpass)
-	restore restoreOptions
+	name      string
+	connStr   string            // libpq keywords, without the password
+	userCheck writer.UserVerify // the operator's check of a verification
+	pass      string            // "" means libpq's own sources (PGPASSWORD, .pgpass)
+	restore   restoreOptions
 
 	mu   sync.Mutex
 	sess *session // the set's held connection, nil between sets
@@ -65,17 +66,19 @@ type Writer struct {
 
 // options the writer accepts, with what each means (for the error text).
 var options = map[string]string{
-	"host":          "socket directory or host name (default: PGHOST or /var/run/postgresql)",
-	"port":          "port (default: PGPORT or 5432)",
-	"user":          "role to connect as, a superuser or one granted pg_backup_start/stop and REPLICATION (default: PGUSER or postgres)",
-	"dbname":        "database to connect to (default: postgres)",
-	"sslmode":       "libpq sslmode for TCP connections",
-	"password":      "password (configuration file only)",
-	"password_file": "file holding the password on its first line (or use PGPASSWORD or ~/.pgpass)",
-	"service":       "systemd unit that runs the server, used to stop and start it at restore (such as postgresql@15-main)",
-	"start":         "command that starts the server at restore (instead of service)",
-	"stop":          "command that stops the server at restore (instead of service)",
-	"start_timeout": "how long restore waits for the server to stop, and for the restored one to recover and accept connections (default 1h)",
+	"host":           "socket directory or host name (default: PGHOST or /var/run/postgresql)",
+	"port":           "port (default: PGPORT or 5432)",
+	"user":           "role to connect as, a superuser or one granted pg_backup_start/stop and REPLICATION (default: PGUSER or postgres)",
+	"dbname":         "database to connect to (default: postgres)",
+	"sslmode":        "libpq sslmode for TCP connections",
+	"password":       "password (configuration file only)",
+	"password_file":  "file holding the password on its first line (or use PGPASSWORD or ~/.pgpass)",
+	"service":        "systemd unit that runs the server, used to stop and start it at restore (such as postgresql@15-main)",
+	"start":          "command that starts the server at restore (instead of service)",
+	"stop":           "command that stops the server at restore (instead of service)",
+	"verify":         "a command that checks a verification's sandbox (PGHOST, PGPORT, PGUSER point at it), run as the server's user",
+	"verify_timeout": "how long the verify command may take (default 5m)",
+	"start_timeout":  "how long restore waits for the server to stop, and for the restored one to recover and accept connections (default 1h)",
 }
 
 // New returns the writer named name (such as "postgres:main").
@@ -115,6 +118,9 @@ func New(name string, opts map[string]string) (*Writer, error) {
 		return nil, fmt.Errorf("postgres writer %q: %w", name, err)
 	}
 	w.pass = pass
+	if w.userCheck, err = writer.ParseUserVerify("postgres", name, opts); err != nil {
+		return nil, err
+	}
 	return w, nil
 }
 

@@ -70,7 +70,20 @@ func (w *Writer) Verify(ctx context.Context, r writer.Restore) ([]writer.Check, 
 		}
 		amcheck.Detail = lastLines(out, 20)
 	}
-	return append(checks, amcheck), ctx.Err()
+	checks = append(checks, amcheck)
+	user := "postgres"
+	if u, _ := parseConn(w.connStr); u != "" {
+		user = u
+	}
+	uid, gid, err := fileOwner(box.DataDir)
+	if err != nil {
+		return checks, err
+	}
+	env := []string{"UMBRA_VERIFY_DIR=" + r.Target, "PGHOST=" + box.Socket, "PGPORT=" + strconv.Itoa(box.Port), "PGUSER=" + user, "PGDATABASE=postgres"}
+	if c, ok := w.userCheck.Run(ctx, env, uid, gid); ok {
+		checks = append(checks, c)
+	}
+	return checks, ctx.Err()
 }
 
 // amcheck runs pg_amcheck on every database of the sandbox, as its owner,

@@ -64,14 +64,15 @@ var validOptions = []string{"addr", "password", "password_file", "service", "soc
 //
 // A Writer may serve one set after another; Abort ends the current one.
 type Writer struct {
-	name     string
-	network  string // "tcp" or "unix"
-	addr     string // host:port or socket path
-	user     string
-	password string
-	stop     string // shell command
-	start    string // shell command
-	service  string // systemd unit
+	userCheck writer.UserVerify // the operator's check of a verification
+	name      string
+	network   string // "tcp" or "unix"
+	addr      string // host:port or socket path
+	user      string
+	password  string
+	stop      string // shell command
+	start     string // shell command
+	service   string // systemd unit
 
 	mu       sync.Mutex
 	aof      *bool             // appendonly as the last Identify saw it
@@ -121,6 +122,11 @@ func New(name string, opts map[string]string) (*Writer, error) {
 	if w.service != "" && (w.stop != "" || w.start != "") {
 		return nil, fmt.Errorf("redis writer %q: give service= or stop= and start=, not both", name)
 	}
+	uv, err := writer.ParseUserVerify("redis", name, opts)
+	if err != nil {
+		return nil, err
+	}
+	w.userCheck = uv
 	return w, nil
 }
 

@@ -77,7 +77,11 @@ func (w *Writer) Verify(ctx context.Context, r writer.Restore) ([]writer.Check, 
 		return checks, nil
 	}
 	start := time.Now()
-	loaded, err := w.loadSandbox(ctx, server, rdb, aofDir, aofOn)
+	var user writer.Check
+	checked := false
+	loaded, err := w.loadSandbox(ctx, server, rdb, aofDir, aofOn, func(sock string) {
+		user, checked = w.userCheck.Run(ctx, []string{"UMBRA_VERIFY_DIR=" + r.Target, "UMBRA_VERIFY_SOCKET=" + sock}, -1, -1)
+	})
 	c := writer.Check{Name: "load", OK: err == nil, Duration: time.Since(start)}
 	if err != nil {
 		c.Detail = err.Error()
@@ -92,7 +96,11 @@ func (w *Writer) Verify(ctx context.Context, r writer.Restore) ([]writer.Check, 
 		c.OK = false
 		c.Detail = fmt.Sprintf("no keys loaded; %d when the backup's save ended", recorded)
 	}
-	return append(checks, c), nil
+	checks = append(checks, c)
+	if checked {
+		checks = append(checks, user)
+	}
+	return checks, nil
 }
 
 // serverProgram is the redis-server to check with: the one the backup saw
@@ -141,7 +149,8 @@ func runCheck(ctx context.Context, program, file string) (string, error) {
 
 // loadSandbox starts Redis on the restored files, privately, waits until it
 // has loaded them, counts the keys, and shuts it down.
-func (w *Writer) loadSandbox(ctx context.Context, server, rdb, aofDir string, aofOn bool) (int64, error) {
+// While it runs, up is called with its socket (the operator's check).
+func (w *Writer) loadSandbox(ctx context.Context, server, rdb, aofDir string, aofOn bool, up func(sock string)) (int64, error) {
 	dir := filepath.Dir(rdb)
 	if aofOn {
 		dir = filepath.Dir(aofDir)
@@ -204,6 +213,7 @@ func (w *Writer) loadSandbox(ctx context.Context, server, rdb, aofDir string, ao
 	if err != nil {
 		return 0, err
 	}
+	up(sock)
 	return keyCount(inf), nil
 }
 

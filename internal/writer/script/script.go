@@ -92,6 +92,9 @@ type Writer struct {
 	paths   []string
 	needs   writer.Need
 	timeout time.Duration
+	// userCheck is the operator's check of a verification: the one
+	// thing umbra verify knows to run for a script writer.
+	userCheck writer.UserVerify
 
 	abortMu sync.Mutex // one Abort at a time
 
@@ -141,6 +144,8 @@ func New(name string, opts map[string]string) (*Writer, error) {
 			default:
 				return nil, fmt.Errorf("script writer %q: needs=%q; want atomic, quiesced or live", name, v)
 			}
+		case "verify", "verify_timeout":
+			// writer.ParseUserVerify, below
 		case "timeout":
 			d, err := time.ParseDuration(v)
 			if err != nil || d <= 0 {
@@ -148,11 +153,16 @@ func New(name string, opts map[string]string) (*Writer, error) {
 			}
 			w.timeout = d
 		default:
-			valid := append(slices.Collect(maps.Keys(commandOptions)), "paths", "needs", "timeout")
+			valid := append(slices.Collect(maps.Keys(commandOptions)), append([]string{"paths", "needs", "timeout"}, writer.CommonOptions...)...)
 			slices.Sort(valid)
 			return nil, fmt.Errorf("script writer %q: unknown option %q; valid options: %s", name, k, strings.Join(valid, ", "))
 		}
 	}
+	uv, err := writer.ParseUserVerify("script", name, opts)
+	if err != nil {
+		return nil, err
+	}
+	w.userCheck = uv
 	_, freezes := w.cmds[writer.PhaseFreeze]
 	switch {
 	case w.needs == "" && freezes:
@@ -467,4 +477,16 @@ func flag(b bool) string {
 		return "1"
 	}
 	return "0"
+}
+
+var _ writer.Verifier = (*Writer)(nil)
+
+// Verify runs the operator's verify command, if there is one, with
+// UMBRA_VERIFY_DIR naming where the backup's data was restored: a script
+// writer knows no more of its application.
+func (w *Writer) Verify(ctx context.Context, r writer.Restore) ([]writer.Check, error) {
+	if c, ok := w.userCheck.Run(ctx, []string{"UMBRA_VERIFY_DIR=" + r.Target}, -1, -1); ok {
+		return []writer.Check{c}, nil
+	}
+	return nil, nil
 }

@@ -93,6 +93,9 @@ func (w *Writer) Verify(ctx context.Context, r writer.Restore) ([]writer.Check, 
 	start = time.Now()
 	err = foreignKeyCheck(ctx, path)
 	checks = append(checks, writer.Check{Name: "foreign_key_check", OK: err == nil, Detail: errText(err), Duration: time.Since(start)})
+	if c, ok := w.userCheck.Run(ctx, []string{"UMBRA_VERIFY_DIR=" + r.Target, "UMBRA_VERIFY_DB=" + path}, -1, -1); ok {
+		checks = append(checks, c)
+	}
 	return checks, ctx.Err()
 }
 

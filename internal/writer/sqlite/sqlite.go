@@ -60,6 +60,7 @@ type Writer struct {
 	name      string
 	path      string
 	component string
+	userCheck writer.UserVerify // the operator's check of a verification
 
 	mu   sync.Mutex
 	sess *session // nil between sets
@@ -87,7 +88,11 @@ func New(name string, opts map[string]string) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlite writer %q: path=%s: %w", name, p, err)
 	}
-	return &Writer{name: name, path: abs, component: filepath.Base(abs)}, nil
+	uv, err := writer.ParseUserVerify("sqlite", name, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Writer{name: name, path: abs, component: filepath.Base(abs), userCheck: uv}, nil
 }
 
 // Name returns the instance name.
