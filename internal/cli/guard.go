@@ -61,6 +61,9 @@ setting is optional; a missing default file is an empty configuration.
   password_file = "/etc/umbra/pg.pass"   # never password= on a command line
   service       = "postgresql@15-main"   # how restore stops and starts it
 
+  Every writer also takes verify = "COMMAND" (and verify_timeout): the
+  operator's own check of a verification sandbox (docs/verify.md).
+
   [[job]]                          # umbra backup --job nightly
   name         = "nightly"
   writers      = ["postgres:main"] # default: every [[writer]]
