@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -350,4 +351,63 @@ func TestVerifyUserCheck(t *testing.T) {
 			t.Errorf("verify with %q: exit %d, last check %+v; want exit %d", check, res.code, last, tc.code)
 		}
 	}
+}
+
+// TestVerifyKilled: umbra verify killed (-9) while PostgreSQL runs in its
+// sandbox leaves that server behind; the next verification kills it,
+// removes the sandbox, and verifies.
+func TestVerifyKilled(t *testing.T) {
+	pg := testenv.InitPostgres(t, filepath.Join(t.TempDir(), "data"), testenv.PostgresOptions{})
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	mustAppBackup(t, state, repo.environ(), "--writer", pg.Spec("main"))
+	scratch := t.TempDir()
+	testenv.Traversable(t, filepath.Join(scratch, "x"))
+	cmd := umbraCmd(t, state, repo.environ(), "verify", "--scratch", scratch)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Until the sandbox's postmaster is up (what umbra does), within a limit.
+	var server []int
+	for deadline := time.Now().Add(2 * time.Minute); len(server) == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no server started in the sandbox within 2 minutes")
+		}
+		server = processesIn(scratch, "postgres")
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	if len(processesIn(scratch, "postgres")) == 0 {
+		t.Fatal("the sandbox's server went with umbra; the test needs it left behind")
+	}
+	if res := umbraRun(t, state, repo.environ(), "verify", "--scratch", scratch); res.code != 0 {
+		t.Fatalf("verify after a killed one: exit %d\n%s%s", res.code, res.stdout, res.stderr)
+	}
+	if left := processesIn(scratch, ""); len(left) > 0 {
+		t.Errorf("processes still run in the scratch directory: %v", left)
+	}
+	if entries, _ := os.ReadDir(scratch); len(entries) > 0 {
+		t.Errorf("the scratch directory still holds %d entries", len(entries))
+	}
+}
+
+// processesIn lists the processes (named name, unless empty) whose working
+// directory lies in dir.
+func processesIn(dir, name string) []int {
+	var pids []int
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		cwd, err := os.Readlink(filepath.Join("/proc", p.Name(), "cwd"))
+		if err != nil || !strings.HasPrefix(cwd, dir+"/") {
+			continue
+		}
+		if comm, _ := os.ReadFile(filepath.Join("/proc", p.Name(), "comm")); name == "" || strings.TrimSpace(string(comm)) == name {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
