@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -105,8 +106,9 @@ func (w *Writer) amcheck(ctx context.Context, box writer.Restore) ([]byte, error
 	if cfg, err := parseConn(w.connStr); err == nil && cfg != "" {
 		user = cfg
 	}
+	// One connection per core: the check reads every heap and index page.
 	cmd := exec.CommandContext(ctx, bin, "--all", "--heapallindexed", "--install-missing", "--no-strict-names",
-		"-h", box.Socket, "-p", strconv.Itoa(box.Port), "-U", user)
+		"--jobs", strconv.Itoa(runtime.NumCPU()), "-h", box.Socket, "-p", strconv.Itoa(box.Port), "-U", user)
 	cmd.Dir = "/"
 	cmd.Env = []string{"PATH=/usr/bin:/bin"}
 	if w.pass != "" {
