@@ -411,3 +411,28 @@ func processesIn(dir, name string) []int {
 	}
 	return pids
 }
+
+// TestVerifyDamagedSQLitePage: a page of an SQLite database overwritten on
+// disk, which the application has not read since, is stored by the backup;
+// verify fails and says the database is damaged (exit 5).
+func TestVerifyDamagedSQLitePage(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "app.db")
+	sqlite3(t, path, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", "CREATE INDEX t_v ON t (v)",
+		"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) INSERT INTO t SELECT i, hex(randomblob(40)) FROM n")
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Page 10 (of 4 KiB), past its header: cells of the table or index.
+	if _, err := f.WriteAt([]byte(strings.Repeat("\x55", 512)), 9*4096+1024); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	mustAppBackup(t, state, repo.environ(), "--writer", "sqlite:path="+path)
+	v, res := runVerify(t, state, repo.environ())
+	if res.code != 5 || v.OK || !strings.Contains(res.stdout, "database is damaged") {
+		t.Errorf("verify of a damaged page: exit %d, ok %v\n%s%s; want exit 5, the database said damaged", res.code, v.OK, res.stdout, res.stderr)
+	}
+}

@@ -136,8 +136,12 @@ func verifyWriter(ctx context.Context, repo *repository.Repository, job Job, wi 
 	defer os.RemoveAll(dir)
 
 	t := time.Now()
-	_, err = backup.Restore(ctx, repo, backup.RestoreJob{Manifest: job.Entry.Manifest, Info: job.Info, Writers: job.Writers, Only: []string{wi.Name}, Target: dir})
-	res.Checks = append(res.Checks, writer.Check{Name: "restore", OK: err == nil, Detail: errText(err), Duration: time.Since(t)})
+	done, err := backup.Restore(ctx, repo, backup.RestoreJob{Manifest: job.Entry.Manifest, Info: job.Info, Writers: job.Writers, Only: []string{wi.Name}, Target: dir})
+	detail := errText(err)
+	if len(done) == 1 && done[0].Error != "" {
+		detail = done[0].Error // the writer's own words, not the summary
+	}
+	res.Checks = append(res.Checks, writer.Check{Name: "restore", OK: err == nil, Detail: detail, Duration: time.Since(t)})
 	if err != nil {
 		return res
 	}
