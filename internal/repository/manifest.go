@@ -72,15 +72,22 @@ func (r *Repository) LoadManifest(ctx context.Context, id ID) (*Manifest, error)
 	return &m, nil
 }
 
-// Manifests lists every backup, oldest first.
-func (r *Repository) Manifests(ctx context.Context) ([]ManifestEntry, error) {
+// listIDs lists the files of type t named by an ID (manifests,
+// verification records); other names are not the repository's.
+func (r *Repository) listIDs(ctx context.Context, t backend.Type) ([]ID, error) {
 	var ids []ID
-	err := r.be.List(ctx, backend.TypeManifest, func(fi backend.FileInfo) error {
+	err := r.be.List(ctx, t, func(fi backend.FileInfo) error {
 		if id, err := ParseID(fi.Name); err == nil {
 			ids = append(ids, id)
 		}
 		return nil
 	})
+	return ids, err
+}
+
+// Manifests lists every backup, oldest first.
+func (r *Repository) Manifests(ctx context.Context) ([]ManifestEntry, error) {
+	ids, err := r.listIDs(ctx, backend.TypeManifest)
 	if err != nil {
 		return nil, fmt.Errorf("list backups: %w", err)
 	}

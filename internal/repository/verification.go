@@ -39,13 +39,7 @@ func (r *Repository) SaveVerification(ctx context.Context, v *Verification) (ID,
 
 // Verifications lists every verification record, oldest first.
 func (r *Repository) Verifications(ctx context.Context) ([]Verification, error) {
-	var ids []ID
-	err := r.be.List(ctx, backend.TypeVerification, func(fi backend.FileInfo) error {
-		if id, err := ParseID(fi.Name); err == nil {
-			ids = append(ids, id)
-		}
-		return nil
-	})
+	ids, err := r.listIDs(ctx, backend.TypeVerification)
 	if err != nil {
 		return nil, fmt.Errorf("list verifications: %w", err)
 	}
