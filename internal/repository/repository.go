@@ -573,6 +573,11 @@ func (r *Repository) decompress(flags uint8, rawLen uint32, payload []byte, scra
 	if rawLen > maxBlobLen {
 		return nil, fmt.Errorf("the index says the blob is %d bytes, more than any blob umbra writes: damaged", rawLen)
 	}
+	if rawLen == 0 {
+		// umbra stores an empty blob uncompressed; and lz4's decoder
+		// must not be given an empty buffer (it panics).
+		return nil, errors.New("a compressed blob the index says is empty: damaged")
+	}
 	var out []byte
 	if scratch != nil {
 		if cap(*scratch) < int(rawLen) {
@@ -584,7 +589,11 @@ func (r *Repository) decompress(flags uint8, rawLen uint32, payload []byte, scra
 	}
 	switch {
 	case flags&flagZstd != 0:
-		return r.dec.DecodeAll(payload, out[:0])
+		got, err := r.dec.DecodeAll(payload, out[:0])
+		if err == nil && len(got) != int(rawLen) {
+			err = fmt.Errorf("zstd: %d bytes, want %d", len(got), rawLen)
+		}
+		return got, err
 	case flags&flagLZ4 != 0:
 		n, err := lz4.UncompressBlock(payload, out)
 		if err == nil && n != int(rawLen) {
