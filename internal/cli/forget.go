@@ -187,4 +187,7 @@ func (a *app) printPrune(rep *repository.PruneReport) {
 		fmt.Fprintf(a.stdout, "%s (%s) marked for deletion wait for %s that were running (backups, restores); the next prune after they have ended deletes them.\n",
 			count(rep.PacksMarked, "pack"), size(rep.BytesMarked), count(rep.WaitingFor, "operation"))
 	}
+	if rep.VerificationsRemoved > 0 {
+		fmt.Fprintf(a.stdout, "Removed the %s of forgotten backups.\n", count(rep.VerificationsRemoved, "verification record"))
+	}
 }

@@ -2,6 +2,7 @@ package repository
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -38,7 +39,9 @@ type PruneReport struct {
 	PacksMarked int   `json:"packs_marked"`
 	BytesMarked int64 `json:"bytes_marked"`
 	WaitingFor  int   `json:"waiting_for"`
-	DryRun      bool  `json:"dry_run"`
+	// VerificationsRemoved are the records of backups that are gone.
+	VerificationsRemoved int  `json:"verifications_removed"`
+	DryRun               bool `json:"dry_run"`
 }
 
 // Prune removes data no backup uses, beside running backups and restores:
@@ -74,7 +77,50 @@ func (r *Repository) Prune(ctx context.Context, opts PruneOptions) (*PruneReport
 			break
 		}
 	}
+	if !opts.DryRun {
+		n, err := r.removeOrphanVerifications(ctx)
+		if err != nil {
+			return nil, pruneErr(ctx, err)
+		}
+		rep.VerificationsRemoved = n
+	}
 	return rep, nil
+}
+
+// removeOrphanVerifications removes the verification records of backups
+// that were forgotten.
+func (r *Repository) removeOrphanVerifications(ctx context.Context) (int, error) {
+	ids, err := r.listIDs(ctx, backend.TypeVerification)
+	if err != nil || len(ids) == 0 {
+		return 0, err
+	}
+	backups, err := r.listIDs(ctx, backend.TypeManifest)
+	if err != nil {
+		return 0, err
+	}
+	live := map[ID]bool{}
+	for _, id := range backups {
+		live[id] = true
+	}
+	removed := 0
+	for _, id := range ids {
+		data, err := r.loadSealed(ctx, backend.TypeVerification, id)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return removed, fmt.Errorf("verification %s: %w", id.Short(), err)
+		}
+		var v Verification
+		if err := json.Unmarshal(data, &v); err != nil || live[v.Backup] {
+			continue // a damaged record is check's to report
+		}
+		if err := r.be.Remove(ctx, backend.Handle{Type: backend.TypeVerification, Name: id.String()}); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return removed, err
+		}
+		removed++
+	}
+	return removed, nil
 }
 
 func pruneErr(ctx context.Context, err error) error {

@@ -335,3 +335,31 @@ func clearLocks(t *testing.T, be backend.Backend) {
 		}
 	}
 }
+
+// TestPruneRemovesOrphanVerifications: prune removes the verification
+// records of forgotten backups and keeps those of the backups there.
+func TestPruneRemovesOrphanVerifications(t *testing.T) {
+	r, _ := newRepo(t)
+	ctx := t.Context()
+	keep := saveBackup(t, r, random(t, 1000))
+	drop := saveBackup(t, r, random(t, 1000))
+	for _, id := range []ID{keep, drop} {
+		if _, err := r.SaveVerification(ctx, &Verification{Backup: id, Time: time.Now(), OK: true, Writers: []byte("[]")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.RemoveManifest(ctx, drop); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := r.Prune(ctx, PruneOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, err := r.Verifications(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.VerificationsRemoved != 1 || len(left) != 1 || left[0].Backup != keep {
+		t.Errorf("after prune: %d removed, records left %+v; want the forgotten backup's removed and %s's kept", rep.VerificationsRemoved, left, keep.Short())
+	}
+}
