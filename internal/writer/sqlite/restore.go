@@ -3,9 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,7 +18,9 @@ var _ writer.Restorer = (*Writer)(nil)
 // PreRestore, in place, refuses while any process has the database open
 // (SQLite has no server to stop: the operator stops the application), then
 // moves the database, its -wal, -shm and -journal aside to
-// NAME.umbra-before-restore-TIME. Restoring to a target touches nothing.
+// TOP/.umbra-before-restore-TIME/PATH (writer.MoveAside), where the
+// application's own directory scans do not see them; MovedAside says where.
+// Restoring to a target touches nothing.
 func (w *Writer) PreRestore(_ context.Context, r writer.Restore) error {
 	if r.Target != "" {
 		return nil
@@ -30,15 +30,25 @@ func (w *Writer) PreRestore(_ context.Context, r writer.Restore) error {
 			return fmt.Errorf("sqlite writer %q: pre-restore: %s is open in process %v; stop the application that uses it, then restore again", w.name, w.path+suffix, pids)
 		}
 	}
-	stamp := ".umbra-before-restore-" + time.Now().UTC().Format("20060102T150405Z")
+	stamp := time.Now().UTC().Format("20060102T150405Z")
+	w.aside.Reset()
 	for _, suffix := range []string{"", "-wal", "-shm", "-journal"} {
 		p := w.path + suffix
-		if err := os.Rename(p, p+stamp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("sqlite writer %q: pre-restore: move %s aside: %w", w.name, p, err)
+		to, err := writer.MoveAside(p, stamp)
+		if err != nil {
+			return fmt.Errorf("sqlite writer %q: pre-restore: %w", w.name, err)
+		}
+		if to != "" {
+			w.aside.Add(p, to)
 		}
 	}
 	return nil
 }
+
+var _ writer.AsideMover = (*Writer)(nil)
+
+// MovedAside lists what the last PreRestore moved aside.
+func (w *Writer) MovedAside() []writer.Moved { return w.aside.List() }
 
 // PostRestore checks the restored database with PRAGMA integrity_check.
 func (w *Writer) PostRestore(ctx context.Context, r writer.Restore) error {

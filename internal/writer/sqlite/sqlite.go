@@ -64,6 +64,8 @@ type Writer struct {
 
 	mu   sync.Mutex
 	sess *session // nil between sets
+
+	aside writer.AsideList // what PreRestore moved aside
 }
 
 // session is the held connection of one set.

@@ -433,11 +433,12 @@ func TestRestorePhases(t *testing.T) {
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("PreRestore left the database in place: %v", err)
 	}
-	aside, _ := filepath.Glob(path + ".umbra-before-restore-*")
-	if len(aside) == 0 {
-		t.Fatal("nothing moved aside")
+	moved := wr.MovedAside()
+	writertest.CleanAside(t, moved...)
+	if len(moved) == 0 || moved[0].From != path || !strings.Contains(moved[0].To, "/"+writer.AsideDirPrefix) {
+		t.Fatalf("moved aside: %+v; want the database under a %s directory", moved, writer.AsideDirPrefix)
 	}
-	if err := os.Rename(aside[0], path); err != nil {
+	if err := os.Rename(moved[0].To, path); err != nil {
 		t.Fatal(err)
 	}
 	if err := wr.PostRestore(ctx, r); err != nil {
