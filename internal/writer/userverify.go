@@ -65,12 +65,14 @@ func (u UserVerify) Run(ctx context.Context, env []string, uid, gid int) (Check,
 		if ctx.Err() != nil {
 			err = fmt.Errorf("no answer within %v (verify_timeout)", u.Limit)
 		}
-		c.Detail = strings.TrimSpace(fmt.Sprintf("%v\n%s", err, lastLines(string(out), 15)))
+		c.Detail = strings.TrimSpace(fmt.Sprintf("%v\n%s", err, LastLines(string(out), 15)))
 	}
 	return c, true
 }
 
-func lastLines(s string, n int) string {
+// LastLines is the last n lines of s: the end of a command's output or a
+// log, for an error message.
+func LastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

@@ -155,7 +155,7 @@ func (w *Writer) mariadbBackup(ctx context.Context, conn *sql.Conn, f facts, scr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Run(); err != nil {
 			tail, _ := os.ReadFile(logFile)
-			return fmt.Errorf("mariadb writer %q: %s: mariadb-backup %s: %w\n%s", w.name, phase, args[len(conArgs)], err, lastLines(tail, 15))
+			return fmt.Errorf("mariadb writer %q: %s: mariadb-backup %s: %w\n%s", w.name, phase, args[len(conArgs)], err, writer.LastLines(string(tail), 15))
 		}
 		return nil
 	}
@@ -290,9 +290,4 @@ func chownLike(dir, like string) error {
 		}
 		return os.Lchown(p, int(st.Uid), int(st.Gid))
 	})
-}
-
-func lastLines(b []byte, n int) string {
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

@@ -256,6 +256,5 @@ func serverProgram(started *writer.Started) (string, error) {
 // tail is the end of a log file, for an error.
 func tail(path string) string {
 	b, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-15):], "\n")
+	return writer.LastLines(string(b), 15)
 }

@@ -536,7 +536,7 @@ func pgCtlStart(ctx context.Context, dataDir string, opts []string) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: process.Credential(int(st.Uid), int(st.Gid)), Setsid: true}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		tail, _ := os.ReadFile(logFile)
-		return fmt.Errorf("pg_ctl start: %w\n%s%s", err, out, lastLines(tail, 20))
+		return fmt.Errorf("pg_ctl start: %w\n%s%s", err, out, writer.LastLines(string(tail), 20))
 	}
 	return nil
 }
@@ -670,9 +670,4 @@ func runCommand(ctx context.Context, name string, args ...string) error {
 		return fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return nil
-}
-
-func lastLines(b []byte, n int) string {
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

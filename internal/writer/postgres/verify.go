@@ -69,7 +69,7 @@ func (w *Writer) Verify(ctx context.Context, r writer.Restore) ([]writer.Check, 
 		if !errors.As(err, &exit) {
 			return append(checks, amcheck), fmt.Errorf("pg_amcheck: %w", err)
 		}
-		amcheck.Detail = lastLines(out, 20)
+		amcheck.Detail = writer.LastLines(string(out), 20)
 	}
 	checks = append(checks, amcheck)
 	user := "postgres"

@@ -58,7 +58,7 @@ func (w *Writer) Verify(ctx context.Context, r writer.Restore) ([]writer.Check, 
 			c.Detail = m[0]
 		}
 		if err != nil {
-			c.Detail = lastLines(out, 15)
+			c.Detail = writer.LastLines(out, 15)
 		}
 		checks = append(checks, c)
 	}
@@ -69,7 +69,7 @@ func (w *Writer) Verify(ctx context.Context, r writer.Restore) ([]writer.Check, 
 		out, err := runCheck(ctx, filepath.Join(filepath.Dir(server), "redis-check-aof"), manifest)
 		c := writer.Check{Name: "redis-check-aof", OK: err == nil, Duration: time.Since(start)}
 		if err != nil {
-			c.Detail = lastLines(out, 15)
+			c.Detail = writer.LastLines(out, 15)
 		}
 		checks = append(checks, c)
 	}
@@ -201,7 +201,7 @@ func (w *Writer) loadSandbox(ctx context.Context, server, rdb, aofDir string, ao
 		select {
 		case e := <-exited:
 			exited <- e
-			return 0, fmt.Errorf("the sandbox Redis exited while loading (%v): %s", e, lastLines(log.String(), 15))
+			return 0, fmt.Errorf("the sandbox Redis exited while loading (%v): %s", e, writer.LastLines(log.String(), 15))
 		case <-ctx.Done():
 			return 0, fmt.Errorf("the sandbox Redis did not load the files within %s: %w", checkLimit, err)
 		case <-time.After(pollEvery):
@@ -224,9 +224,4 @@ func allOK(checks []writer.Check) bool {
 		}
 	}
 	return true
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
