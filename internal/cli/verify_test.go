@@ -3,6 +3,7 @@ package cli
 import (
 	"database/sql"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -437,5 +438,52 @@ func TestVerifyDamagedSQLitePage(t *testing.T) {
 	v, res := runVerify(t, state, repo.environ())
 	if res.code != 5 || v.OK || !strings.Contains(res.stdout, "database is damaged") {
 		t.Errorf("verify of a damaged page: exit %d, ok %v\n%s%s; want exit 5, the database said damaged", res.code, v.OK, res.stdout, res.stderr)
+	}
+}
+
+// TestVerifyDamagedRedis: Redis's files damaged on disk after Redis wrote
+// them (a flipped stretch of the RDB file; the append-only base cut in half),
+// which Redis does not notice because it never reads them back while it runs,
+// are stored by a backup that succeeds; verify fails naming the file, exit 5,
+// recorded as failed. A script writer's freeze command does the damage: it
+// runs after Redis's own save for the backup and before the copy is taken.
+func TestVerifyDamagedRedis(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		start  func(t *testing.T) *testenv.Redis
+		damage string // a shell command, $D the server's directory
+		named  string
+	}{
+		{"btrfs/rdb", func(t *testing.T) *testenv.Redis {
+			return testenv.StartRedis(t, testenv.Btrfs(t).Subvolume(t, "redis"))
+		}, `f=$D/dump.rdb; s=$(stat -c %s $f); head -c 256 /dev/zero | tr '\0' U | dd of=$f bs=1 seek=$((s/2)) conv=notrunc status=none`, "/dump.rdb"},
+		{"ext4/aof", func(t *testing.T) *testenv.Redis {
+			return testenv.StartRedis(t, filepath.Join(testenv.Ext4(t).Mount, "redis"), testenv.RedisAppendOnly(true))
+		}, `for f in $D/appendonlydir/*.base.*; do truncate -s $(($(stat -c %s $f)/2)) $f; done`, "/appendonlydir"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := tc.start(t)
+			load := testenv.StartRedisLoad(t, r, 4)
+			// Enough keys that the file is more than its header.
+			for i := range 2000 {
+				r.Do(t, "SET", fmt.Sprintf("bulk:%d", i), strings.Repeat("v", 100))
+			}
+			repo := newRepoDir(t)
+			state := t.TempDir()
+			damage := "D=" + r.Dir + "; " + tc.damage
+			mustAppBackup(t, state, repo.environ(), "--writer", "redis:addr="+r.Addr,
+				"--writer", "script:name=rot,freeze="+damage+",thaw=true")
+			if err := load.Stop(); err != nil {
+				t.Errorf("Redis failed while its file was damaged (it should not notice): %v", err)
+			}
+			v, res := runVerify(t, state, repo.environ())
+			if res.code != 5 || v.OK || !strings.Contains(res.stdout, tc.named+": ") {
+				t.Fatalf("verify of a damaged file: exit %d, ok %v\n%s%s; want exit 5 naming %s", res.code, v.OK, res.stdout, res.stderr, tc.named)
+			}
+			show := umbraRun(t, state, repo.environ(), "backups")
+			if !strings.Contains(show.stdout, "FAILED") {
+				t.Errorf("backups does not show the verification failed:\n%s", show.stdout)
+			}
+		})
 	}
 }

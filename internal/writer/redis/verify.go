@@ -58,7 +58,7 @@ func (w *Writer) Verify(ctx context.Context, r writer.Restore) ([]writer.Check, 
 			c.Detail = m[0]
 		}
 		if err != nil {
-			c.Detail = writer.LastLines(out, 15)
+			c.Detail = rel(r.Target, rdb) + ": " + writer.LastLines(out, 15)
 		}
 		checks = append(checks, c)
 	}
@@ -69,7 +69,7 @@ func (w *Writer) Verify(ctx context.Context, r writer.Restore) ([]writer.Check, 
 		out, err := runCheck(ctx, filepath.Join(filepath.Dir(server), "redis-check-aof"), manifest)
 		c := writer.Check{Name: "redis-check-aof", OK: err == nil, Duration: time.Since(start)}
 		if err != nil {
-			c.Detail = writer.LastLines(out, 15)
+			c.Detail = rel(r.Target, aofDir) + ": " + writer.LastLines(out, 15)
 		}
 		checks = append(checks, c)
 	}
@@ -215,6 +215,15 @@ func (w *Writer) loadSandbox(ctx context.Context, server, rdb, aofDir string, ao
 	}
 	up(sock)
 	return keyCount(inf), nil
+}
+
+// rel names a restored file by its path in the backup, as the operator
+// knows it, rather than by the sandbox it was checked in.
+func rel(target, path string) string {
+	if r, err := filepath.Rel(target, path); err == nil {
+		return "/" + r
+	}
+	return path
 }
 
 func allOK(checks []writer.Check) bool {
