@@ -3,25 +3,24 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"fmt"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/umbra-backup/umbra/internal/backend/retry"
 	"github.com/umbra-backup/umbra/internal/config"
-	"github.com/umbra-backup/umbra/internal/guard"
+	"github.com/umbra-backup/umbra/internal/job"
 	"github.com/umbra-backup/umbra/internal/shadow"
 	"github.com/umbra-backup/umbra/internal/writer"
 )
 
 // defaultStateDir keeps sets and locks across runs.
-const defaultStateDir = "/var/lib/umbra"
+const defaultStateDir = job.DefaultStateDir
 
 // app holds what every command shares: streams, global flags, and the
 // registries of writers and providers, built here and nowhere else.
@@ -111,18 +110,15 @@ func (a *app) config() (*config.Config, error) {
 	return config.Load(config.DefaultPath, false)
 }
 
+// env is what a job runs with in this command.
+func (a *app) env(cfg *config.Config) *job.Env {
+	self, _ := os.Executable()
+	return &job.Env{Registry: a.reg, Config: cfg, StateDir: a.stateDir, Log: a.logger(),
+		Guard: []string{self, guardCommandName}, Pause: testPause}
+}
+
 func (a *app) store(cfg *config.Config) (*shadow.Store, error) {
-	dir := a.stateDir
-	if dir == "" {
-		dir = os.Getenv("UMBRA_STATE_DIR")
-	}
-	if dir == "" {
-		dir = cfg.StateDir
-	}
-	if dir == "" {
-		dir = defaultStateDir
-	}
-	return shadow.OpenStore(dir)
+	return a.env(cfg).Store()
 }
 
 // logger logs every phase with -v; without it, warnings only (a writer
@@ -151,102 +147,31 @@ func (a *app) writers(cfg *config.Config, inline []string, withConfig bool) ([]w
 }
 
 // writersAndSpecs is writers with the spec each was built from; a writer
-// that cannot be built fails them all, naming it.
+// that cannot be built fails them all, naming it (a usage error).
 func (a *app) writersAndSpecs(cfg *config.Config, inline []string, withConfig bool) ([]writer.Writer, []config.Spec, error) {
-	wrs, specs, broken, err := a.buildWriters(cfg, inline, withConfig)
-	if err == nil && len(broken) > 0 {
-		err = &usageError{broken[0]}
-	}
-	return wrs, specs, err
+	wrs, specs, err := a.env(cfg).Writers(inline, withConfig)
+	return wrs, specs, usage(err)
 }
 
-// buildWriters builds the writers of the configuration (withConfig) and of
-// the inline specs; the ones whose options are wrong (a password_file that
-// is missing) come back as errors naming them, beside the others.
+// buildWriters is job.Env.BuildWriters, a bad spec a usage error.
 func (a *app) buildWriters(cfg *config.Config, inline []string, withConfig bool) ([]writer.Writer, []config.Spec, []error, error) {
-	var specs []config.Spec
-	if withConfig {
-		specs = cfg.Writers
-	}
-	var extra []config.Spec
-	for _, s := range inline {
-		spec, err := config.ParseSpec(s)
-		if err != nil {
-			return nil, nil, nil, &usageError{err}
-		}
-		extra = append(extra, spec)
-	}
-	specs, err := config.Merge(specs, extra)
-	if err != nil {
-		return nil, nil, nil, &usageError{err}
-	}
-	kinds := a.reg.Writers
-	var wrs []writer.Writer
-	var built []config.Spec
-	var broken []error
-	for _, spec := range specs {
-		mk, ok := kinds[spec.Type]
-		if !ok {
-			return nil, nil, nil, &usageError{fmt.Errorf("writer %s: unknown type %q; known types: %s", spec.Instance(), spec.Type, strings.Join(sortedKeys(kinds), ", "))}
-		}
-		wr, err := mk(spec.Instance(), spec.Options)
-		if err != nil {
-			broken = append(broken, &brokenWriter{spec.Instance(), err})
-			continue
-		}
-		wrs = append(wrs, wr)
-		built = append(built, spec)
-	}
-	return wrs, built, broken, nil
+	wrs, specs, broken, err := a.env(cfg).BuildWriters(inline, withConfig)
+	return wrs, specs, broken, usage(err)
 }
 
-// brokenWriter is a writer whose options are wrong.
-type brokenWriter struct {
-	name string
-	err  error
+// usage makes a job's configuration error the command line's usage error.
+func usage(err error) error {
+	var ce *job.ConfigError
+	if errors.As(err, &ce) {
+		return &usageError{ce.Err}
+	}
+	return err
 }
-
-func (b *brokenWriter) Error() string { return fmt.Sprintf("writer %s: %v", b.name, b.err) }
-func (b *brokenWriter) Unwrap() error { return b.err }
 
 // coordinator builds the coordinator with the config's settings, overridden
 // by any flag given.
 func (a *app) coordinator(cfg *config.Config, store *shadow.Store, over shadow.Options) (*shadow.Coordinator, error) {
-	opts := shadow.Options{
-		PhaseLimit:  cfg.Shadow.PhaseLimit,
-		FreezeLimit: cfg.Shadow.FreezeLimit,
-		CommitLimit: cfg.Shadow.CommitLimit,
-		Provider:    cfg.Shadow.Provider,
-		Log:         a.logger(),
-	}
-	if over.FreezeLimit != 0 {
-		opts.FreezeLimit = over.FreezeLimit
-	}
-	if over.CommitLimit != 0 {
-		opts.CommitLimit = over.CommitLimit
-	}
-	if over.Provider != "" {
-		opts.Provider = over.Provider
-	}
-	if over.Type != "" {
-		opts.Type = over.Type
-	}
-	opts.FSFreeze = over.FSFreeze
-	self, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("find umbra's executable for the thaw guard: %w", err)
-	}
-	opts.Guard = func(ctx context.Context, plan guard.Plan) (func() error, error) {
-		g, err := guard.Start(ctx, []string{self, guardCommandName}, plan)
-		if err != nil {
-			return nil, err
-		}
-		return g.Release, nil
-	}
-	if testPause != nil {
-		opts.OnPhase = func(ctx context.Context, p writer.Phase) error { return testPause(ctx, string(p)) }
-	}
-	return shadow.New(a.reg.Providers(), store, opts), nil
+	return a.env(cfg).Coordinator(store, over)
 }
 
 // testPause, set only in the test binary (never in a shipped umbra), holds

@@ -17,7 +17,7 @@ import (
 
 	"github.com/umbra-backup/umbra/internal/archive"
 	"github.com/umbra-backup/umbra/internal/backup"
-	"github.com/umbra-backup/umbra/internal/config"
+	"github.com/umbra-backup/umbra/internal/job"
 	"github.com/umbra-backup/umbra/internal/repository"
 	"github.com/umbra-backup/umbra/internal/restore"
 	"github.com/umbra-backup/umbra/internal/retention"
@@ -94,9 +94,9 @@ pruning); one that failed truncates nothing.`,
 			if err != nil {
 				return err
 			}
-			opts := appBackupOptions{tags: tags, host: host, force: force, keepShadows: keepShadows,
-				retries: retries, fallback: fallback, strict: strict, noTruncate: noTruncate,
-				verify: verifyAfter || truncateAfter == "verified", truncateAfterVerified: truncateAfter == "verified"}
+			b := job.Backup{Tags: tags, Host: host, Force: force, KeepShadows: keepShadows,
+				Retries: retries, Fallback: fallback, Strict: strict, NoTruncate: noTruncate,
+				Verify: verifyAfter || truncateAfter == "verified", TruncateAfterVerified: truncateAfter == "verified"}
 			switch truncateAfter {
 			case "stored", "verified":
 			default:
@@ -104,42 +104,41 @@ pruning); one that failed truncates nothing.`,
 			}
 			// With no PATH, or with a job, the configured writers take part.
 			useConfig := len(paths) == 0
-			var job *config.Job
+			var jobWriters []string
 			if jobName != "" {
 				j, err := cfg.Job(jobName)
 				if err != nil {
 					return &usageError{err}
 				}
-				job, useConfig = &j, true
+				useConfig, jobWriters = true, j.Writers
 				paths = append(slices.Clone(j.Paths), paths...)
-				opts.tags = append(slices.Clone(j.Tags), tags...)
-				opts.fallback = fallback || j.Fallback
-				opts.strict = strict || j.Strict
-				opts.keepShadows = keepShadows || j.KeepShadows
-				opts.noTruncate = append(slices.Clone(j.NoTruncate), noTruncate...)
+				b.Tags = append(slices.Clone(j.Tags), tags...)
+				b.Fallback = fallback || j.Fallback
+				b.Strict = strict || j.Strict
+				b.KeepShadows = keepShadows || j.KeepShadows
+				b.NoTruncate = append(slices.Clone(j.NoTruncate), noTruncate...)
 				if !cmd.Flags().Changed("retries") && j.Retries >= 0 {
-					opts.retries = j.Retries
+					b.Retries = j.Retries
 				}
-				opts.keep = retention.Policy(j.Keep)
-				opts.verify = opts.verify || j.Verify
-				if j.TruncateAfter == "verified" {
-					opts.truncateAfterVerified = true
-				}
+				b.Keep = retention.Policy(j.Keep)
+				b.Verify = b.Verify || j.Verify || j.TruncateAfter == "verified"
+				b.TruncateAfterVerified = b.TruncateAfterVerified || j.TruncateAfter == "verified"
 			}
 			wrs, specs, err := a.writersAndSpecs(cfg, writerSpecs, useConfig)
 			if err != nil {
 				return err
 			}
-			if job != nil && len(job.Writers) > 0 {
-				wrs, specs = onlyWriters(wrs, specs, job.Writers, writerSpecs)
+			if len(jobWriters) > 0 {
+				wrs, specs = job.OnlyWriters(wrs, specs, jobWriters, len(writerSpecs))
 			}
 			if len(wrs) > 0 {
-				return a.appBackup(cmd, &f, cfg, wrs, specs, paths, opts)
+				b.Writers, b.Specs, b.Paths = wrs, specs, paths
+				return a.appBackup(cmd, &f, cfg, b)
 			}
 			if len(paths) == 0 {
 				return &usageError{errors.New("nothing to back up: give PATH..., --writer SPEC, or configure writers in the configuration file")}
 			}
-			abs, err := existingPaths(paths)
+			abs, err := job.ExistingPaths(paths)
 			if err != nil {
 				return err
 			}

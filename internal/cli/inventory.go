@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/umbra-backup/umbra/internal/job"
 	"github.com/umbra-backup/umbra/internal/mounts"
 	"github.com/umbra-backup/umbra/internal/provider"
 	"github.com/umbra-backup/umbra/internal/shadow"
@@ -57,9 +58,9 @@ unreachable; misconfigured) and its last result.`,
 				views = append(views, a.describeWriter(cmd.Context(), store, wr))
 			}
 			for _, b := range broken {
-				var bw *brokenWriter
+				var bw *job.BrokenWriter
 				if errors.As(b, &bw) {
-					views = append(views, writerView{Name: bw.name, State: "misconfigured", Error: bw.err.Error()})
+					views = append(views, writerView{Name: bw.Name, State: "misconfigured", Error: bw.Err.Error()})
 				}
 			}
 			if a.json {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"github.com/umbra-backup/umbra/internal/job"
 	"github.com/umbra-backup/umbra/internal/provider"
 	"github.com/umbra-backup/umbra/internal/provider/btrfs"
 	"github.com/umbra-backup/umbra/internal/provider/live"
@@ -13,17 +14,12 @@ import (
 	"github.com/umbra-backup/umbra/internal/writer/sqlite"
 )
 
-// WriterFactory builds the writer instance name ("postgres:main") from its
-// options.
-type WriterFactory func(name string, opts map[string]string) (writer.Writer, error)
+// WriterFactory builds a writer instance from its options.
+type WriterFactory = job.WriterFactory
 
-// Registry is what umbra runs with: the writer types by name, and the
-// providers in the order they are preferred. The commands build nothing
-// else themselves, so a daemon or a test can hand down its own.
-type Registry struct {
-	Writers   map[string]WriterFactory
-	Providers func() []provider.Provider
-}
+// Registry is what umbra runs with: the writer types and the providers
+// (job.Registry, which the daemon runs jobs with too).
+type Registry = job.Registry
 
 // Standard is the registry of the umbra command: every writer and provider
 // in this repository.

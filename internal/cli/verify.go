@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/umbra-backup/umbra/internal/backup"
+	"github.com/umbra-backup/umbra/internal/job"
 	"github.com/umbra-backup/umbra/internal/verify"
 )
 
@@ -17,7 +18,7 @@ const exitUnverified = 5
 
 // defaultScratch holds the sandboxes: on disk (not a tmpfs /tmp), and
 // reachable by the applications' own users.
-const defaultScratch = "/var/tmp"
+const defaultScratch = job.DefaultScratch
 
 func (a *app) verifyCommand() *cobra.Command {
 	var f repoFlags
