@@ -17,6 +17,7 @@ import (
 
 	"github.com/umbra-backup/umbra/internal/archive"
 	"github.com/umbra-backup/umbra/internal/backup"
+	"github.com/umbra-backup/umbra/internal/catalog"
 	"github.com/umbra-backup/umbra/internal/job"
 	"github.com/umbra-backup/umbra/internal/repository"
 	"github.com/umbra-backup/umbra/internal/restore"
@@ -308,33 +309,12 @@ freeze window, the last verification (umbra verify: ok or FAILED, and when;
 				return err
 			}
 			defer done()
-			all, err := repo.Manifests(cmd.Context())
+			all, err := catalog.Backups(cmd.Context(), repo)
 			if err != nil {
 				return err
 			}
-			records, err := repo.Verifications(cmd.Context())
-			if err != nil {
-				return err
-			}
-			verified := repository.LatestVerifications(records)
 			if a.json {
-				type verification struct {
-					Time time.Time `json:"time"`
-					OK   bool      `json:"ok"`
-				}
-				type entry struct {
-					repository.ManifestEntry
-					Verification *verification `json:"verification,omitempty"`
-				}
-				out := []entry{}
-				for _, e := range all {
-					en := entry{ManifestEntry: e}
-					if v, ok := verified[e.ID]; ok {
-						en.Verification = &verification{Time: v.Time, OK: v.OK}
-					}
-					out = append(out, en)
-				}
-				return a.printJSON(out)
+				return a.printJSON(all)
 			}
 			if len(all) == 0 {
 				fmt.Fprintln(a.stdout, "No backups yet.")
@@ -354,7 +334,7 @@ freeze window, the last verification (umbra verify: ok or FAILED, and when;
 					}
 					freeze = fmt.Sprintf("%.1f ms", info.FreezeMS)
 				}
-				if v, ok := verified[e.ID]; ok {
+				if v := e.Verification; v != nil {
 					checked = map[bool]string{true: "ok", false: "FAILED"}[v.OK] + " " + v.Time.Local().Format("01-02 15:04")
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.ID.Short(), e.Time.Local().Format(time.DateTime), e.Host,

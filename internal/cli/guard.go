@@ -77,9 +77,25 @@ setting is optional; a missing default file is an empty configuration.
   tags         = ["nightly"]
   verify       = false             # true: umbra verify each stored backup (exit 5 if it fails)
   truncate_after = "stored"        # "verified": writers truncate only after it passed
+  schedule     = "daily 02:00"     # umbra serve runs it: systemd OnCalendar syntax,
+                                   # e.g. "Mon..Fri 02:30", "*-*-01 03:00", "*:0/15"
+  jitter       = "10m"             # a fixed offset within this, per job: hosts spread
+  retry_runs   = 2                 # umbra serve runs a failed job again this often,
+  retry_wait   = "10m"             # first after this, each next wait doubled
   [job.keep]                       # retention after each success (then umbra prune)
   daily  = 7
   weekly = 4
+
+  [serve]                          # umbra serve
+  socket       = "/run/umbra/umbra.sock"   # the API; owner only (+ socket_group)
+  socket_group = ""
+  listen       = ""                # e.g. "127.0.0.1:8420": TCP too, token needed;
+  token_file   = ""                # default state_dir/serve/token, made if missing
+  tls_cert     = ""                # needed to listen on anything but loopback
+  tls_key      = ""
+  max_parallel = 2                 # jobs at once (never two sharing a writer)
+  on_stop      = "abort"           # SIGTERM: "abort" running jobs (writers thawed,
+                                   # nothing truncated) or let them "finish"
 
 Script commands run with /bin/sh -c and see UMBRA_PHASE, UMBRA_SET_ID,
 UMBRA_BACKUP_TYPE, UMBRA_WRITER, UMBRA_PATHS and, from post-snapshot on,

@@ -18,13 +18,13 @@ import (
 
 	"github.com/umbra-backup/umbra/internal/backend"
 	"github.com/umbra-backup/umbra/internal/backend/local"
-	"github.com/umbra-backup/umbra/internal/backend/retry"
+	"github.com/umbra-backup/umbra/internal/repoopen"
 	"github.com/umbra-backup/umbra/internal/repository"
 )
 
 // defaultRepo is the repository used when neither --repo nor UMBRA_REPO
 // names one: a local directory, in Debian's place for backups.
-const defaultRepo = "/var/backups/umbra"
+const defaultRepo = repoopen.DefaultLocation
 
 // repoFlags are the flags of every command that opens a repository.
 type repoFlags struct {
@@ -75,24 +75,9 @@ func (a *app) openBackend(ctx context.Context, f *repoFlags, create bool) (backe
 	if err != nil {
 		return nil, err
 	}
-	if strings.HasPrefix(loc, "s3:") {
-		be, err := openS3(ctx, loc, create)
-		if err != nil {
-			return nil, err
-		}
-		budget := a.retryFor
-		if budget <= 0 {
-			budget = -1 // none
-		}
-		a.retrying = retry.New(be, retry.Options{Budget: budget, Log: a.logger()})
-		return a.retrying, nil
-	}
-	if create {
-		return local.Create(loc)
-	}
-	be, err := local.Open(loc)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("no repository at %s; create one with umbra init --repo %s, or point --repo / UMBRA_REPO at yours", loc, loc)
+	be, retrying, err := repoopen.Backend(ctx, loc, create, a.retryFor, a.logger())
+	if retrying != nil {
+		a.retrying = retrying
 	}
 	return be, err
 }
@@ -119,19 +104,7 @@ func newPassword() (string, error) {
 	return secret("UMBRA_NEW_PASSWORD", "New password: ", true)
 }
 
-// readSecret reads the password in file (a line end after it is not part
-// of it); what names where the file was given.
-func readSecret(file, what string) (string, error) {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", what, err)
-	}
-	p := strings.TrimRight(string(b), "\r\n")
-	if p == "" {
-		return "", fmt.Errorf("%s %s is empty", what, file)
-	}
-	return p, nil
-}
+func readSecret(file, what string) (string, error) { return repoopen.ReadSecret(file, what) }
 
 // secret reads a password from the variable env, the file named by
 // env_FILE, or the terminal.

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/umbra-backup/umbra/internal/schedule"
 )
 
 // DefaultPath is where umbra looks for its configuration.
@@ -24,6 +26,21 @@ type Config struct {
 	Shadow     Shadow
 	Writers    []Spec
 	Jobs       []Job
+	Serve      Serve
+}
+
+// Serve is how umbra serve runs: where it listens, and how many jobs at once.
+type Serve struct {
+	Socket      string // the API's Unix socket; its permissions are the access
+	SocketGroup string // a group that may use the socket besides its owner
+	Listen      string // a TCP address besides it (token needed; TLS unless loopback)
+	TokenFile   string // the bearer token for TCP calls
+	TLSCert     string
+	TLSKey      string
+	MaxParallel int // jobs running at once; 0: the default (2)
+	// OnStop is what SIGTERM does to a running job: "abort" (every
+	// writer thawed, nothing truncated; the default) or "finish".
+	OnStop string
 }
 
 // Job is a named backup: umbra backup --job NAME.
@@ -44,6 +61,14 @@ type Job struct {
 	// (the default) or "verified", once the backup passed its
 	// verification (which implies Verify).
 	TruncateAfter string
+	// Schedule is when umbra serve runs the job (nil: only when asked);
+	// Jitter spreads the runs of many hosts by a fixed offset per job.
+	Schedule *schedule.Schedule
+	Jitter   time.Duration
+	// RetryRuns is how often umbra serve runs a failed job again, RetryWait
+	// apart (the first wait; each next one doubles).
+	RetryRuns int
+	RetryWait time.Duration
 }
 
 // Keep is a retention policy: how many backups to keep per period.
@@ -97,6 +122,18 @@ type fileFormat struct {
 	Shadow     shadowFormat     `toml:"shadow"`
 	Writer     []map[string]any `toml:"writer"`
 	Job        []jobFormat      `toml:"job"`
+	Serve      serveFormat      `toml:"serve"`
+}
+
+type serveFormat struct {
+	Socket      string `toml:"socket"`
+	SocketGroup string `toml:"socket_group"`
+	Listen      string `toml:"listen"`
+	TokenFile   string `toml:"token_file"`
+	TLSCert     string `toml:"tls_cert"`
+	TLSKey      string `toml:"tls_key"`
+	MaxParallel int    `toml:"max_parallel"`
+	OnStop      string `toml:"on_stop"`
 }
 
 type repositoryFormat struct {
@@ -117,6 +154,10 @@ type jobFormat struct {
 	Keep          keepFormat `toml:"keep"`
 	Verify        bool       `toml:"verify"`
 	TruncateAfter string     `toml:"truncate_after"`
+	Schedule      string     `toml:"schedule"`
+	Jitter        duration   `toml:"jitter"`
+	RetryRuns     int        `toml:"retry_runs"`
+	RetryWait     duration   `toml:"retry_wait"`
 }
 
 type keepFormat struct {
@@ -188,6 +229,15 @@ func Parse(name, text string) (*Config, error) {
 			Provider:    f.Shadow.Provider,
 		},
 	}
+	cfg.Serve = Serve(f.Serve)
+	switch cfg.Serve.OnStop {
+	case "", "abort", "finish":
+	default:
+		return nil, fmt.Errorf("config %s: [serve] on_stop = %q; want \"abort\" or \"finish\"", name, cfg.Serve.OnStop)
+	}
+	if cfg.Serve.MaxParallel < 0 {
+		return nil, fmt.Errorf("config %s: [serve] max_parallel cannot be negative", name)
+	}
 	for i, w := range f.Writer {
 		opts := map[string]string{}
 		for k, v := range w {
@@ -217,7 +267,21 @@ func Parse(name, text string) (*Config, error) {
 		seen[j.Name] = true
 		job := Job{Name: j.Name, Writers: j.Writers, Paths: j.Paths, Retries: -1, Fallback: j.Fallback, Strict: j.Strict,
 			NoTruncate: j.NoTruncate, KeepShadows: j.KeepShadows, Tags: j.Tags, Keep: Keep(j.Keep),
-			Verify: j.Verify || j.TruncateAfter == "verified", TruncateAfter: j.TruncateAfter}
+			Verify: j.Verify || j.TruncateAfter == "verified", TruncateAfter: j.TruncateAfter,
+			Jitter: j.Jitter.Duration, RetryRuns: j.RetryRuns, RetryWait: j.RetryWait.Duration}
+		if j.Schedule != "" {
+			sch, err := schedule.Parse(j.Schedule)
+			if err != nil {
+				return nil, fmt.Errorf("config %s: job %s: %w", name, j.Name, err)
+			}
+			job.Schedule = sch
+		}
+		if job.RetryRuns < 0 || job.Jitter < 0 || job.RetryWait < 0 {
+			return nil, fmt.Errorf("config %s: job %s: retry_runs, retry_wait and jitter cannot be negative", name, j.Name)
+		}
+		if job.RetryRuns > 0 && job.RetryWait == 0 {
+			job.RetryWait = time.Minute
+		}
 		switch j.TruncateAfter {
 		case "", "stored", "verified":
 		default:

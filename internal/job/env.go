@@ -69,8 +69,9 @@ type BrokenWriter struct {
 func (b *BrokenWriter) Error() string { return fmt.Sprintf("writer %s: %v", b.Name, b.Err) }
 func (b *BrokenWriter) Unwrap() error { return b.Err }
 
-// Store opens the state directory's store of shadow sets.
-func (e *Env) Store() (*shadow.Store, error) {
+// StateDirectory is where state is kept: StateDir, else UMBRA_STATE_DIR,
+// else the configuration's state_dir, else DefaultStateDir.
+func (e *Env) StateDirectory() string {
 	dir := e.StateDir
 	if dir == "" {
 		dir = os.Getenv("UMBRA_STATE_DIR")
@@ -81,7 +82,12 @@ func (e *Env) Store() (*shadow.Store, error) {
 	if dir == "" {
 		dir = DefaultStateDir
 	}
-	return shadow.OpenStore(dir)
+	return dir
+}
+
+// Store opens the state directory's store of shadow sets.
+func (e *Env) Store() (*shadow.Store, error) {
+	return shadow.OpenStore(e.StateDirectory())
 }
 
 // BuildWriters builds the writers of the configuration (withConfig) and of
