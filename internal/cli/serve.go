@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"runtime"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -55,6 +56,9 @@ see umbra help config), until SIGTERM.
   a run the daemon died in (kill -9, a crash) is marked interrupted and run
   again at start ("recover"). Its writers were thawed by the thaw guard and
   nothing was truncated.
+- Jobs whose data is on one volume take turns (a shadow set holds its
+  volumes until its backup is stored): the later one waits, up to an hour,
+  with nothing frozen.
 - A failed run is tried again retry_runs times, retry_wait apart (doubling).
 - Every run is kept in the history (state_dir/serve/runs, 500 per job).
 - SIGHUP reads the configuration again (a broken one is refused and the old
@@ -85,6 +89,9 @@ password_file, UMBRA_PASSWORD_FILE or UMBRA_PASSWORD.`,
 			env := func(cfg *config.Config) *job.Env {
 				e := a.env(cfg)
 				e.Log = log
+				// Jobs on one volume take turns: a set holds its
+				// volumes until its backup is stored.
+				e.WaitBusy = time.Hour
 				return e
 			}
 			open := func(ctx context.Context, cfg *config.Config) (*repository.Repository, func(), error) {

@@ -362,8 +362,14 @@ func (d *Daemon) execute(cfg *config.Config, js *jobState, a *active, p *pending
 	if !final.Succeeded() {
 		level = slog.LevelWarn
 	}
-	d.log.Log(context.Background(), level, "job ended", "job", run.Job, "run", run.ID, "status", final.Status,
-		"backup", final.Backup, "duration", final.Duration().Round(time.Millisecond), "error", final.Error)
+	attrs := []any{"job", run.Job, "run", run.ID, "status", final.Status, "duration", final.Duration().Round(time.Millisecond)}
+	if final.Backup != "" {
+		attrs = append(attrs, "backup", final.Backup)
+	}
+	if final.Error != "" {
+		attrs = append(attrs, "error", final.Error)
+	}
+	d.log.Log(context.Background(), level, "job ended", attrs...)
 
 	d.mu.Lock()
 	defer d.poke()

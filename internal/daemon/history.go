@@ -130,9 +130,12 @@ func newRunID(t time.Time) string {
 func (h *history) save(r *Run) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !slices.Contains(h.runs, r) {
+	switch i := slices.IndexFunc(h.runs, func(o *Run) bool { return o.ID == r.ID }); {
+	case i < 0:
 		h.runs = append(h.runs, r)
 		h.trim(r.Job)
+	case h.runs[i] != r:
+		h.runs[i] = r // a copy, changed and saved
 	}
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {

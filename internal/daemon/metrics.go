@@ -67,9 +67,10 @@ func newMetrics(d *Daemon) *metrics {
 	m.reg.MustRegister(m.lastRun, m.lastSuccess, m.lastDuration, m.lastOK, m.lastRead, m.lastAdded, m.runs, m.skips,
 		m.readTotal, m.addedTotal, m.freeze, m.consistency, m.verifyOK, m.verifyTime, m.repoBackups, m.repoSize,
 		up, startT, info, &stateCollector{d}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	for _, r := range d.hist.list("", 0) {
-		if r.Status != StatusRunning {
-			m.observe(&r)
+	runs := d.hist.list("", 0) // newest first
+	for i := len(runs) - 1; i >= 0; i-- {
+		if runs[i].Status != StatusRunning {
+			m.observe(&runs[i])
 		}
 	}
 	return m

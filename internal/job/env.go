@@ -12,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/umbra-backup/umbra/internal/backup"
 	"github.com/umbra-backup/umbra/internal/config"
@@ -50,6 +51,9 @@ type Env struct {
 	// Pause, in tests only, holds a run at a named point (a writer phase,
 	// or "manifest") so that it can be killed there.
 	Pause func(ctx context.Context, point string) error
+	// WaitBusy is how long a backup waits for a writer or volume another
+	// backup holds (shadow.Options.WaitBusy); zero: not at all.
+	WaitBusy time.Duration
 }
 
 // ConfigError is a writer specification that is wrong: a command line's
@@ -151,6 +155,7 @@ func (e *Env) Coordinator(store *shadow.Store, over shadow.Options) (*shadow.Coo
 		opts = shadow.Options{PhaseLimit: s.PhaseLimit, FreezeLimit: s.FreezeLimit, CommitLimit: s.CommitLimit, Provider: s.Provider}
 	}
 	opts.Log = e.Log
+	opts.WaitBusy = e.WaitBusy
 	if over.FreezeLimit != 0 {
 		opts.FreezeLimit = over.FreezeLimit
 	}

@@ -47,6 +47,11 @@ type Options struct {
 	// the process at a named phase.
 	OnPhase func(ctx context.Context, p writer.Phase) error
 	Log     *slog.Logger
+	// WaitBusy is how long a set waits for a writer or volume that another
+	// set holds (another job of umbra serve, a backup from the command
+	// line) before it fails as busy; nothing is frozen while it waits.
+	// Zero: it fails at once, and a backup's retries try again later.
+	WaitBusy time.Duration
 }
 
 // guardGrace is how long after the freeze limit the guard acts, so that
@@ -161,7 +166,7 @@ type plan struct {
 }
 
 func (r *creation) create(ctx context.Context, paths []string) error {
-	if err := r.lockWriters(); err != nil {
+	if err := r.lockWriters(ctx); err != nil {
 		return err
 	}
 	if err := r.identify(ctx); err != nil {
@@ -170,7 +175,7 @@ func (r *creation) create(ctx context.Context, paths []string) error {
 	if err := r.onPhase(ctx, writer.PhaseIdentify); err != nil {
 		return err
 	}
-	if err := r.plan(paths); err != nil {
+	if err := r.plan(ctx, paths); err != nil {
 		return err
 	}
 	ws := r.set.writerSet()
@@ -265,7 +270,7 @@ func (r *creation) save() error {
 
 // lockWriters takes every writer's lock, and the set's own lock, which tells
 // later processes whether the creator is still alive.
-func (r *creation) lockWriters() error {
+func (r *creation) lockWriters(ctx context.Context) error {
 	r.phase = writer.PhaseIdentify
 	l, err := r.c.store.TryLock("set", r.set.ID)
 	if err != nil {
@@ -278,13 +283,44 @@ func (r *creation) lockWriters() error {
 			return &PhaseError{Who: wr.Name(), Phase: r.phase, Err: errors.New("writer named twice; give each instance its own name")}
 		}
 		seen[wr.Name()] = true
-		l, err := r.c.store.TryLock("writer", wr.Name())
+		l, err := r.c.lock(ctx, "writer", wr.Name())
 		if err != nil {
 			return phaseError(wr.Name(), r.phase, err)
 		}
 		r.locks = append(r.locks, l)
 	}
 	return nil
+}
+
+// lock takes a writer's or volume's lock, waiting up to WaitBusy while
+// another set holds it.
+func (c *Coordinator) lock(ctx context.Context, kind, name string) (*Lock, error) {
+	var deadline <-chan time.Time
+	if c.opts.WaitBusy > 0 {
+		t := time.NewTimer(c.opts.WaitBusy)
+		defer t.Stop()
+		deadline = t.C
+	}
+	poll := time.NewTicker(100 * time.Millisecond)
+	defer poll.Stop()
+	logged := false
+	for {
+		l, err := c.store.TryLock(kind, name)
+		if err == nil || !errors.Is(err, ErrBusy) || deadline == nil {
+			return l, err
+		}
+		if !logged {
+			c.opts.Log.Info("waiting for another set to end", "kind", kind, "name", name, "for", c.opts.WaitBusy, "err", err)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-deadline:
+			return nil, fmt.Errorf("waited %s: %w", c.opts.WaitBusy, err)
+		case <-poll.C:
+		}
+	}
 }
 
 func (r *creation) unlock() {

@@ -1,6 +1,7 @@
 package shadow
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -18,7 +19,7 @@ import (
 // picks a provider per volume, refuses combinations that cannot be
 // consistent, and locks the volumes. Nothing has touched an application or a
 // volume yet, so a refusal here has no side effect.
-func (r *creation) plan(userPaths []string) error {
+func (r *creation) plan(ctx context.Context, userPaths []string) error {
 	byMount := map[string]*plan{}
 	add := func(path string) (*plan, error) {
 		vol, err := r.c.volumeOf(path)
@@ -112,7 +113,7 @@ func (r *creation) plan(userPaths []string) error {
 		p.prov = prov
 		sort.Strings(p.paths)
 		r.plans = append(r.plans, *p)
-		l, err := r.c.store.TryLock("volume", m)
+		l, err := r.c.lock(ctx, "volume", m)
 		if err != nil {
 			return phaseError("", writer.PhaseIdentify, err)
 		}
