@@ -463,3 +463,172 @@ func checkSchedule(t *testing.T, runs []daemon.Run, schedules map[string]string)
 		}
 	}
 }
+
+// post calls the API on the socket; it returns the status and body.
+func (s *served) post(path string) (int, string) {
+	s.t.Helper()
+	resp, err := s.client.Post("http://umbra"+path, "application/json", nil)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestServeKilledDuringBackup: umbra serve killed with -9 while a job's
+// application is frozen: the thaw guard thaws it at once, nothing is
+// truncated (the writer never hears the backup completed), and the next
+// start marks the run interrupted, cleans up its shadow set and runs the
+// job again, which then completes.
+func TestServeKilledDuringBackup(t *testing.T) {
+	tk := startTicker(t)
+	pid := tk.cmd.Process.Pid
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "data"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	marker := filepath.Join(dir, "completed")
+	cfg := writeConfig(t, fmt.Sprintf(`
+[[writer]]
+type     = "script"
+name     = "app"
+freeze   = "kill -STOP %[2]d"
+thaw     = "kill -CONT %[2]d"
+complete = "echo $UMBRA_SET_ID >> %[3]s"
+[[job]]
+name    = "k"
+writers = ["script:app"]
+paths   = ["%[1]s/data"]
+[serve]
+socket = "%[1]s/umbra.sock"
+`, dir, pid, marker))
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	s := startServe(t, state, append(repo.environ(), pauseAtEnv+"=freeze"), cfg)
+	if code, body := s.post("/api/v1/jobs/k/run"); code != http.StatusAccepted {
+		t.Fatalf("POST run: %d %s", code, body)
+	}
+	s.waitLine(regexp.MustCompile(`paused at freeze`), time.Minute)
+	if tk.ticks(t, 300*time.Millisecond) {
+		t.Fatal("the application ticks at the freeze point: the test would prove nothing")
+	}
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+	if !tk.ticks(t, 5*time.Second) {
+		t.Fatal("the application is still frozen 5 s after umbra serve was killed")
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the writer heard the backup completed (it may truncate) although umbra serve died before storing it")
+	}
+
+	s = startServe(t, state, repo.environ(), cfg)
+	s.waitLine(regexp.MustCompile(`msg="job started" job=k run=\S+ trigger=recover`), time.Minute)
+	ended := s.waitLine(jobEnded, 2*time.Minute)
+	if ended[3] != daemon.StatusOK {
+		t.Fatalf("the recovered run: %s", ended[0])
+	}
+	var runs []daemon.Run
+	s.get("/api/v1/runs?job=k", &runs)
+	if len(runs) != 2 || runs[1].Status != daemon.StatusInterrupted || runs[0].Trigger != daemon.TriggerRecover || runs[0].Status != daemon.StatusOK {
+		t.Fatalf("history after the restart: %+v; want the killed run interrupted, then a recover run ok", runs)
+	}
+	s.stop()
+	b, err := os.ReadFile(marker)
+	if err != nil || strings.Count(string(b), "\n") != 1 {
+		t.Errorf("backup-complete ran %q: want once, for the recovered run only", b)
+	}
+	var sets []json.RawMessage
+	res := umbraRun(t, state, nil, "--json", "shadow", "list")
+	if err := json.Unmarshal([]byte(res.stdout), &sets); err != nil || len(sets) != 0 {
+		t.Errorf("shadow sets left after the recovered run: %s (%v)", res.stdout, err)
+	}
+}
+
+// TestServeAccess: the socket is its owner's only; on TCP every call but
+// /metrics needs the token, and a missing or wrong one is refused; plain
+// HTTP is refused on anything but loopback; neither the repository's
+// password nor the token shows in the API, the metrics or the log.
+func TestServeAccess(t *testing.T) {
+	dir := t.TempDir()
+	sqlite3(t, filepath.Join(dir, "a.db"), "CREATE TABLE t (n)")
+	cfg := writeConfig(t, fmt.Sprintf(`
+[[writer]]
+type = "sqlite"
+name = "a"
+path = "%[1]s/a.db"
+[[job]]
+name = "a"
+[serve]
+socket = "%[1]s/umbra.sock"
+`, dir))
+	repo := newRepoDir(t)
+	state := t.TempDir()
+
+	refused := umbraRun(t, state, repo.environ(), "--config", cfg, "serve", "--listen", "0.0.0.0:0")
+	if refused.code != 1 || !strings.Contains(refused.stderr, "plain HTTP is served only on a loopback address") {
+		t.Errorf("serve --listen 0.0.0.0:0 without TLS: exit %d\n%s", refused.code, refused.stderr)
+	}
+
+	s := startServe(t, state, repo.environ(), cfg, "--listen", "127.0.0.1:0")
+	fi, err := os.Stat(s.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		t.Errorf("socket %s has mode %v: want its owner's only", s.socket, perm)
+	}
+	if code, body := s.post("/api/v1/jobs/a/run"); code != http.StatusAccepted {
+		t.Fatalf("POST run: %d %s", code, body)
+	}
+	s.waitLine(jobEnded, time.Minute)
+
+	tokenBytes, err := os.ReadFile(daemon.TokenPath(state))
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := strings.TrimSpace(string(tokenBytes))
+	if fi, err := os.Stat(daemon.TokenPath(state)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("token file: %v, %v; want mode 0600", fi.Mode(), err)
+	}
+	call := func(path, auth string) (int, string) {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+s.tcp+path, nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, auth := range []string{"", "Bearer ", "Bearer " + token[:len(token)-1] + "x", "Basic " + token, token} {
+		for _, path := range []string{"/api/v1/jobs", "/api/v1/runs", "/api/v1/backups", "/api/v1/nothing"} {
+			if code, body := call(path, auth); code != http.StatusUnauthorized {
+				t.Errorf("GET %s with Authorization %q: %d %s; want 401", path, auth, code, body)
+			}
+		}
+	}
+	var seen strings.Builder
+	for _, path := range []string{"/api/v1/jobs", "/api/v1/runs", "/api/v1/backups", "/api/v1/writers", "/api/v1/verifications", "/api/v1/status"} {
+		code, body := call(path, "Bearer "+token)
+		if code != http.StatusOK {
+			t.Errorf("GET %s with the token: %d %s", path, code, body)
+		}
+		seen.WriteString(body)
+	}
+	code, body := call("/metrics", "")
+	if code != http.StatusOK || !strings.Contains(body, `umbra_job_last_success_timestamp_seconds{job="a"}`) {
+		t.Errorf("GET /metrics without a token: %d\n%s", code, body)
+	}
+	seen.WriteString(body)
+	s.stop()
+	seen.WriteString(s.log())
+	for _, secret := range []string{"correct horse", token} {
+		if strings.Contains(seen.String(), secret) {
+			t.Errorf("a secret (%.6s…) shows in the API, the metrics or the log", secret)
+		}
+	}
+}
