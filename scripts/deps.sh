@@ -3,9 +3,11 @@
 # Idempotent: packages already present are skipped quickly.
 set -euo pipefail
 # Database servers for the writers' tests: PostgreSQL (with pgbench),
-# MariaDB (with mariadb-backup), Redis.
+# MariaDB (with mariadb-backup), Redis; promtool (in Debian's prometheus
+# package) lints umbra serve's metrics.
 packages=(btrfs-progs xfsprogs e2fsprogs util-linux procps sqlite3
-	postgresql postgresql-contrib mariadb-server mariadb-backup mariadb-client redis-server redis-tools)
+	postgresql postgresql-contrib mariadb-server mariadb-backup mariadb-client redis-server redis-tools
+	prometheus)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,4 +20,9 @@ if ((${#missing[@]})); then
 	echo "installing ${missing[*]}" >&2
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+	# Only promtool is wanted: a Prometheus server the install started
+	# has no business running here.
+	if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+		service prometheus stop >/dev/null 2>&1 || true
+	fi
 fi

@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
 	"github.com/umbra-backup/umbra/internal/daemon"
 	"github.com/umbra-backup/umbra/internal/schedule"
 )
@@ -624,11 +626,36 @@ socket = "%[1]s/umbra.sock"
 		t.Errorf("GET /metrics without a token: %d\n%s", code, body)
 	}
 	seen.WriteString(body)
+	lintMetrics(t, body)
 	s.stop()
 	seen.WriteString(s.log())
 	for _, secret := range []string{"correct horse", token} {
 		if strings.Contains(seen.String(), secret) {
 			t.Errorf("a secret (%.6s…) shows in the API, the metrics or the log", secret)
 		}
+	}
+}
+
+// lintMetrics checks the exposition with Prometheus's linter (promlint, what
+// promtool check metrics runs), and with promtool itself where it is
+// installed (Debian's prometheus package, as scripts/deps.sh installs it).
+func lintMetrics(t *testing.T, text string) {
+	t.Helper()
+	problems, err := promlint.New(strings.NewReader(text)).Lint()
+	if err != nil {
+		t.Fatalf("promlint: %v", err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Logf("no promtool (Debian's prometheus package); promlint alone checked the metrics")
+		return
+	}
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = strings.NewReader(text)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
 	}
 }
