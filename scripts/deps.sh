@@ -4,10 +4,10 @@
 set -euo pipefail
 # Database servers for the writers' tests: PostgreSQL (with pgbench),
 # MariaDB (with mariadb-backup), Redis; promtool (in Debian's prometheus
-# package) lints umbra serve's metrics.
+# package) lints umbra serve's metrics; headless Chromium drives its web UI.
 packages=(btrfs-progs xfsprogs e2fsprogs util-linux procps sqlite3
 	postgresql postgresql-contrib mariadb-server mariadb-backup mariadb-client redis-server redis-tools
-	prometheus)
+	prometheus chromium)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

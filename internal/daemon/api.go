@@ -184,6 +184,13 @@ func (d *Daemon) Handler() http.Handler {
 		d.mu.Unlock()
 		writeJSON(w, http.StatusOK, out)
 	})
+	ui := uiHandler()
+	for path := range uiPaths {
+		if path == "/" {
+			path = "/{$}"
+		}
+		mux.Handle("GET "+path, ui)
+	}
 	mux.HandleFunc(APIPrefix+"/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no %s %s in the API; docs/api.md lists the calls", r.Method, r.URL.Path))
 	})
@@ -268,10 +275,11 @@ func writeError(w http.ResponseWriter, code int, err error) {
 }
 
 // Authenticated lets through calls that carry the token ("Authorization:
-// Bearer TOKEN"), and /metrics without one; the rest get 401.
+// Bearer TOKEN"), and /metrics and the UI's static files without one; the
+// rest get 401.
 func Authenticated(token string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/metrics" {
+		if r.URL.Path == "/metrics" || uiPaths[r.URL.Path] {
 			next.ServeHTTP(w, r)
 			return
 		}
