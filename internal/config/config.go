@@ -27,6 +27,17 @@ type Config struct {
 	Writers    []Spec
 	Jobs       []Job
 	Serve      Serve
+	Notify     []Notify
+}
+
+// Notify is where umbra serve reports what its jobs did, and which events
+// ("failure", "warning", "crash", "unverified", "stale"; none: all).
+type Notify struct {
+	On       []string
+	Webhook  string // a JSON POST
+	Email    string // through sendmail
+	Sendmail string // default /usr/sbin/sendmail
+	Command  string // /bin/sh -c, the event as JSON on stdin
 }
 
 // Serve is how umbra serve runs: where it listens, and how many jobs at once.
@@ -69,6 +80,9 @@ type Job struct {
 	// apart (the first wait; each next one doubles).
 	RetryRuns int
 	RetryWait time.Duration
+	// AlertAfter: umbra serve notifies "stale" when the job has stored no
+	// backup for longer (zero: never).
+	AlertAfter time.Duration
 }
 
 // Keep is a retention policy: how many backups to keep per period.
@@ -123,6 +137,15 @@ type fileFormat struct {
 	Writer     []map[string]any `toml:"writer"`
 	Job        []jobFormat      `toml:"job"`
 	Serve      serveFormat      `toml:"serve"`
+	Notify     []notifyFormat   `toml:"notify"`
+}
+
+type notifyFormat struct {
+	On       []string `toml:"on"`
+	Webhook  string   `toml:"webhook"`
+	Email    string   `toml:"email"`
+	Sendmail string   `toml:"sendmail"`
+	Command  string   `toml:"command"`
 }
 
 type serveFormat struct {
@@ -158,6 +181,7 @@ type jobFormat struct {
 	Jitter        duration   `toml:"jitter"`
 	RetryRuns     int        `toml:"retry_runs"`
 	RetryWait     duration   `toml:"retry_wait"`
+	AlertAfter    duration   `toml:"alert_after"`
 }
 
 type keepFormat struct {
@@ -238,6 +262,23 @@ func Parse(name, text string) (*Config, error) {
 	if cfg.Serve.MaxParallel < 0 {
 		return nil, fmt.Errorf("config %s: [serve] max_parallel cannot be negative", name)
 	}
+	for i, n := range f.Notify {
+		targets := 0
+		for _, v := range []string{n.Webhook, n.Email, n.Command} {
+			if v != "" {
+				targets++
+			}
+		}
+		if targets != 1 {
+			return nil, fmt.Errorf("config %s: notify #%d: give exactly one of webhook, email and command", name, i+1)
+		}
+		for _, on := range n.On {
+			if !slices.Contains([]string{"failure", "warning", "crash", "unverified", "stale"}, on) {
+				return nil, fmt.Errorf("config %s: notify #%d: on = %q; the events are failure, warning, crash, unverified and stale", name, i+1, on)
+			}
+		}
+		cfg.Notify = append(cfg.Notify, Notify(n))
+	}
 	for i, w := range f.Writer {
 		opts := map[string]string{}
 		for k, v := range w {
@@ -268,7 +309,7 @@ func Parse(name, text string) (*Config, error) {
 		job := Job{Name: j.Name, Writers: j.Writers, Paths: j.Paths, Retries: -1, Fallback: j.Fallback, Strict: j.Strict,
 			NoTruncate: j.NoTruncate, KeepShadows: j.KeepShadows, Tags: j.Tags, Keep: Keep(j.Keep),
 			Verify: j.Verify || j.TruncateAfter == "verified", TruncateAfter: j.TruncateAfter,
-			Jitter: j.Jitter.Duration, RetryRuns: j.RetryRuns, RetryWait: j.RetryWait.Duration}
+			Jitter: j.Jitter.Duration, RetryRuns: j.RetryRuns, RetryWait: j.RetryWait.Duration, AlertAfter: j.AlertAfter.Duration}
 		if j.Schedule != "" {
 			sch, err := schedule.Parse(j.Schedule)
 			if err != nil {

@@ -13,6 +13,7 @@ import (
 	"maps"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/umbra-backup/umbra/internal/backend"
 	"github.com/umbra-backup/umbra/internal/config"
 	"github.com/umbra-backup/umbra/internal/job"
+	"github.com/umbra-backup/umbra/internal/notify"
 	"github.com/umbra-backup/umbra/internal/repository"
 	"github.com/umbra-backup/umbra/internal/schedule"
 )
@@ -57,6 +59,7 @@ type Daemon struct {
 	started time.Time
 	wake    chan struct{}
 	runs    sync.WaitGroup
+	sent    sync.WaitGroup // notifications on their way
 
 	mu       sync.Mutex
 	cfg      *config.Config
@@ -72,6 +75,8 @@ type Daemon struct {
 
 type jobState struct {
 	cfg     config.Job
+	// staleSent: the "stale" notification went out; a success re-arms it.
+	staleSent bool
 	next    time.Time // the next scheduled time; zero: none
 	due     *pending  // a run whose time came, waiting for its writers or a slot
 	current *active
@@ -169,6 +174,7 @@ func (d *Daemon) recover(now time.Time) {
 				d.log.Error("history", "err", err)
 			}
 			d.log.Warn("the last run was interrupted; running the job again", "job", name, "run", last.ID)
+			d.notify(d.cfg.Notify, notify.Event{Kind: notify.Failure, Job: name, Message: r.Error, Run: r})
 			js.due = &pending{trigger: TriggerRecover, scheduled: last.Scheduled, attempt: 1}
 			continue
 		}
@@ -245,6 +251,7 @@ func (d *Daemon) stop() {
 		}
 	}
 	d.runs.Wait()
+	d.sent.Wait() // each is bounded by notify.Limit
 }
 
 // tick moves jobs whose time came to due, starts what can start, and
@@ -273,6 +280,19 @@ func (d *Daemon) tick(now time.Time) time.Time {
 			js.next = d.slotAfter(js.cfg, now)
 		}
 		earliest(js.next)
+		if js.cfg.AlertAfter > 0 && !js.staleSent {
+			since := d.started
+			if _, success := d.hist.last(name); success != nil {
+				since = success.Ended
+			}
+			if deadline := since.Add(js.cfg.AlertAfter); now.Before(deadline) {
+				earliest(deadline)
+			} else {
+				js.staleSent = true
+				d.notify(d.cfg.Notify, notify.Event{Kind: notify.Stale, Job: name,
+					Message: fmt.Sprintf("job %s has stored no backup since %s (alert_after %s)", name, since.Format(time.RFC3339), js.cfg.AlertAfter)})
+			}
+		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(d.jobs)) {
 		js := d.jobs[name]
@@ -358,6 +378,12 @@ func (d *Daemon) execute(cfg *config.Config, js *jobState, a *active, p *pending
 	})
 	final, _ := d.hist.get(run.ID)
 	d.metrics.observe(&final)
+	d.mu.Lock()
+	targets := d.cfg.Notify
+	d.mu.Unlock()
+	for _, e := range events(&final) {
+		d.notify(targets, e)
+	}
 	level := slog.LevelInfo
 	if !final.Succeeded() {
 		level = slog.LevelWarn
@@ -375,6 +401,9 @@ func (d *Daemon) execute(cfg *config.Config, js *jobState, a *active, p *pending
 	defer d.poke()
 	defer d.mu.Unlock()
 	js.current = nil
+	if final.Succeeded() {
+		js.staleSent = false
+	}
 	for _, w := range d.jobWriters(js.cfg) {
 		if d.busy[w] == js.cfg.Name {
 			delete(d.busy, w)
@@ -505,6 +534,46 @@ func (d *Daemon) RunNow(name string) (*Run, error) {
 	case <-time.After(2 * time.Second):
 		return nil, nil
 	}
+}
+
+// notify sends an event to the configured targets.
+func (d *Daemon) notify(to []config.Notify, e notify.Event) {
+	var targets []notify.Target
+	for _, n := range to {
+		targets = append(targets, notify.Target(n))
+	}
+	if len(targets) == 0 {
+		return
+	}
+	d.log.Info("notifying", "event", e.Kind, "job", e.Job)
+	d.sent.Add(1)
+	done := (&notify.Notifier{Targets: targets, Log: d.log}).Send(e)
+	go func() {
+		<-done
+		d.sent.Done()
+	}()
+}
+
+// events are the notifications a run that ended calls for.
+func events(r *Run) []notify.Event {
+	var out []notify.Event
+	add := func(kind, msg string) {
+		out = append(out, notify.Event{Kind: kind, Job: r.Job, Message: msg, Run: r})
+	}
+	switch r.Status {
+	case StatusFailed, StatusPartial:
+		add(notify.Failure, fmt.Sprintf("job %s: %s: %s", r.Job, r.Status, r.Error))
+	case StatusWarning:
+		add(notify.Warning, fmt.Sprintf("job %s: stored backup %.8s with warnings: %s", r.Job, r.Backup, strings.Join(append(r.Warnings, r.Error), "; ")))
+	case StatusUnverified:
+		add(notify.Unverified, fmt.Sprintf("job %s: backup %.8s is stored but failed its verification: %s", r.Job, r.Backup, r.Error))
+	}
+	for _, w := range r.Writers {
+		if w.Consistency == "crash" && !w.Failed {
+			add(notify.Crash, fmt.Sprintf("job %s: writer %s's data in backup %.8s is only crash-consistent: %s", r.Job, w.Name, r.Backup, w.Error))
+		}
+	}
+	return out
 }
 
 // Errors of RunNow.
