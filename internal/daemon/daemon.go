@@ -74,12 +74,12 @@ type Daemon struct {
 }
 
 type jobState struct {
-	cfg     config.Job
+	cfg config.Job
 	// staleSent: the "stale" notification went out; a success re-arms it.
 	staleSent bool
-	next    time.Time // the next scheduled time; zero: none
-	due     *pending  // a run whose time came, waiting for its writers or a slot
-	current *active
+	next      time.Time // the next scheduled time; zero: none
+	due       *pending  // a run whose time came, waiting for its writers or a slot
+	current   *active
 }
 
 // pending is a run to start once notBefore has passed and its writers are
