@@ -164,3 +164,54 @@ weekly = 4
 		}
 	}
 }
+
+func TestParseServe(t *testing.T) {
+	cfg, err := Parse("t", `
+[[job]]
+name        = "nightly"
+schedule    = "daily 02:00"
+jitter      = "10m"
+retry_runs  = 2
+alert_after = "26h"
+
+[[notify]]
+webhook = "https://hooks.example/x"
+on      = ["failure", "stale"]
+[[notify]]
+command = "logger umbra"
+
+[serve]
+socket       = "/run/u.sock"
+listen       = "127.0.0.1:8420"
+max_parallel = 3
+on_stop      = "finish"
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := cfg.Jobs[0]
+	if j.Schedule == nil || j.Schedule.String() != "daily 02:00" || j.Jitter != 10*time.Minute || j.RetryRuns != 2 ||
+		j.RetryWait != time.Minute || j.AlertAfter != 26*time.Hour {
+		t.Errorf("job: %+v (retry_wait defaults to 1m with retry_runs)", j)
+	}
+	if s := cfg.Serve; s.Socket != "/run/u.sock" || s.Listen != "127.0.0.1:8420" || s.MaxParallel != 3 || s.OnStop != "finish" {
+		t.Errorf("serve: %+v", s)
+	}
+	if len(cfg.Notify) != 2 || cfg.Notify[0].Webhook == "" || len(cfg.Notify[0].On) != 2 || cfg.Notify[1].Command != "logger umbra" {
+		t.Errorf("notify: %+v", cfg.Notify)
+	}
+	for bad, want := range map[string]string{
+		"[[job]]\nname = \"x\"\nschedule = \"someday\"": "daily 02:00",
+		"[[job]]\nname = \"x\"\nretry_runs = -1":        "cannot be negative",
+		"[serve]\non_stop = \"wait\"":                   "on_stop",
+		"[serve]\nmax_parallel = -2":                    "max_parallel",
+		"[[notify]]\non = [\"failure\"]":                "exactly one of webhook",
+		"[[notify]]\nwebhook = \"h\"\ncommand = \"c\"":  "exactly one of webhook",
+		"[[notify]]\nwebhook = \"h\"\non = [\"fail\"]":  "the events are",
+		"[serve]\nport = 1":                             "unknown setting serve.port",
+	} {
+		if _, err := Parse("t", bad); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Parse(%q): %v; want an error saying %q", bad, err, want)
+		}
+	}
+}
