@@ -350,17 +350,20 @@ func (d *Daemon) start(js *jobState, now time.Time) {
 	d.runs.Add(1)
 	cfg := d.cfg
 	if p.started != nil {
-		p.started <- run
+		c := *run // before the run's goroutine changes it
+		p.started <- &c
 	}
 	d.log.Info("job started", "job", run.Job, "run", run.ID, "trigger", run.Trigger, "attempt", run.Attempt)
-	go d.execute(cfg, js, js.current, p)
+	go d.execute(cfg, js.cfg, js, js.current, p)
 }
 
 // execute runs one job to its end and records it.
-func (d *Daemon) execute(cfg *config.Config, js *jobState, a *active, p *pending) {
+// cfg and j are the configuration as the run started (a reload may change
+// js meanwhile).
+func (d *Daemon) execute(cfg *config.Config, j config.Job, js *jobState, a *active, p *pending) {
 	defer d.runs.Done()
 	run := a.run
-	backupID, storedErr, err := d.backup(cfg, js.cfg, a)
+	backupID, storedErr, err := d.backup(cfg, j, a)
 	now := time.Now()
 	_ = d.hist.update(run, func(r *Run) {
 		r.Ended = now
@@ -404,16 +407,16 @@ func (d *Daemon) execute(cfg *config.Config, js *jobState, a *active, p *pending
 	if final.Succeeded() {
 		js.staleSent = false
 	}
-	for _, w := range d.jobWriters(js.cfg) {
-		if d.busy[w] == js.cfg.Name {
+	for w, holder := range d.busy {
+		if holder == j.Name {
 			delete(d.busy, w)
 		}
 	}
 	d.running--
-	if final.Status != StatusFailed || d.stopping || p.attempt > js.cfg.RetryRuns || js.due != nil {
+	if final.Status != StatusFailed || d.stopping || p.attempt > j.RetryRuns || js.due != nil {
 		return
 	}
-	wait := js.cfg.RetryWait << (p.attempt - 1)
+	wait := j.RetryWait << (p.attempt - 1)
 	d.log.Info("the job will be tried again", "job", run.Job, "in", wait, "attempt", p.attempt+1)
 	js.due = &pending{trigger: TriggerRetry, scheduled: p.scheduled, attempt: p.attempt + 1, notBefore: now.Add(wait)}
 }
@@ -516,8 +519,9 @@ func (d *Daemon) RunNow(name string) (*Run, error) {
 		d.mu.Unlock()
 		return nil, fmt.Errorf("%w: %q", ErrNoJob, name)
 	case js.current != nil:
-		r := *js.current.run
+		id := js.current.run.ID // set once; the rest changes under the history's lock
 		d.mu.Unlock()
+		r, _ := d.hist.get(id)
 		return &r, fmt.Errorf("%w: run %s started %s", ErrBusy, r.ID, r.Started.Format(time.RFC3339))
 	case js.due != nil:
 		d.mu.Unlock()
@@ -529,8 +533,7 @@ func (d *Daemon) RunNow(name string) (*Run, error) {
 	d.poke()
 	select {
 	case r := <-started:
-		c := *r
-		return &c, nil
+		return r, nil
 	case <-time.After(2 * time.Second):
 		return nil, nil
 	}

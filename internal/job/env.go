@@ -5,7 +5,6 @@ package job
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -169,16 +168,16 @@ func (e *Env) Coordinator(store *shadow.Store, over shadow.Options) (*shadow.Coo
 		opts.Type = over.Type
 	}
 	opts.FSFreeze = over.FSFreeze
-	if len(e.Guard) == 0 {
-		return nil, errors.New("no thaw guard: the Env names no command to start it")
-	}
-	argv := e.Guard
-	opts.Guard = func(ctx context.Context, plan guard.Plan) (func() error, error) {
-		g, err := guard.Start(ctx, argv, plan)
-		if err != nil {
-			return nil, err
+	// Without one, a set that needs the guard (fsfreeze, a guarded
+	// writer) is refused by the coordinator, saying so.
+	if argv := e.Guard; len(argv) > 0 {
+		opts.Guard = func(ctx context.Context, plan guard.Plan) (func() error, error) {
+			g, err := guard.Start(ctx, argv, plan)
+			if err != nil {
+				return nil, err
+			}
+			return g.Release, nil
 		}
-		return g.Release, nil
 	}
 	if e.Pause != nil {
 		pause := e.Pause
