@@ -381,9 +381,29 @@ func (d *Daemon) execute(cfg *config.Config, j config.Job, js *jobState, a *acti
 	})
 	final, _ := d.hist.get(run.ID)
 	d.metrics.observe(&final)
+
+	// The job is free before its end is told (log, notifications): whoever
+	// reads that may start it again.
 	d.mu.Lock()
+	js.current = nil
+	if final.Succeeded() {
+		js.staleSent = false
+	}
+	for w, holder := range d.busy {
+		if holder == j.Name {
+			delete(d.busy, w)
+		}
+	}
+	d.running--
+	var retryIn time.Duration
+	if final.Status == StatusFailed && !d.stopping && p.attempt <= j.RetryRuns && js.due == nil {
+		retryIn = j.RetryWait << (p.attempt - 1)
+		js.due = &pending{trigger: TriggerRetry, scheduled: p.scheduled, attempt: p.attempt + 1, notBefore: now.Add(retryIn)}
+	}
 	targets := d.cfg.Notify
 	d.mu.Unlock()
+	d.poke()
+
 	for _, e := range events(&final) {
 		d.notify(targets, e)
 	}
@@ -399,26 +419,9 @@ func (d *Daemon) execute(cfg *config.Config, j config.Job, js *jobState, a *acti
 		attrs = append(attrs, "error", final.Error)
 	}
 	d.log.Log(context.Background(), level, "job ended", attrs...)
-
-	d.mu.Lock()
-	defer d.poke()
-	defer d.mu.Unlock()
-	js.current = nil
-	if final.Succeeded() {
-		js.staleSent = false
+	if retryIn > 0 {
+		d.log.Info("the job will be tried again", "job", run.Job, "in", retryIn, "attempt", p.attempt+1)
 	}
-	for w, holder := range d.busy {
-		if holder == j.Name {
-			delete(d.busy, w)
-		}
-	}
-	d.running--
-	if final.Status != StatusFailed || d.stopping || p.attempt > j.RetryRuns || js.due != nil {
-		return
-	}
-	wait := j.RetryWait << (p.attempt - 1)
-	d.log.Info("the job will be tried again", "job", run.Job, "in", wait, "attempt", p.attempt+1)
-	js.due = &pending{trigger: TriggerRetry, scheduled: p.scheduled, attempt: p.attempt + 1, notBefore: now.Add(wait)}
 }
 
 // backup runs a backup job into the repository under a shared lock, and
