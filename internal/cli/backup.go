@@ -111,6 +111,9 @@ pruning); one that failed truncates nothing.`,
 				if err != nil {
 					return &usageError{err}
 				}
+				if j.Type != "backup" {
+					return usagef("job %s is a %s job, which umbra serve runs; by hand: umbra %s", j.Name, j.Type, map[string]string{"verify": "verify latest", "prune": "forget --keep-… --prune"}[j.Type])
+				}
 				useConfig, jobWriters = true, j.Writers
 				paths = append(slices.Clone(j.Paths), paths...)
 				b.Tags = append(slices.Clone(j.Tags), tags...)

@@ -66,6 +66,10 @@ setting is optional; a missing default file is an empty configuration.
 
   [[job]]                          # umbra backup --job nightly
   name         = "nightly"
+  type         = "backup"          # umbra serve also runs "verify" jobs (this host's
+                                   # latest backup) and "prune" jobs ([job.keep] on
+                                   # this host's backups, all_hosts = true for all,
+                                   # then unused data removed)
   writers      = ["postgres:main"] # default: every [[writer]]
   paths        = ["/etc"]          # plain paths besides the writers' data
   retries      = 3                 # for busy writers and time-outs (5s, 10s, ...)

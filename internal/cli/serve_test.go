@@ -195,7 +195,7 @@ func writeConfig(t *testing.T, text string) string {
 	return path
 }
 
-var jobEnded = regexp.MustCompile(`msg="job ended" job=(\S+) run=(\S+) status=(\S+)`)
+var jobEnded = regexp.MustCompile(`msg="job ended" job=(\S+) kind=\S+ run=(\S+) status=(\S+)`)
 
 // TestServeSchedules: a daemon with three jobs on second-level schedules
 // runs each at its times, never two runs of one job at once (the slow one's

@@ -207,6 +207,24 @@ socket = "%[1]s/umbra.sock"
 	backupsText := p.text("backups")
 	p.shot("backups.png")
 	if len(backupID) < 8 || !strings.Contains(backupsText, backupID[:8]) || !strings.Contains(backupsText, "sqlite:a (application)") {
-		t.Errorf("the backups page does not list backup %q with its writer:\n%s", backupID, backupsText)
+		t.Fatalf("the backups page does not list backup %q with its writer:\n%s", backupID, backupsText)
+	}
+
+	// Verify from the backups page: the verification runs in a sandbox
+	// and its page follows it to its verdict.
+	p.do(chromedp.Click(chromedp.CSS(`button.verify[data-backup="`+backupID+`"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#run [data-status="ok"]`)))
+	verified := p.text("run")
+	p.shot("verify.png")
+	if !strings.Contains(verified, "Verification: passed") || !strings.Contains(verified, backupID) {
+		t.Errorf("the verification page:\n%s", verified)
+	}
+	var records []struct {
+		Backup string `json:"backup"`
+		OK     bool   `json:"ok"`
+	}
+	s.get("/api/v1/verifications", &records)
+	if len(records) != 1 || records[0].Backup != backupID || !records[0].OK {
+		t.Errorf("verification records after the page's verify: %+v", records)
 	}
 }

@@ -3,12 +3,10 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/umbra-backup/umbra/internal/backup"
 	"github.com/umbra-backup/umbra/internal/job"
 	"github.com/umbra-backup/umbra/internal/verify"
 )
@@ -62,26 +60,13 @@ with anything still running in it, by the next one.`,
 				return err
 			}
 			defer done()
-			e, err := repo.FindManifest(ctx, ref)
+			cfg, err := a.config()
 			if err != nil {
 				return err
 			}
-			info, err := backup.ReadInfo(e.Manifest)
-			if err != nil {
-				return err
-			}
-			if info == nil {
-				return fmt.Errorf("backup %s holds no application (it was made without writers): there is nothing to bring up; umbra check --read-data checks its files", e.ID.Short())
-			}
-			wrs, err := a.backupWriters(info, only)
-			if err != nil {
-				return err
-			}
-			host, _ := os.Hostname()
-			res, err := verify.Run(ctx, repo, verify.Job{Entry: e, Info: info, Writers: wrs, Only: only, Scratch: scratch, Host: host,
-				Started: func(name string) { a.logger().Info("verifying", "writer", name) }})
+			e, res, err := a.env(cfg).Verify(ctx, repo, ref, only, scratch, func(name string) { a.logger().Info("verifying", "writer", name) })
 			if err != nil && !errors.Is(err, verify.ErrFailed) {
-				return lockLost(ctx, err)
+				return usage(lockLost(ctx, err))
 			}
 			if a.json {
 				if jerr := a.printJSON(map[string]any{"id": res.ID, "backup": e.ID, "ok": res.Record.OK, "time": res.Record.Time, "writers": res.Writers}); jerr != nil {

@@ -54,9 +54,15 @@ type Serve struct {
 	OnStop string
 }
 
-// Job is a named backup: umbra backup --job NAME.
+// Job is a named backup (umbra backup --job NAME), or, for umbra serve, a
+// verification or a prune on a schedule.
 type Job struct {
-	Name        string
+	Name string
+	// Type is "backup" (the default), "verify" (the latest backup of this
+	// host, its Writers only if given) or "prune" (Keep applied to this
+	// host's backups, all hosts' with AllHosts, then unused data removed).
+	Type        string
+	AllHosts    bool
 	Writers     []string // writer instances ("postgres:main"); empty means all configured
 	Paths       []string // plain paths besides the writers' data
 	Retries     int      // for retryable set failures; -1 means the default (3)
@@ -166,6 +172,8 @@ type repositoryFormat struct {
 
 type jobFormat struct {
 	Name          string     `toml:"name"`
+	Type          string     `toml:"type"`
+	AllHosts      bool       `toml:"all_hosts"`
 	Writers       []string   `toml:"writers"`
 	Paths         []string   `toml:"paths"`
 	Retries       *int       `toml:"retries"`
@@ -306,7 +314,7 @@ func Parse(name, text string) (*Config, error) {
 			return nil, fmt.Errorf("config %s: job #%d: every [[job]] needs a name of its own", name, i+1)
 		}
 		seen[j.Name] = true
-		job := Job{Name: j.Name, Writers: j.Writers, Paths: j.Paths, Retries: -1, Fallback: j.Fallback, Strict: j.Strict,
+		job := Job{Name: j.Name, Type: j.Type, AllHosts: j.AllHosts, Writers: j.Writers, Paths: j.Paths, Retries: -1, Fallback: j.Fallback, Strict: j.Strict,
 			NoTruncate: j.NoTruncate, KeepShadows: j.KeepShadows, Tags: j.Tags, Keep: Keep(j.Keep),
 			Verify: j.Verify || j.TruncateAfter == "verified", TruncateAfter: j.TruncateAfter,
 			Jitter: j.Jitter.Duration, RetryRuns: j.RetryRuns, RetryWait: j.RetryWait.Duration, AlertAfter: j.AlertAfter.Duration}
@@ -322,6 +330,19 @@ func Parse(name, text string) (*Config, error) {
 		}
 		if job.RetryRuns > 0 && job.RetryWait == 0 {
 			job.RetryWait = time.Minute
+		}
+		switch job.Type {
+		case "":
+			job.Type = "backup"
+		case "backup", "verify", "prune":
+		default:
+			return nil, fmt.Errorf("config %s: job %s: type = %q; want \"backup\", \"verify\" or \"prune\"", name, j.Name, j.Type)
+		}
+		if job.Type != "backup" && (len(j.Paths) > 0 || j.Fallback || j.Strict || len(j.NoTruncate) > 0 || j.Verify || j.TruncateAfter != "") {
+			return nil, fmt.Errorf("config %s: job %s: paths, fallback, strict, no_truncate, verify and truncate_after are for backup jobs, not %s", name, j.Name, job.Type)
+		}
+		if job.Type == "prune" && Keep(j.Keep) == (Keep{}) {
+			return nil, fmt.Errorf("config %s: job %s: a prune job needs [job.keep] (what to keep); an empty policy would remove every backup", name, j.Name)
 		}
 		switch j.TruncateAfter {
 		case "", "stored", "verified":

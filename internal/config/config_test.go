@@ -145,7 +145,7 @@ weekly = 4
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Job{Name: "nightly-db", Writers: []string{"postgres:main"}, Paths: []string{"/etc"}, Retries: -1, Fallback: true,
+	want := Job{Name: "nightly-db", Type: "backup", Writers: []string{"postgres:main"}, Paths: []string{"/etc"}, Retries: -1, Fallback: true,
 		NoTruncate: []string{"postgres:main"}, Tags: []string{"nightly"}, Keep: Keep{Daily: 7, Weekly: 4}}
 	if diff := cmp.Diff(want, j); diff != "" {
 		t.Errorf("job (-want +got):\n%s", diff)

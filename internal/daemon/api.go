@@ -96,6 +96,10 @@ func (d *Daemon) progress(id string) (Progress, bool, bool) {
 		p.Files, p.BytesRead, p.BytesAdded = pr.Files.Load(), pr.BytesRead.Load(), pr.BytesAdded.Load()
 		return p, true, true
 	}
+	if a := d.ops[id]; a != nil {
+		p.Files, p.BytesRead = a.restored.Files.Load(), a.restored.Bytes.Load()
+		return p, true, true
+	}
 	return p, true, false
 }
 
@@ -158,6 +162,19 @@ func (d *Daemon) Handler() http.Handler {
 			return catalog.Backups(ctx, repo)
 		})
 	})
+	mux.HandleFunc("POST "+APIPrefix+"/backups/{id}/verify", func(w http.ResponseWriter, r *http.Request) {
+		d.operate(w, KindVerify, r.PathValue("id"), "")
+	})
+	mux.HandleFunc("POST "+APIPrefix+"/backups/{id}/restore", func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			Target string `json:"target"`
+		}
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&body); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("want {\"target\": \"/absolute/empty/dir\"}: %w", err))
+			return
+		}
+		d.operate(w, KindRestore, r.PathValue("id"), body.Target)
+	})
 	mux.HandleFunc("GET "+APIPrefix+"/verifications", func(w http.ResponseWriter, r *http.Request) {
 		d.withRepository(w, r, func(ctx context.Context, repo *repository.Repository) (any, error) {
 			v, err := repo.Verifications(ctx)
@@ -195,6 +212,18 @@ func (d *Daemon) Handler() http.Handler {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no %s %s in the API; docs/api.md lists the calls", r.Method, r.URL.Path))
 	})
 	return mux
+}
+
+func (d *Daemon) operate(w http.ResponseWriter, kind, ref, target string) {
+	run, err := d.Operate(kind, ref, target)
+	switch {
+	case errors.Is(err, ErrStopping):
+		writeError(w, http.StatusServiceUnavailable, err)
+	case err != nil:
+		writeError(w, http.StatusBadRequest, err)
+	default:
+		writeJSON(w, http.StatusAccepted, run)
+	}
 }
 
 // withRepository opens the repository (shared lock: a prune may run

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -21,9 +22,13 @@ import (
 	"github.com/umbra-backup/umbra/internal/backend"
 	"github.com/umbra-backup/umbra/internal/config"
 	"github.com/umbra-backup/umbra/internal/job"
+	"github.com/umbra-backup/umbra/internal/forget"
 	"github.com/umbra-backup/umbra/internal/notify"
 	"github.com/umbra-backup/umbra/internal/repository"
+	"github.com/umbra-backup/umbra/internal/restore"
+	"github.com/umbra-backup/umbra/internal/retention"
 	"github.com/umbra-backup/umbra/internal/schedule"
+	"github.com/umbra-backup/umbra/internal/verify"
 )
 
 // DefaultMaxParallel is how many jobs run at once unless [serve]
@@ -65,6 +70,7 @@ type Daemon struct {
 	cfg      *config.Config
 	jobs     map[string]*jobState
 	busy     map[string]string // writer instance → the job running with it
+	ops      map[string]*active // operations asked through the API, by run id
 	running  int
 	stopping bool
 	// runCtx is every run's parent; cancelRuns aborts them (SIGTERM with
@@ -95,6 +101,7 @@ type pending struct {
 type active struct {
 	run      *Run
 	progress *archive.Progress
+	restored *restore.Progress // a restore's
 }
 
 // New opens the history in the state directory and reads the
@@ -112,7 +119,7 @@ func New(opts Options) (*Daemon, error) {
 		return nil, fmt.Errorf("run history: %w", err)
 	}
 	d := &Daemon{opts: opts, log: opts.Log, hist: hist, started: time.Now(), wake: make(chan struct{}, 1),
-		cfg: cfg, jobs: map[string]*jobState{}, busy: map[string]string{}}
+		cfg: cfg, jobs: map[string]*jobState{}, busy: map[string]string{}, ops: map[string]*active{}}
 	d.metrics = newMetrics(d)
 	d.runCtx, d.cancelRuns = context.WithCancelCause(context.Background())
 	d.setJobs(cfg, d.started)
@@ -240,7 +247,7 @@ func (d *Daemon) stop() {
 	d.mu.Lock()
 	d.stopping = true
 	finish := d.cfg.Serve.OnStop == "finish"
-	n := d.running
+	n := d.running + len(d.ops)
 	d.mu.Unlock()
 	if n > 0 {
 		if finish {
@@ -314,6 +321,9 @@ func (d *Daemon) tick(now time.Time) time.Time {
 // jobWriters are the writer instances a job runs: those it names, else
 // every configured one.
 func (d *Daemon) jobWriters(j config.Job) []string {
+	if j.Type != "backup" {
+		return nil // verifications and prunes touch no live writer
+	}
 	if len(j.Writers) > 0 {
 		return j.Writers
 	}
@@ -337,7 +347,7 @@ func (d *Daemon) writersFree(j config.Job) bool {
 func (d *Daemon) start(js *jobState, now time.Time) {
 	p := js.due
 	js.due = nil
-	run := &Run{ID: newRunID(now), Job: js.cfg.Name, Trigger: p.trigger, Attempt: p.attempt,
+	run := &Run{ID: newRunID(now), Job: js.cfg.Name, Kind: js.cfg.Type, Trigger: p.trigger, Attempt: p.attempt,
 		Scheduled: p.scheduled, Started: now, Status: StatusRunning}
 	if err := d.hist.save(run); err != nil {
 		d.log.Error("history", "err", err)
@@ -363,23 +373,18 @@ func (d *Daemon) start(js *jobState, now time.Time) {
 func (d *Daemon) execute(cfg *config.Config, j config.Job, js *jobState, a *active, p *pending) {
 	defer d.runs.Done()
 	run := a.run
-	backupID, storedErr, err := d.backup(cfg, j, a)
+	var backupID string
+	var storedErr, err error
+	switch j.Type {
+	case "verify":
+		err = d.verifyJob(cfg, j, a)
+	case "prune":
+		err = d.pruneJob(cfg, j, a)
+	default:
+		backupID, storedErr, err = d.backup(cfg, j, a)
+	}
 	now := time.Now()
-	_ = d.hist.update(run, func(r *Run) {
-		r.Ended = now
-		switch {
-		case err != nil && errors.Is(context.Cause(d.runCtx), ErrStopping):
-			r.Status, r.Error = StatusAborted, "stopped by SIGTERM before it ended; every writer was thawed and nothing was truncated: "+err.Error()
-		case err != nil:
-			r.Status, r.Error = StatusFailed, err.Error()
-		case storedErr != nil:
-			r.Error = storedErr.Error()
-		}
-		if backupID != "" {
-			r.Backup = backupID
-		}
-	})
-	final, _ := d.hist.get(run.ID)
+	final := d.record(run, now, backupID, storedErr, err)
 	d.metrics.observe(&final)
 
 	// The job is free before its end is told (log, notifications): whoever
@@ -404,6 +409,38 @@ func (d *Daemon) execute(cfg *config.Config, j config.Job, js *jobState, a *acti
 	d.mu.Unlock()
 	d.poke()
 
+	d.tell(final, targets, "job ended")
+	if retryIn > 0 {
+		d.log.Info("the job will be tried again", "job", run.Job, "in", retryIn, "attempt", p.attempt+1)
+	}
+}
+
+// record writes how a run ended into the history and returns it.
+func (d *Daemon) record(run *Run, now time.Time, backupID string, storedErr, err error) Run {
+	_ = d.hist.update(run, func(r *Run) {
+		r.Ended = now
+		switch {
+		case err != nil && errors.Is(context.Cause(d.runCtx), ErrStopping):
+			r.Status, r.Error = StatusAborted, "stopped by SIGTERM before it ended; every writer was thawed and nothing was truncated: "+err.Error()
+		case err != nil && errors.Is(err, verify.ErrFailed):
+			r.Status, r.Error = StatusUnverified, "the backup did not pass its verification: "+err.Error()
+		case err != nil:
+			r.Status, r.Error = StatusFailed, err.Error()
+		case r.Status == StatusRunning:
+			r.Status = StatusOK
+		case storedErr != nil:
+			r.Error = storedErr.Error()
+		}
+		if backupID != "" {
+			r.Backup = backupID
+		}
+	})
+	final, _ := d.hist.get(run.ID)
+	return final
+}
+
+// tell sends a run's notifications and logs its end.
+func (d *Daemon) tell(final Run, targets []config.Notify, msg string) {
 	for _, e := range events(&final) {
 		d.notify(targets, e)
 	}
@@ -411,17 +448,17 @@ func (d *Daemon) execute(cfg *config.Config, j config.Job, js *jobState, a *acti
 	if !final.Succeeded() {
 		level = slog.LevelWarn
 	}
-	attrs := []any{"job", run.Job, "run", run.ID, "status", final.Status, "duration", final.Duration().Round(time.Millisecond)}
+	attrs := []any{"job", final.Job, "kind", final.Kind, "run", final.ID, "status", final.Status, "duration", final.Duration().Round(time.Millisecond)}
 	if final.Backup != "" {
 		attrs = append(attrs, "backup", final.Backup)
+	}
+	if final.Target != "" {
+		attrs = append(attrs, "target", final.Target)
 	}
 	if final.Error != "" {
 		attrs = append(attrs, "error", final.Error)
 	}
-	d.log.Log(context.Background(), level, "job ended", attrs...)
-	if retryIn > 0 {
-		d.log.Info("the job will be tried again", "job", run.Job, "in", retryIn, "attempt", p.attempt+1)
-	}
+	d.log.Log(context.Background(), level, msg, attrs...)
 }
 
 // backup runs a backup job into the repository under a shared lock, and
@@ -489,6 +526,105 @@ func (d *Daemon) backup(cfg *config.Config, j config.Job, a *active) (backupID s
 	})
 	d.repositoryStats(ctx, repo)
 	return res.ID.String(), err, nil
+}
+
+// locked opens the repository and takes a shared lock for fn.
+func (d *Daemon) locked(cfg *config.Config, purpose string, fn func(ctx context.Context, repo *repository.Repository) error) error {
+	repo, done, err := d.opts.Open(d.runCtx, cfg)
+	if err != nil {
+		return err
+	}
+	defer done()
+	lock, err := repo.Lock(d.runCtx, false, purpose)
+	if err != nil {
+		return err
+	}
+	lctx := lock.Context()
+	err = fn(lctx, repo)
+	lock.Unlock(context.Background())
+	if err != nil && errors.Is(context.Cause(lctx), repository.ErrLockLost) {
+		err = context.Cause(lctx)
+	}
+	return err
+}
+
+// verifyJob verifies the latest backup of this host (the job's writers
+// only, if it names some).
+func (d *Daemon) verifyJob(cfg *config.Config, j config.Job, a *active) error {
+	return d.verify(cfg, "latest-of-host", j.Writers, a)
+}
+
+// verify verifies the backup ref ("latest-of-host": this host's newest).
+func (d *Daemon) verify(cfg *config.Config, ref string, only []string, a *active) error {
+	env := d.opts.Env(cfg)
+	return d.locked(cfg, "verify", func(ctx context.Context, repo *repository.Repository) error {
+		if ref == "latest-of-host" {
+			ref = ""
+			host, _ := os.Hostname()
+			all, err := repo.Manifests(ctx)
+			if err != nil {
+				return err
+			}
+			for _, m := range all {
+				if m.Host == host && m.Extra != nil {
+					ref = m.ID.String() // the newest: manifests come oldest first
+				}
+			}
+			if ref == "" {
+				return fmt.Errorf("no application backup of %s in the repository to verify yet", host)
+			}
+		}
+		e, res, err := env.Verify(ctx, repo, ref, only, "", nil)
+		_ = d.hist.update(a.run, func(r *Run) {
+			if e.Manifest != nil {
+				r.Backup = e.ID.String()
+			}
+			if res.Record != nil {
+				ok := res.Record.OK
+				r.Verified, r.Verification = &ok, res.ID.String()
+			}
+		})
+		return err
+	})
+}
+
+// pruneJob forgets the backups the job's keep policy does not keep (this
+// host's, or every host's with all_hosts), then removes unused data.
+func (d *Daemon) pruneJob(cfg *config.Config, j config.Job, a *active) error {
+	host := ""
+	if !j.AllHosts {
+		host, _ = os.Hostname()
+	}
+	var gone []string
+	if err := d.locked(cfg, "forget", func(ctx context.Context, repo *repository.Repository) error {
+		all, err := repo.Manifests(ctx)
+		if err != nil {
+			return err
+		}
+		removed, err := forget.Remove(ctx, repo, forget.Plan(all, host, retention.Policy(j.Keep)))
+		for _, id := range removed {
+			gone = append(gone, id.String())
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+	repo, done, err := d.opts.Open(d.runCtx, cfg)
+	if err != nil {
+		return err
+	}
+	defer done()
+	rep, err := repo.Prune(d.runCtx, repository.PruneOptions{}) // takes its own lock
+	_ = d.hist.update(a.run, func(r *Run) {
+		r.Forgotten = gone
+		if rep != nil {
+			r.BytesFreed = rep.BytesFreed
+		}
+	})
+	if err == nil {
+		d.repositoryStats(d.runCtx, repo)
+	}
+	return err
 }
 
 // repositoryStats counts the backups and the bytes of the repository's

@@ -39,8 +39,12 @@ const (
 
 // Run is one run of a job, as the history keeps it.
 type Run struct {
-	ID        string    `json:"id"`
-	Job       string    `json:"job"`
+	ID  string `json:"id"`
+	Job string `json:"job,omitempty"` // empty for an operation asked through the API
+	// Kind is what ran: "backup", "verify", "prune" (a job's type), or
+	// "restore" (asked through the API, into Target).
+	Kind      string    `json:"kind"`
+	Target    string    `json:"target,omitempty"`
 	Trigger   string    `json:"trigger"`
 	Attempt   int       `json:"attempt"` // 1, then 2… for retries of a failed run
 	Scheduled time.Time `json:"scheduled,omitzero"`
@@ -61,6 +65,7 @@ type Run struct {
 	Verified     *bool    `json:"verified,omitempty"`
 	Verification string   `json:"verification,omitempty"` // its record's id
 	Forgotten    []string `json:"forgotten,omitempty"`
+	BytesFreed   int64    `json:"bytes_freed,omitempty"` // by a prune
 }
 
 // RunWriter is one writer's part in a run.
@@ -79,7 +84,8 @@ func (r *Run) Duration() time.Duration {
 	return r.Ended.Sub(r.Started)
 }
 
-// Succeeded says whether the run stored a backup that can be relied on.
+// Succeeded says whether the run did what it was for: stored a backup that
+// can be relied on, verified one, pruned, restored.
 func (r *Run) Succeeded() bool { return r.Status == StatusOK || r.Status == StatusWarning }
 
 // history keeps runs, one JSON file each under dir, written whole (a

@@ -91,6 +91,9 @@ func unix(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 // observe takes an ended run. The history replays runs oldest first.
 func (m *metrics) observe(r *Run) {
 	j := r.Job
+	if j == "" {
+		return // an operation asked through the API, not a job
+	}
 	m.runs.WithLabelValues(j, r.Status).Inc()
 	m.lastRun.WithLabelValues(j).Set(unix(r.Ended))
 	m.lastDuration.WithLabelValues(j).Set(r.Ended.Sub(r.Started).Seconds())

@@ -137,7 +137,9 @@ async function runView(id) {
   const render = (p) => {
     const r = p.run;
     box.replaceChildren(
-      el("h2", {}, "Run ", el("span", { class: "id" }, r.id), " of ", el("a", { href: "#/jobs/" + encodeURIComponent(r.job) }, r.job)),
+      el("h2", {}, r.job ? ["Run ", el("span", { class: "id" }, r.id), " of ", el("a", { href: "#/jobs/" + encodeURIComponent(r.job) }, r.job)]
+        : [r.kind === "restore" ? "Restore " : "Verification ", el("span", { class: "id" }, r.id)]),
+      r.target ? el("p", {}, "Into ", el("code", { id: "target" }, r.target)) : null,
       el("p", {}, "Status: ", statusOf(r), "  ", el("span", { class: "muted" }, r.trigger + ", started " + when(r.started) + ", " + secs(r))),
       el("p", { class: "progress" }, `${p.files} files, ${size(p.bytes_read)} read, ${size(p.bytes_added)} added`),
       r.backup ? el("p", {}, "Backup ", el("span", { class: "id", id: "backup-id" }, r.backup)) : null,
@@ -187,14 +189,35 @@ async function backupsView() {
       el("td", { class: "num" }, app ? app.freeze_ms.toFixed(1) + " ms" : "-"),
       el("td", {}, v ? el("span", { class: v.ok ? "ok" : "bad" }, v.ok ? "ok" : "FAILED") : el("span", { class: "muted" }, "not verified")),
       el("td", {}, writers),
-      el("td", {}, (b.paths || []).join(" ")));
+      el("td", {}, (b.paths || []).join(" ")),
+      el("td", {},
+        app ? el("button", { class: "verify", "data-backup": b.id, onclick: () => operate(b.id, "verify") }, "Verify") : null, " ",
+        el("button", { class: "restore", "data-backup": b.id, onclick: () => restoreTo(b.id) }, "Restore to…")));
   });
   return [
     el("h2", {}, "Backups"),
     el("table", { id: "backups" },
-      el("thead", {}, el("tr", {}, ["ID", "Time", "Host", "Size", "Added", "Freeze", "Verified", "Writers", "Paths"].map((h) => el("th", {}, h)))),
+      el("thead", {}, el("tr", {}, ["ID", "Time", "Host", "Size", "Added", "Freeze", "Verified", "Writers", "Paths", ""].map((h) => el("th", {}, h)))),
       el("tbody", {}, rows)),
   ];
+}
+
+async function operate(id, what, body) {
+  const { body: run } = await call("/backups/" + id + "/" + what, { method: "POST", body: body ? JSON.stringify(body) : undefined });
+  location.hash = "#/runs/" + run.id;
+}
+
+// restoreTo asks where, and asks again before it starts: a restore writes
+// only under a new or empty directory, never over live data.
+async function restoreTo(id) {
+  const target = prompt("Restore backup " + id.slice(0, 8) + " under which directory? (absolute; new or empty: nothing is overwritten)");
+  if (!target) return;
+  if (!confirm("Restore backup " + id.slice(0, 8) + " under " + target + "?")) return;
+  try {
+    await operate(id, "restore", { target });
+  } catch (e) {
+    alert(e.message);
+  }
 }
 
 async function route() {

@@ -1,0 +1,147 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/umbra-backup/umbra/internal/daemon"
+)
+
+// postJSON calls the API with a JSON body.
+func (s *served) postJSON(path string, body any) (int, string) {
+	s.t.Helper()
+	b, _ := json.Marshal(body)
+	resp, err := s.client.Post("http://umbra"+path, "application/json", bytes.NewReader(b))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(out)
+}
+
+// runAndWait starts a job (or an operation, at path) and waits for its
+// end in the history.
+func (s *served) runAndWait(path string, body any) daemon.Run {
+	s.t.Helper()
+	code, out := s.postJSON(path, body)
+	if code != http.StatusAccepted {
+		s.t.Fatalf("POST %s: %d %s", path, code, out)
+	}
+	var run daemon.Run
+	if err := json.Unmarshal([]byte(out), &run); err != nil || run.ID == "" {
+		s.t.Fatalf("POST %s: %v: %s", path, err, out)
+	}
+	s.waitLine(regexp.MustCompile(`ended" .*run=`+run.ID+` `), 2*time.Minute)
+	var p daemon.Progress
+	s.get("/api/v1/runs/"+run.ID, &p)
+	return p.Run
+}
+
+// TestServeJobKinds: a verify job verifies this host's latest backup, a
+// prune job forgets what its keep policy does not keep and frees the
+// space; through the API a backup is verified, and restored under an
+// empty directory but never into one that holds anything; umbra backup
+// --job refuses a job that is not a backup.
+func TestServeJobKinds(t *testing.T) {
+	dir := t.TempDir()
+	db := filepath.Join(dir, "a.db")
+	sqlite3(t, db, "CREATE TABLE t (n)", "INSERT INTO t VALUES (42)")
+	cfg := writeConfig(t, fmt.Sprintf(`
+[[writer]]
+type = "sqlite"
+name = "a"
+path = %q
+[[job]]
+name = "b"
+[[job]]
+name = "v"
+type = "verify"
+[[job]]
+name = "p"
+type = "prune"
+[job.keep]
+last = 1
+[serve]
+socket = "%s/umbra.sock"
+`, db, dir))
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	if res := umbraRun(t, state, repo.environ(), "--config", cfg, "backup", "--job", "v"); res.code != 2 || !strings.Contains(res.stderr, "umbra serve runs") {
+		t.Errorf("backup --job of a verify job: exit %d: %s", res.code, res.stderr)
+	}
+	s := startServe(t, state, repo.environ(), cfg)
+	first := s.runAndWait("/api/v1/jobs/b/run", nil)
+	sqlite3(t, db, "INSERT INTO t VALUES (43)")
+	second := s.runAndWait("/api/v1/jobs/b/run", nil)
+	if first.Status != daemon.StatusOK || second.Status != daemon.StatusOK || first.Kind != "backup" {
+		t.Fatalf("backups: %+v %+v", first, second)
+	}
+
+	v := s.runAndWait("/api/v1/jobs/v/run", nil)
+	if v.Status != daemon.StatusOK || v.Kind != "verify" || v.Backup != second.Backup || v.Verified == nil || !*v.Verified {
+		t.Errorf("verify job: %+v; want the latest backup %s verified", v, second.Backup)
+	}
+
+	p := s.runAndWait("/api/v1/jobs/p/run", nil)
+	if p.Status != daemon.StatusOK || len(p.Forgotten) != 1 || p.Forgotten[0] != first.Backup {
+		t.Errorf("prune job (keep last 1): %+v; want %s forgotten", p, first.Backup)
+	}
+	var backups []struct {
+		ID string `json:"id"`
+	}
+	s.get("/api/v1/backups", &backups)
+	if len(backups) != 1 || backups[0].ID != second.Backup {
+		t.Errorf("after the prune job the repository holds %+v; want only %s", backups, second.Backup)
+	}
+
+	op := s.runAndWait("/api/v1/backups/"+second.Backup[:8]+"/verify", nil)
+	if op.Status != daemon.StatusOK || op.Kind != daemon.KindVerify || op.Job != "" || op.Backup != second.Backup || op.Verified == nil || !*op.Verified {
+		t.Errorf("verify through the API: %+v", op)
+	}
+	target := filepath.Join(t.TempDir(), "copy")
+	op = s.runAndWait("/api/v1/backups/latest/restore", map[string]string{"target": target})
+	if op.Status != daemon.StatusOK || op.Kind != daemon.KindRestore || op.Target != target {
+		t.Fatalf("restore through the API: %+v", op)
+	}
+	out := sqliteQuery(t, filepath.Join(target, db), "SELECT group_concat(n) FROM t")
+	if out != "42,43" {
+		t.Errorf("the restored database holds %q; want 42,43", out)
+	}
+	again := s.runAndWait("/api/v1/backups/latest/restore", map[string]string{"target": target})
+	if again.Status != daemon.StatusFailed || !strings.Contains(again.Error, "not empty") {
+		t.Errorf("a restore into a directory that holds files: %+v; want it refused", again)
+	}
+	if fi, err := os.Stat(filepath.Join(target, db)); err != nil || fi.Size() == 0 {
+		t.Errorf("the first restore's files after the refused one: %v", err)
+	}
+	if code, body := s.postJSON("/api/v1/backups/latest/restore", map[string]string{}); code != http.StatusBadRequest || !strings.Contains(body, "never restores in place") {
+		t.Errorf("a restore without a target: %d %s", code, body)
+	}
+	var runs []daemon.Run
+	s.get("/api/v1/runs?limit=0", &runs)
+	if len(runs) != 7 {
+		t.Errorf("the history holds %d runs, want 7 (2 backups, a verify job, a prune job, a verification and 2 restores asked through the API)", len(runs))
+	}
+	s.stop()
+}
+
+// sqliteQuery runs one query with the sqlite3 shell and returns its output.
+func sqliteQuery(t *testing.T, path, query string) string {
+	t.Helper()
+	out, err := exec.Command("sqlite3", path, query).CombinedOutput()
+	if err != nil {
+		t.Fatalf("sqlite3 %s: %v\n%s", path, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
