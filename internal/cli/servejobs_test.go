@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -128,10 +129,43 @@ socket = "%s/umbra.sock"
 	if code, body := s.postJSON("/api/v1/backups/latest/restore", map[string]string{}); code != http.StatusBadRequest || !strings.Contains(body, "never restores in place") {
 		t.Errorf("a restore without a target: %d %s", code, body)
 	}
+	// The command line talks to the daemon: list, and run with --wait.
+	list := umbraRun(t, state, nil, "--config", cfg, "jobs")
+	if list.code != 0 || !regexp.MustCompile(`(?m)^b\s+on request\s+-\s+ok `).MatchString(list.stdout) || !strings.Contains(list.stdout, "\np ") {
+		t.Errorf("umbra jobs: exit %d\n%s%s", list.code, list.stdout, list.stderr)
+	}
+	waited := umbraRun(t, state, nil, "--config", cfg, "--json", "jobs", "run", "v", "--wait")
+	var vr daemon.Run
+	if err := json.Unmarshal([]byte(waited.stdout), &vr); err != nil || waited.code != 0 || vr.Kind != "verify" || vr.Status != daemon.StatusOK {
+		t.Errorf("umbra jobs run v --wait: exit %d, %+v (%v)\n%s", waited.code, vr, err, waited.stderr)
+	}
+	if res := umbraRun(t, state, nil, "--config", cfg, "jobs", "run", "nosuch"); res.code != 1 || !strings.Contains(res.stderr, "no such job") {
+		t.Errorf("umbra jobs run nosuch: exit %d %s", res.code, res.stderr)
+	}
+
 	var runs []daemon.Run
 	s.get("/api/v1/runs?limit=0", &runs)
-	if len(runs) != 7 {
-		t.Errorf("the history holds %d runs, want 7 (2 backups, a verify job, a prune job, a verification and 2 restores asked through the API)", len(runs))
+	if len(runs) != 8 {
+		t.Errorf("the history holds %d runs, want 8 (2 backups, 2 verify jobs, a prune job, a verification and 2 restores asked through the API)", len(runs))
+	}
+
+	// SIGHUP reads the configuration again: a job added shows; a broken
+	// configuration is refused and the one in use stays.
+	text, _ := os.ReadFile(cfg)
+	if err := os.WriteFile(cfg, append(text, "[[job]]\nname = \"added\"\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGHUP)
+	s.waitLine(regexp.MustCompile(`configuration reloaded" jobs=4`), time.Minute)
+	if err := os.WriteFile(cfg, append(text, "[[job]]\nname = \"b\"\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGHUP)
+	s.waitLine(regexp.MustCompile(`the configuration was not reloaded; the one in use stays`), time.Minute)
+	var jobs []daemon.JobView
+	s.get("/api/v1/jobs", &jobs)
+	if len(jobs) != 4 {
+		t.Errorf("after a refused reload: %d jobs, want the 4 of the last good configuration", len(jobs))
 	}
 	s.stop()
 }
@@ -144,4 +178,83 @@ func sqliteQuery(t *testing.T, path, query string) string {
 		t.Fatalf("sqlite3 %s: %v\n%s", path, err, out)
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// TestServeRetryAndLimit: a run that fails is run again after retry_wait
+// (trigger retry, attempt 2) and then succeeds; with max_parallel = 1 a job
+// asked for while another runs waits for it, and starts when it ends.
+func TestServeRetryAndLimit(t *testing.T) {
+	dir := t.TempDir()
+	for _, d := range []string{"data", "slow"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := writeConfig(t, fmt.Sprintf(`
+[[writer]]
+type   = "script"
+name   = "flaky"
+freeze = "test -e %[1]s/failed-once || { touch %[1]s/failed-once; exit 1; }"
+thaw   = "true"
+[[writer]]
+type    = "script"
+name    = "slow"
+prepare = "sleep 2"
+freeze  = "true"
+thaw    = "true"
+[[writer]]
+type   = "script"
+name   = "other"
+freeze = "true"
+thaw   = "true"
+[[job]]
+name       = "flaky"
+writers    = ["script:flaky"]
+paths      = ["%[1]s/data"]
+strict     = true
+retries    = 0
+retry_runs = 2
+retry_wait = "1s"
+[[job]]
+name    = "slow"
+writers = ["script:slow"]
+paths   = ["%[1]s/slow"]
+[[job]]
+name    = "other"
+writers = ["script:other"]
+paths   = ["%[1]s/data"]
+[serve]
+socket       = "%[1]s/umbra.sock"
+max_parallel = 1
+`, dir))
+	repo := newRepoDir(t)
+	s := startServe(t, t.TempDir(), repo.environ(), cfg)
+	if code, body := s.post("/api/v1/jobs/flaky/run"); code != http.StatusAccepted {
+		t.Fatalf("POST run flaky: %d %s", code, body)
+	}
+	ends := s.waitLines(regexp.MustCompile(`msg="job ended" job=flaky kind=backup run=(\S+) status=(\S+)`), 2, time.Minute)
+	if ends[0][2] != daemon.StatusFailed || ends[1][2] != daemon.StatusOK {
+		t.Fatalf("flaky job: %v then %v; want failed, then ok", ends[0][0], ends[1][0])
+	}
+	var runs []daemon.Run
+	s.get("/api/v1/runs?job=flaky", &runs)
+	if len(runs) != 2 || runs[0].Trigger != daemon.TriggerRetry || runs[0].Attempt != 2 || runs[0].Started.Sub(runs[1].Ended) < time.Second {
+		t.Errorf("flaky job's runs: %+v; want a retry, attempt 2, at least retry_wait after the failure", runs)
+	}
+
+	if code, body := s.post("/api/v1/jobs/slow/run"); code != http.StatusAccepted || !strings.Contains(body, `"id"`) {
+		t.Fatalf("POST run slow: %d %s", code, body)
+	}
+	code, body := s.post("/api/v1/jobs/other/run")
+	if code != http.StatusAccepted || !strings.Contains(body, "waiting") {
+		t.Errorf("a second job with max_parallel = 1: %d %s; want it accepted, waiting", code, body)
+	}
+	s.waitLine(regexp.MustCompile(`msg="job ended" job=other `), time.Minute)
+	var slow, other []daemon.Run
+	s.get("/api/v1/runs?job=slow", &slow)
+	s.get("/api/v1/runs?job=other", &other)
+	if len(slow) != 1 || len(other) != 1 || other[0].Started.Before(slow[0].Ended) {
+		t.Errorf("with max_parallel = 1, other (%+v) started before slow (%+v) ended", other, slow)
+	}
+	s.stop()
 }

@@ -185,6 +185,9 @@ socket = "%[1]s/umbra.sock"
 	p.do(chromedp.Click(chromedp.CSS(`button.run[data-job="nightly"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`#run [data-status="ok"]`)))
 	backupID, runText := p.text("backup-id"), p.text("run")
+	if logText := p.text("log"); !strings.Contains(logText, "phase done") {
+		t.Errorf("the run's page shows no log of its phases:\n%s", logText)
+	}
 	p.shot("run.png")
 	var runs []daemon.Run
 	s.get("/api/v1/runs?job=nightly", &runs)
@@ -216,7 +219,8 @@ socket = "%[1]s/umbra.sock"
 		chromedp.WaitVisible(chromedp.CSS(`#run [data-status="ok"]`)))
 	verified := p.text("run")
 	p.shot("verify.png")
-	if !strings.Contains(verified, "Verification: passed") || !strings.Contains(verified, backupID) {
+	if !strings.Contains(verified, "Verification: passed") || !strings.Contains(verified, backupID) || !strings.Contains(verified, "check=integrity_check ok=true") ||
+		strings.Contains(verified+runText, "null") {
 		t.Errorf("the verification page:\n%s", verified)
 	}
 	var records []struct {

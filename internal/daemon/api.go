@@ -16,6 +16,7 @@ import (
 
 	"github.com/umbra-backup/umbra/internal/catalog"
 	"github.com/umbra-backup/umbra/internal/repository"
+	"github.com/umbra-backup/umbra/internal/shadow"
 )
 
 // APIPrefix is where version 1 of the API is served.
@@ -74,7 +75,7 @@ func (d *Daemon) Jobs() []JobView {
 // Runs lists the history, newest first: of one job if named, at most limit.
 func (d *Daemon) Runs(job string, limit int) []Run { return d.hist.list(job, limit) }
 
-// Progress is a running job's progress.
+// Progress is a running job's progress, and its log so far.
 type Progress struct {
 	Run        Run   `json:"run"`
 	Files      int64 `json:"files"`
@@ -94,10 +95,12 @@ func (d *Daemon) progress(id string) (Progress, bool, bool) {
 	if js := d.jobs[r.Job]; js != nil && js.current != nil && js.current.run.ID == id {
 		pr := js.current.progress
 		p.Files, p.BytesRead, p.BytesAdded = pr.Files.Load(), pr.BytesRead.Load(), pr.BytesAdded.Load()
+		p.Run.Log = js.current.log.snapshot()
 		return p, true, true
 	}
 	if a := d.ops[id]; a != nil {
 		p.Files, p.BytesRead = a.restored.Files.Load(), a.restored.Bytes.Load()
+		p.Run.Log = a.log.snapshot()
 		return p, true, true
 	}
 	return p, true, false
@@ -174,6 +177,31 @@ func (d *Daemon) Handler() http.Handler {
 			return
 		}
 		d.operate(w, KindRestore, r.PathValue("id"), body.Target)
+	})
+	mux.HandleFunc("GET "+APIPrefix+"/shadows", func(w http.ResponseWriter, r *http.Request) {
+		d.mu.Lock()
+		cfg := d.cfg
+		d.mu.Unlock()
+		env := d.opts.Env(cfg)
+		store, err := env.Store()
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		coord, err := env.Coordinator(store, shadow.Options{})
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		sets, err := coord.List(r.Context())
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		if sets == nil {
+			sets = []*shadow.Set{}
+		}
+		writeJSON(w, http.StatusOK, sets)
 	})
 	mux.HandleFunc("GET "+APIPrefix+"/verifications", func(w http.ResponseWriter, r *http.Request) {
 		d.withRepository(w, r, func(ctx context.Context, repo *repository.Repository) (any, error) {

@@ -100,6 +100,7 @@ type pending struct {
 
 type active struct {
 	run      *Run
+	log      runLog
 	progress *archive.Progress
 	restored *restore.Progress // a restore's
 }
@@ -384,7 +385,7 @@ func (d *Daemon) execute(cfg *config.Config, j config.Job, js *jobState, a *acti
 		backupID, storedErr, err = d.backup(cfg, j, a)
 	}
 	now := time.Now()
-	final := d.record(run, now, backupID, storedErr, err)
+	final := d.record(run, now, &a.log, backupID, storedErr, err)
 	d.metrics.observe(&final)
 
 	// The job is free before its end is told (log, notifications): whoever
@@ -416,9 +417,10 @@ func (d *Daemon) execute(cfg *config.Config, j config.Job, js *jobState, a *acti
 }
 
 // record writes how a run ended into the history and returns it.
-func (d *Daemon) record(run *Run, now time.Time, backupID string, storedErr, err error) Run {
+func (d *Daemon) record(run *Run, now time.Time, log *runLog, backupID string, storedErr, err error) Run {
 	_ = d.hist.update(run, func(r *Run) {
 		r.Ended = now
+		r.Log = log.snapshot()
 		switch {
 		case err != nil && errors.Is(context.Cause(d.runCtx), ErrStopping):
 			r.Status, r.Error = StatusAborted, "stopped by SIGTERM before it ended; every writer was thawed and nothing was truncated: "+err.Error()
@@ -467,6 +469,7 @@ func (d *Daemon) tell(final Run, targets []config.Notify, msg string) {
 func (d *Daemon) backup(cfg *config.Config, j config.Job, a *active) (backupID string, storedErr, err error) {
 	ctx := d.runCtx
 	env := d.opts.Env(cfg)
+	env.Log = a.log.logger(env.Log, a.run.ID)
 	b, err := env.FromConfig(j)
 	if err != nil {
 		return "", nil, err
@@ -557,6 +560,7 @@ func (d *Daemon) verifyJob(cfg *config.Config, j config.Job, a *active) error {
 // verify verifies the backup ref ("latest-of-host": this host's newest).
 func (d *Daemon) verify(cfg *config.Config, ref string, only []string, a *active) error {
 	env := d.opts.Env(cfg)
+	env.Log = a.log.logger(env.Log, a.run.ID)
 	return d.locked(cfg, "verify", func(ctx context.Context, repo *repository.Repository) error {
 		if ref == "latest-of-host" {
 			ref = ""
@@ -574,7 +578,19 @@ func (d *Daemon) verify(cfg *config.Config, ref string, only []string, a *active
 				return fmt.Errorf("no application backup of %s in the repository to verify yet", host)
 			}
 		}
-		e, res, err := env.Verify(ctx, repo, ref, only, "", nil)
+		e, res, err := env.Verify(ctx, repo, ref, only, "", func(name string) { env.Log.Info("verifying", "writer", name) })
+		for _, w := range res.Writers {
+			for _, c := range w.Checks {
+				level := slog.LevelInfo
+				if !c.OK {
+					level = slog.LevelError
+				}
+				env.Log.Log(ctx, level, "check", "writer", w.Name, "check", c.Name, "ok", c.OK, "took", c.Duration.Round(time.Millisecond), "detail", c.Detail)
+			}
+			if w.Error != "" {
+				env.Log.Error("verification did not run to its end", "writer", w.Name, "err", w.Error)
+			}
+		}
 		_ = d.hist.update(a.run, func(r *Run) {
 			if e.Manifest != nil {
 				r.Backup = e.ID.String()
@@ -663,8 +679,9 @@ func (d *Daemon) RunNow(name string) (*Run, error) {
 		r, _ := d.hist.get(id)
 		return &r, fmt.Errorf("%w: run %s started %s", ErrBusy, r.ID, r.Started.Format(time.RFC3339))
 	case js.due != nil:
+		trigger := js.due.trigger
 		d.mu.Unlock()
-		return nil, fmt.Errorf("%w: a %s run waits for its writers or a free slot", ErrBusy, js.due.trigger)
+		return nil, fmt.Errorf("%w: a %s run waits for its writers or a free slot", ErrBusy, trigger)
 	}
 	started := make(chan *Run, 1)
 	js.due = &pending{trigger: TriggerAPI, attempt: 1, started: started}

@@ -66,6 +66,8 @@ type Run struct {
 	Verification string   `json:"verification,omitempty"` // its record's id
 	Forgotten    []string `json:"forgotten,omitempty"`
 	BytesFreed   int64    `json:"bytes_freed,omitempty"` // by a prune
+	// Log is the run's last log lines: each phase, warnings, retries.
+	Log []string `json:"log,omitempty"`
 }
 
 // RunWriter is one writer's part in a run.

@@ -53,6 +53,7 @@ func (d *Daemon) Operate(kind, ref, target string) (*Run, error) {
 			err = d.verify(cfg, ref, nil, a)
 		case KindRestore:
 			env := d.opts.Env(cfg)
+			env.Log = a.log.logger(env.Log, run.ID)
 			err = d.locked(cfg, "restore", func(ctx context.Context, repo *repository.Repository) error {
 				e, err := env.RestoreTo(ctx, repo, ref, target, a.restored)
 				if e.Manifest != nil {
@@ -64,7 +65,7 @@ func (d *Daemon) Operate(kind, ref, target string) (*Run, error) {
 				return err
 			})
 		}
-		final := d.record(run, time.Now(), "", nil, err)
+		final := d.record(run, time.Now(), &a.log, "", nil, err)
 		d.mu.Lock()
 		delete(d.ops, run.ID)
 		targets := d.cfg.Notify

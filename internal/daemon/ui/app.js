@@ -136,18 +136,21 @@ async function runView(id) {
   const box = el("div", { id: "run", "data-run": id });
   const render = (p) => {
     const r = p.run;
-    box.replaceChildren(
+    // replaceChildren would print null and arrays: el() leaves them out.
+    box.replaceChildren(...el("div", {},
       el("h2", {}, r.job ? ["Run ", el("span", { class: "id" }, r.id), " of ", el("a", { href: "#/jobs/" + encodeURIComponent(r.job) }, r.job)]
         : [r.kind === "restore" ? "Restore " : "Verification ", el("span", { class: "id" }, r.id)]),
       r.target ? el("p", {}, "Into ", el("code", { id: "target" }, r.target)) : null,
       el("p", {}, "Status: ", statusOf(r), "  ", el("span", { class: "muted" }, r.trigger + ", started " + when(r.started) + ", " + secs(r))),
-      el("p", { class: "progress" }, `${p.files} files, ${size(p.bytes_read)} read, ${size(p.bytes_added)} added`),
+      r.kind === "backup" ? el("p", { class: "progress" }, `${p.files} files, ${size(p.bytes_read)} read, ${size(p.bytes_added)} added`)
+        : r.kind === "restore" ? el("p", { class: "progress" }, `${p.files} files, ${size(p.bytes_read)} restored`) : null,
       r.backup ? el("p", {}, "Backup ", el("span", { class: "id", id: "backup-id" }, r.backup)) : null,
       r.writers ? el("ul", {}, r.writers.map((w) => el("li", {}, `${w.name}: ${w.failed ? "FAILED " + (w.error || "") : w.consistency}`))) : null,
       r.freeze_ms ? el("p", {}, `Freeze window: ${r.freeze_ms.toFixed(1)} ms`) : null,
       r.verified !== undefined ? el("p", {}, "Verification: ", el("span", { class: r.verified ? "ok" : "bad" }, r.verified ? "passed" : "FAILED")) : null,
       r.error ? el("pre", { class: "error" }, r.error) : null,
-      r.warnings ? el("ul", { class: "warn" }, r.warnings.map((w) => el("li", {}, w))) : null);
+      r.warnings ? el("ul", { class: "warn" }, r.warnings.map((w) => el("li", {}, w))) : null,
+      r.log ? [el("h3", {}, "Log"), el("pre", { class: "log", id: "log" }, r.log.join("\n"))] : null).childNodes);
   };
   const { body } = await call("/runs/" + encodeURIComponent(id));
   render(body);
