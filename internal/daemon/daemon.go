@@ -21,8 +21,8 @@ import (
 	"github.com/umbra-backup/umbra/internal/archive"
 	"github.com/umbra-backup/umbra/internal/backend"
 	"github.com/umbra-backup/umbra/internal/config"
-	"github.com/umbra-backup/umbra/internal/job"
 	"github.com/umbra-backup/umbra/internal/forget"
+	"github.com/umbra-backup/umbra/internal/job"
 	"github.com/umbra-backup/umbra/internal/notify"
 	"github.com/umbra-backup/umbra/internal/repository"
 	"github.com/umbra-backup/umbra/internal/restore"
@@ -69,7 +69,7 @@ type Daemon struct {
 	mu       sync.Mutex
 	cfg      *config.Config
 	jobs     map[string]*jobState
-	busy     map[string]string // writer instance → the job running with it
+	busy     map[string]string  // writer instance → the job running with it
 	ops      map[string]*active // operations asked through the API, by run id
 	running  int
 	stopping bool
