@@ -585,11 +585,7 @@ socket = "%[1]s/umbra.sock"
 	}
 	s.waitLine(jobEnded, time.Minute)
 
-	tokenBytes, err := os.ReadFile(daemon.TokenPath(state))
-	if err != nil {
-		t.Fatal(err)
-	}
-	token := strings.TrimSpace(string(tokenBytes))
+	token := apiToken(t, state)
 	if fi, err := os.Stat(daemon.TokenPath(state)); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("token file: %v, %v; want mode 0600", fi.Mode(), err)
 	}
@@ -658,4 +654,14 @@ func lintMetrics(t *testing.T, text string) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("promtool check metrics: %v\n%s", err, out)
 	}
+}
+
+// apiToken is the token umbra serve made in its state directory.
+func apiToken(t *testing.T, state string) string {
+	t.Helper()
+	b, err := os.ReadFile(daemon.TokenPath(state))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
 }

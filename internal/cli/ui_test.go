@@ -152,11 +152,7 @@ socket = "%[1]s/umbra.sock"
 		}
 		s.waitLines(jobEnded, i+1, time.Minute)
 	}
-	tokenBytes, err := os.ReadFile(daemon.TokenPath(state))
-	if err != nil {
-		t.Fatal(err)
-	}
-	token := strings.TrimSpace(string(tokenBytes))
+	token := apiToken(t, state)
 	p := &page{t: t, ctx: ctx, shots: artifactsDir(t, "ui")}
 	base := "http://" + s.tcp + "/"
 
