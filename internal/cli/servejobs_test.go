@@ -2,9 +2,18 @@ package cli
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -257,4 +266,121 @@ max_parallel = 1
 		t.Errorf("with max_parallel = 1, other (%+v) started before slow (%+v) ended", other, slow)
 	}
 	s.stop()
+}
+
+// TestServeTLS: on an address other than loopback the API is served over
+// TLS only, with the certificate configured; plain HTTP gets no answer
+// from the API there.
+func TestServeTLS(t *testing.T) {
+	dir := t.TempDir()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "umbra test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := writeConfig(t, fmt.Sprintf(`
+[serve]
+socket   = "%[1]s/umbra.sock"
+listen   = "0.0.0.0:0"
+tls_cert = "%[2]s"
+tls_key  = "%[3]s"
+`, dir, certFile, keyFile))
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	s := startServe(t, state, repo.environ(), cfg)
+	_, port, _ := net.SplitHostPort(s.tcp)
+	parsed, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(parsed)
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: time.Minute}
+	req, _ := http.NewRequest(http.MethodGet, "https://127.0.0.1:"+port+"/api/v1/status", nil)
+	req.Header.Set("Authorization", "Bearer "+apiToken(t, state))
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("https with the token: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("https with the token: %s", resp.Status)
+	}
+	plain, err := http.Get("http://127.0.0.1:" + port + "/metrics")
+	if err == nil {
+		b, _ := io.ReadAll(plain.Body)
+		plain.Body.Close()
+		if plain.StatusCode == http.StatusOK {
+			t.Errorf("plain HTTP on a TLS listener answered: %s", b)
+		}
+	}
+	s.stop()
+}
+
+// TestServeStopPolicy: SIGTERM during a run aborts it by default (every
+// writer thawed, nothing truncated: its complete command never runs), and
+// lets it end with on_stop = "finish".
+func TestServeStopPolicy(t *testing.T) {
+	for _, policy := range []string{"abort", "finish"} {
+		t.Run(policy, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.Mkdir(filepath.Join(dir, "data"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			cfg := writeConfig(t, fmt.Sprintf(`
+[[writer]]
+type     = "script"
+name     = "slow"
+prepare  = "touch %[1]s/prepared; sleep 2"
+freeze   = "true"
+thaw     = "true"
+complete = "touch %[1]s/completed"
+[[job]]
+name    = "slow"
+writers = ["script:slow"]
+paths   = ["%[1]s/data"]
+[serve]
+socket  = "%[1]s/umbra.sock"
+on_stop = "%[2]s"
+`, dir, policy))
+			repo := newRepoDir(t)
+			state := t.TempDir()
+			s := startServe(t, state, repo.environ(), cfg)
+			if code, body := s.post("/api/v1/jobs/slow/run"); code != http.StatusAccepted {
+				t.Fatalf("POST run: %d %s", code, body)
+			}
+			// The run is in its prepare command when the daemon is told to stop.
+			for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+				if _, err := os.Stat(filepath.Join(dir, "prepared")); err == nil {
+					break
+				} else if time.Now().After(deadline) {
+					t.Fatal("the job's prepare command did not run within a minute")
+				}
+			}
+			s.stop()
+			runs := historyOf(t, state)
+			_, completed := os.Stat(filepath.Join(dir, "completed"))
+			want := map[string]string{"abort": daemon.StatusAborted, "finish": daemon.StatusOK}[policy]
+			if len(runs) != 1 || runs[0].Status != want || (completed == nil) != (policy == "finish") {
+				t.Errorf("on_stop = %s: runs %+v, backup-complete ran: %v; want %s", policy, runs, completed == nil, want)
+			}
+		})
+	}
 }
