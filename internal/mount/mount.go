@@ -459,4 +459,3 @@ func listxattr(n *repository.Node, dest []byte) (uint32, syscall.Errno) {
 	}
 	return uint32(copy(dest, names)), 0
 }
-
