@@ -139,9 +139,17 @@ func (l *latestLink) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	return []byte("ids/" + all[len(all)-1].ID.Short()), 0
 }
 
+// madeDir is a directory the mount makes up, not one of a backup.
+type madeDir struct{ fs.Inode }
+
+func (*madeDir) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode, out.Nlink = fuse.S_IFDIR|0o555, 2
+	return 0
+}
+
 // idsDir lists every backup by its short id.
 type idsDir struct {
-	fs.Inode
+	madeDir
 	f *filesystem
 }
 
@@ -172,24 +180,9 @@ func (d *idsDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 	return nil, syscall.ENOENT
 }
 
-func (d *idsDir) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode, out.Nlink = fuse.S_IFDIR|0o555, 2
-	return 0
-}
-
-func (d *hostsDir) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode, out.Nlink = fuse.S_IFDIR|0o555, 2
-	return 0
-}
-
-func (d *hostDir) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode, out.Nlink = fuse.S_IFDIR|0o555, 2
-	return 0
-}
-
 // hostsDir lists hosts; each holds its backups by time, as links into ids/.
 type hostsDir struct {
-	fs.Inode
+	madeDir
 	f *filesystem
 }
 
@@ -230,7 +223,7 @@ func timeName(e repository.ManifestEntry) string {
 }
 
 type hostDir struct {
-	fs.Inode
+	madeDir
 	f    *filesystem
 	host string
 }
