@@ -122,6 +122,7 @@ type fileHandle struct {
 	mu   sync.Mutex
 	next int // the first chunk not yet asked for by a read-ahead
 	last int // the chunk read last: a read before it is a seek back
+	to   int // the end of the window, as far as it was scanned
 }
 
 // readAhead asks for the chunks up to ReadAhead bytes past chunk i that
@@ -130,14 +131,15 @@ type fileHandle struct {
 func (h *fileHandle) readAhead(i int) {
 	h.mu.Lock()
 	if i < h.last {
-		h.next = i + 1 // a seek back: read ahead from here again
+		h.next, h.to = i+1, i+1 // a seek back: read ahead from here again
 	}
 	h.last = i
 	from := max(h.next, i+1)
-	to := from
-	for to < len(h.ids) && h.starts[to]-h.starts[i] < h.f.opts.ReadAhead {
-		to++
+	h.to = max(h.to, from)
+	for h.to < len(h.ids) && h.starts[h.to]-h.starts[i] < h.f.opts.ReadAhead {
+		h.to++ // each chunk scanned once, not at every read
 	}
+	to := h.to
 	if to == from || (h.starts[min(to, len(h.starts)-1)]-h.starts[from] < h.f.opts.ReadAhead/4 && to < len(h.ids)) {
 		h.mu.Unlock()
 		return
