@@ -43,6 +43,8 @@ func (a *app) daemonClient(socket string) (*daemonClient, error) {
 // call sends a request and decodes a 2xx answer into v; other answers
 // become the API's error.
 func (c *daemonClient) call(ctx context.Context, method, path string, body, v any) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
 	var rd io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
@@ -71,8 +73,18 @@ func (c *daemonClient) call(ctx context.Context, method, path string, body, v an
 	return nil
 }
 
+// followIdle is how long follow waits for an event: the daemon sends one
+// every half second while a run runs.
+const followIdle = 30 * time.Second
+
 // follow reads a run's events until its end and returns the run.
 func (c *daemonClient) follow(ctx context.Context, id string, progress func(daemon.Progress)) (daemon.Run, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	idle := time.AfterFunc(followIdle, func() {
+		cancel(fmt.Errorf("umbra serve sent nothing about run %s for %s; umbra jobs shows whether it still runs", id, followIdle))
+	})
+	defer idle.Stop()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://umbra"+daemon.APIPrefix+"/runs/"+id+"/events", nil)
 	if err != nil {
 		return daemon.Run{}, err
@@ -86,6 +98,7 @@ func (c *daemonClient) follow(ctx context.Context, id string, progress func(daem
 	sc.Buffer(make([]byte, 1<<20), 1<<24)
 	event := ""
 	for sc.Scan() {
+		idle.Reset(followIdle)
 		line := sc.Text()
 		switch {
 		case strings.HasPrefix(line, "event: "):
@@ -102,6 +115,9 @@ func (c *daemonClient) follow(ctx context.Context, id string, progress func(daem
 		}
 	}
 	if err := sc.Err(); err != nil {
+		if cause := context.Cause(ctx); cause != nil {
+			return daemon.Run{}, cause
+		}
 		return daemon.Run{}, err
 	}
 	return daemon.Run{}, fmt.Errorf("umbra serve closed the events of run %s before its end", id)

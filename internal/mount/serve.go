@@ -70,7 +70,12 @@ func Serve(ctx context.Context, repo *repository.Repository, mountpoint string, 
 		// mounted without a server behind it.
 		_ = syscall.Unmount(mp, syscall.MNT_DETACH)
 	}
-	<-done
+	// A detached mount's connection lives until its last open file is
+	// closed: umbra does not wait for that, it exits, which ends it.
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+	}
 	return nil
 }
 
@@ -106,14 +111,24 @@ func cleanStale(mp string) error {
 
 // gone reports whether the FUSE mount at mp has no server: listing it
 // (which the kernel cannot answer from its cache, as it may a stat) fails
-// with ENOTCONN.
+// with ENOTCONN. A server that does not answer within 10 s is taken to be
+// alive (a hung one is not unmounted from under its readers).
 func gone(mp string) bool {
-	f, err := os.Open(mp)
-	if err == nil {
-		_, err = f.Readdirnames(1)
-		f.Close()
+	res := make(chan error, 1)
+	go func() {
+		f, err := os.Open(mp)
+		if err == nil {
+			_, err = f.Readdirnames(1)
+			f.Close()
+		}
+		res <- err
+	}()
+	select {
+	case err := <-res:
+		return errors.Is(err, syscall.ENOTCONN)
+	case <-time.After(10 * time.Second):
+		return false
 	}
-	return errors.Is(err, syscall.ENOTCONN)
 }
 
 // Unmount ends the umbra mount at mountpoint; the umbra mount serving it
