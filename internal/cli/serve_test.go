@@ -209,9 +209,7 @@ func TestServeSchedules(t *testing.T) {
 	for _, n := range []string{"a", "b"} {
 		sqlite3(t, filepath.Join(dir, n+".db"), "CREATE TABLE t (n)", "INSERT INTO t VALUES (1)")
 	}
-	if err := os.Mkdir(filepath.Join(dir, "slow"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	mkdirs(t, dir, "slow")
 	schedules := map[string]string{"a": "*:*:0/2", "b": "*:*:1/3", "slow": "*:*:0/1"}
 	cfg := writeConfig(t, fmt.Sprintf(`
 [[writer]]
@@ -487,9 +485,7 @@ func TestServeKilledDuringBackup(t *testing.T) {
 	tk := startTicker(t)
 	pid := tk.cmd.Process.Pid
 	dir := t.TempDir()
-	if err := os.Mkdir(filepath.Join(dir, "data"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	mkdirs(t, dir, "data")
 	marker := filepath.Join(dir, "completed")
 	cfg := writeConfig(t, fmt.Sprintf(`
 [[writer]]
@@ -664,4 +660,14 @@ func apiToken(t *testing.T, state string) string {
 		t.Fatal(err)
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// mkdirs makes directories under dir.
+func mkdirs(t *testing.T, dir string, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if err := os.Mkdir(filepath.Join(dir, n), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -194,11 +194,7 @@ func sqliteQuery(t *testing.T, path, query string) string {
 // asked for while another runs waits for it, and starts when it ends.
 func TestServeRetryAndLimit(t *testing.T) {
 	dir := t.TempDir()
-	for _, d := range []string{"data", "slow"} {
-		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	mkdirs(t, dir, "data", "slow")
 	cfg := writeConfig(t, fmt.Sprintf(`
 [[writer]]
 type   = "script"
@@ -341,9 +337,7 @@ func TestServeStopPolicy(t *testing.T) {
 	for _, policy := range []string{"abort", "finish"} {
 		t.Run(policy, func(t *testing.T) {
 			dir := t.TempDir()
-			if err := os.Mkdir(filepath.Join(dir, "data"), 0o755); err != nil {
-				t.Fatal(err)
-			}
+			mkdirs(t, dir, "data")
 			cfg := writeConfig(t, fmt.Sprintf(`
 [[writer]]
 type     = "script"
