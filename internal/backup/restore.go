@@ -350,6 +350,31 @@ func placeHandOn(ctx context.Context, repo *repository.Repository, job RestoreJo
 	if _, err := restore.Run(ctx, repo, job.Manifest.Tree, scratch, restore.Options{Include: include}); err != nil {
 		return nil, fmt.Errorf("restore the files the writer handed on: %w", err)
 	}
+	return placeFiles(files, roots, scratch, target)
+}
+
+// PlaceHandOnFrom puts the files the writer handed on into its components
+// under target, reading them from the backup's tree as it lies under from
+// (a mounted backup: umbra run).
+func PlaceHandOnFrom(wi WriterInfo, from, target string) ([]string, error) {
+	roots := map[string]string{}
+	for _, c := range wi.Metadata.Components {
+		if len(c.Paths) > 0 {
+			roots[c.Name] = filepath.Join(target, c.Paths[0])
+		}
+	}
+	var files []writer.HandOn
+	for _, f := range wi.Report.Files {
+		if _, ok := roots[f.Component]; ok {
+			files = append(files, f)
+		}
+	}
+	return placeFiles(files, roots, from, target)
+}
+
+// placeFiles copies each hand-on file from its Source under from to its
+// component's root (in roots) + its relative path.
+func placeFiles(files []writer.HandOn, roots map[string]string, from, target string) ([]string, error) {
 	var placed []string
 	for _, f := range files {
 		root := roots[f.Component]
@@ -357,11 +382,12 @@ func placeHandOn(ctx context.Context, repo *repository.Repository, job RestoreJo
 		if target != "/" {
 			// A restored link (PostgreSQL's pg_wal) points at the live
 			// system: under a target, follow it into the target instead.
+			var err error
 			if dst, err = underTarget(target, root, dst); err != nil {
 				return placed, fmt.Errorf("hand-on file %s: %w", f.Path, err)
 			}
 		}
-		if err := copyOwned(filepath.Join(scratch, f.Source), dst, root); err != nil {
+		if err := copyOwned(filepath.Join(from, f.Source), dst, root); err != nil {
 			return placed, fmt.Errorf("hand-on file %s: %w", f.Path, err)
 		}
 		placed = append(placed, f.Path)

@@ -99,7 +99,7 @@ The whole story (docs/writers.md has every writer's options):
 	root.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
 	root.AddCommand(a.initCommand(), a.backupCommand(), a.backupsCommand(), a.lsCommand(), a.showCommand(), a.restoreCommand(), a.verifyCommand(), a.walPushCommand(), a.walFetchCommand(),
 		a.checkCommand(), a.forgetCommand(), a.pruneCommand(), a.keyCommand(),
-		a.shadowCommand(), a.writersCommand(), a.providersCommand(), a.guardCommand(), a.serveCommand(), a.jobsCommand(), a.mountCommand(), a.versionCommand(), configHelp())
+		a.shadowCommand(), a.writersCommand(), a.providersCommand(), a.guardCommand(), a.serveCommand(), a.jobsCommand(), a.mountCommand(), a.runCommand(), a.versionCommand(), configHelp())
 	root.AddCommand(a.manCommand(a.rootCommand))
 	return root
 }

@@ -87,12 +87,23 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if n.node.Size > 0 && !n.node.HasContent() {
 		return nil, 0, syscall.EIO
 	}
-	h := &fileHandle{f: n.f, size: n.node.Size}
-	err := n.f.repo.ContentParts(n.f.ctx, &n.node, func(part []repository.ID) error {
+	h, err := n.f.openContent(&n.node)
+	if err != nil {
+		return nil, 0, errno(err)
+	}
+	// The kernel may cache what it read: a backup never changes.
+	return h, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// openContent reads the chunk list of a file of a backup, and where each
+// chunk starts, for reading it by range.
+func (f *filesystem) openContent(node *repository.Node) (*fileHandle, error) {
+	h := &fileHandle{f: f, size: node.Size}
+	err := f.repo.ContentParts(f.ctx, node, func(part []repository.ID) error {
 		for _, id := range part {
-			length := n.node.BlockSize
-			if id != repository.ZeroChunk || n.node.BlockSize == 0 {
-				l, ok := n.f.repo.BlobLen(id)
+			length := node.BlockSize
+			if id != repository.ZeroChunk || node.BlockSize == 0 {
+				l, ok := f.repo.BlobLen(id)
 				if !ok {
 					return fmt.Errorf("chunk %s is not in the repository's index", id.Short())
 				}
@@ -104,11 +115,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, 0, errno(err)
-	}
-	// The kernel may cache what it read: a backup never changes.
-	return h, fuse.FOPEN_KEEP_CACHE, 0
+	return h, err
 }
 
 // fileHandle reads one open file.
@@ -160,7 +167,7 @@ var _ = (fs.FileReader)((*fileHandle)(nil))
 // zeros backs holes: block-cut files store none of their zero blocks.
 var zeros = make([]byte, 1<<20)
 
-func (h *fileHandle) chunk(ctx context.Context, i int) ([]byte, error) {
+func (h *fileHandle) chunk(i int) ([]byte, error) {
 	id := h.ids[i]
 	length := h.end - h.starts[i]
 	if i+1 < len(h.starts) {
@@ -176,8 +183,19 @@ func (h *fileHandle) chunk(ctx context.Context, i int) ([]byte, error) {
 }
 
 func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	data, e := h.readAt(dest, off)
+	if e != 0 {
+		return nil, e
+	}
+	return fuse.ReadResultData(data), 0
+}
+
+// readAt returns the file's bytes from off, as many as dest holds (fewer
+// at its end): a slice of a cached chunk when they lie in one, else
+// copied into dest.
+func (h *fileHandle) readAt(dest []byte, off int64) ([]byte, syscall.Errno) {
 	if off >= h.size {
-		return fuse.ReadResultData(nil), 0
+		return nil, 0
 	}
 	end := min(off+int64(len(dest)), h.size)
 	i := sort.Search(len(h.starts), func(i int) bool { return h.starts[i] > off }) - 1
@@ -192,7 +210,7 @@ func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 	// A read within one chunk is answered from the cached chunk itself,
 	// without a copy (the common case: chunks are larger than reads).
 	if i+1 >= len(h.starts) || end <= h.starts[i+1] {
-		data, err := h.chunk(ctx, i)
+		data, err := h.chunk(i)
 		if err != nil {
 			return nil, errno(err)
 		}
@@ -200,11 +218,11 @@ func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 		if to > int64(len(data)) {
 			return nil, syscall.EIO
 		}
-		return fuse.ReadResultData(data[from:to]), 0
+		return data[from:to], 0
 	}
 	n := 0
 	for pos := off; pos < end; i++ {
-		data, err := h.chunk(ctx, i)
+		data, err := h.chunk(i)
 		if err != nil {
 			return nil, errno(err)
 		}
@@ -219,5 +237,5 @@ func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 			break
 		}
 	}
-	return fuse.ReadResultData(dest[:n]), 0
+	return dest[:n], 0
 }

@@ -97,6 +97,10 @@ func errno(err error) syscall.Errno {
 	if errors.Is(err, context.Canceled) {
 		return syscall.EINTR
 	}
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return e // ENOSPC from a writable view's upper directory
+	}
 	return syscall.EIO
 }
 

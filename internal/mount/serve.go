@@ -24,6 +24,37 @@ const fsName = "umbra"
 // A mount of umbra left at mountpoint by a process that died (kill -9) is
 // cleaned up first. ready, if set, is called once the mount answers.
 func Serve(ctx context.Context, repo *repository.Repository, mountpoint string, opts Options, ready func()) error {
+	timeout := time.Hour // a backup never changes: the kernel may keep what it learnt
+	return serve(ctx, mountpoint, Root(ctx, repo, opts), &fs.Options{
+		MountOptions: fuse.MountOptions{
+			FsName: "umbra:" + repo.Backend().Location(), Name: fsName, DirectMount: true,
+			Options: []string{"ro", "default_permissions"}, AllowOther: os.Geteuid() == 0,
+			// Reads of up to 1 MiB (the kernel's most), ahead of a
+			// sequential reader too: fewer, larger calls.
+			MaxWrite: 1 << 20, MaxReadAhead: 1 << 20, DirectMountFlags: syscall.MS_RDONLY | syscall.MS_NOSUID | syscall.MS_NODEV,
+		},
+		EntryTimeout: &timeout, AttrTimeout: &timeout,
+	}, ready)
+}
+
+// ServeWritable mounts a writable view of the backup whose root tree is
+// tree at mountpoint (WritableRoot: changes kept in upper, the repository
+// never written) and serves it until ctx ends or it is unmounted.
+func ServeWritable(ctx context.Context, repo *repository.Repository, tree repository.ID, mountpoint, upper string, opts Options, ready func()) error {
+	// Names change only through this mount, which the kernel sees; sizes
+	// and times are asked for each time (a copy compares them).
+	entries, attrs := time.Hour, time.Duration(0)
+	return serve(ctx, mountpoint, WritableRoot(ctx, repo, tree, upper, opts), &fs.Options{
+		MountOptions: fuse.MountOptions{
+			FsName: "umbra-run:" + repo.Backend().Location(), Name: fsName, DirectMount: true,
+			Options: []string{"default_permissions"}, AllowOther: true,
+			MaxWrite: 1 << 20, MaxReadAhead: 1 << 20, DirectMountFlags: syscall.MS_NOSUID | syscall.MS_NODEV,
+		},
+		EntryTimeout: &entries, AttrTimeout: &attrs,
+	}, ready)
+}
+
+func serve(ctx context.Context, mountpoint string, root fs.InodeEmbedder, opts *fs.Options, ready func()) error {
 	mp, err := filepath.Abs(mountpoint)
 	if err != nil {
 		return err
@@ -38,17 +69,7 @@ func Serve(ctx context.Context, repo *repository.Repository, mountpoint string, 
 	if !fi.IsDir() {
 		return fmt.Errorf("mount point %s is not a directory", mp)
 	}
-	timeout := time.Hour // a backup never changes: the kernel may keep what it learnt
-	server, err := fs.Mount(mp, Root(ctx, repo, opts), &fs.Options{
-		MountOptions: fuse.MountOptions{
-			FsName: "umbra:" + repo.Backend().Location(), Name: fsName, DirectMount: true,
-			Options: []string{"ro", "default_permissions"}, AllowOther: os.Geteuid() == 0,
-			// Reads of up to 1 MiB (the kernel's most), ahead of a
-			// sequential reader too: fewer, larger calls.
-			MaxWrite: 1 << 20, MaxReadAhead: 1 << 20, DirectMountFlags: syscall.MS_RDONLY | syscall.MS_NOSUID | syscall.MS_NODEV,
-		},
-		EntryTimeout: &timeout, AttrTimeout: &timeout,
-	})
+	server, err := fs.Mount(mp, root, opts)
 	if err != nil {
 		return fmt.Errorf("mount %s: %w (FUSE: /dev/fuse and the fuse module are needed)", mp, err)
 	}

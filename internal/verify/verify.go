@@ -21,6 +21,7 @@ import (
 	"github.com/umbra-backup/umbra/internal/backup"
 	"github.com/umbra-backup/umbra/internal/repository"
 	"github.com/umbra-backup/umbra/internal/writer"
+	"github.com/umbra-backup/umbra/internal/writer/process"
 )
 
 // ScratchPrefix begins the name of each sandbox directory: one left by a
@@ -181,7 +182,7 @@ func Clean(dir string) error {
 		if fi, err := os.Lstat(sandbox); err != nil || fi.Sys().(*syscall.Stat_t).Uid != uint32(os.Geteuid()) {
 			continue // not ours (a shared /var/tmp)
 		}
-		killInside(sandbox)
+		process.KillInside(sandbox)
 		if err := os.RemoveAll(sandbox); err != nil {
 			return fmt.Errorf("remove what a verification left: %w", err)
 		}
@@ -193,28 +194,6 @@ func Clean(dir string) error {
 func alive(pid int) bool {
 	err := syscall.Kill(pid, 0)
 	return err == nil || errors.Is(err, syscall.EPERM)
-}
-
-// killInside kills every process whose working directory lies in dir, and
-// waits (a few seconds at most) until they are gone.
-func killInside(dir string) {
-	var pids []int
-	procs, _ := os.ReadDir("/proc")
-	for _, p := range procs {
-		pid, err := strconv.Atoi(p.Name())
-		if err != nil {
-			continue
-		}
-		if cwd, err := os.Readlink(filepath.Join("/proc", p.Name(), "cwd")); err == nil && (cwd == dir || strings.HasPrefix(cwd, dir+"/")) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			pids = append(pids, pid)
-		}
-	}
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if !slices.ContainsFunc(pids, alive) {
-			return
-		}
-	}
 }
 
 // Results decodes the per-writer results of a record.

@@ -325,8 +325,12 @@ type Restore struct {
 	Port    int
 	// Socket, with DataDir, makes the copy a sandbox (verification): it
 	// listens on no TCP address, only on a Unix socket in this directory,
-	// and follows no primary.
+	// and follows no primary. For a Runner it is where the copy's socket
+	// goes, beside Listen.
 	Socket string
+	// Listen is the address a Runner's copy listens on with Port; empty
+	// means the socket alone.
+	Listen string
 	// Crash says the files are a crash-consistent copy (the backup fell
 	// back without the writer): recover as after a power cut, with
 	// nothing handed on.
@@ -358,6 +362,37 @@ type Moved struct {
 type Relocator interface {
 	Restorer
 	Relocates()
+}
+
+// Runner is a writer whose application can be started on its files where
+// they lie, under r.Target as the backup holds them (a writable overlay of
+// a mounted backup: instant recovery, item-level restore), reachable on
+// r.Port at r.Listen and on a socket in r.Socket, with a verification's
+// rules otherwise: nothing archived, no primary followed, no replica.
+// With r.DataDir set it starts instead on that data directory, which an
+// earlier Start's copy was cleanly stopped in and which was then copied
+// there (umbra run --migrate).
+type Runner interface {
+	Writer
+	Start(ctx context.Context, r Restore) (*Running, error)
+}
+
+// Running is an application a Runner started.
+type Running struct {
+	// Connect tells a client how to reach it: a connection string, a
+	// socket, or for an application without a server the file itself.
+	Connect string `json:"connect"`
+	// Socket is the Unix socket it listens on, if any.
+	Socket string `json:"socket,omitempty"`
+	// DataDir is the directory its data lies in (what --migrate copies);
+	// for SQLite the database file.
+	DataDir string `json:"data_dir"`
+	// Stop shuts it down cleanly, so that DataDir may be copied and
+	// started elsewhere; nil for an application without a server.
+	Stop func(ctx context.Context) error `json:"-"`
+	// NoMigrate, if set, says why DataDir cannot simply be copied and
+	// started elsewhere.
+	NoMigrate string `json:"-"`
 }
 
 // AsideList records what a writer's PreRestore moved aside, for

@@ -63,14 +63,28 @@ func (w *Writer) relocate(ctx context.Context, r writer.Restore, md writer.Metad
 			return fmt.Errorf("copy the configuration into %s: %w", newDir, err)
 		}
 	}
-	overrides := fmt.Sprintf("\n# umbra restore --to-datadir: this copy's own places, beside the original\n"+
+	mode := relocatedCopy
+	if r.Socket != "" {
+		mode = sandboxCopy
+	}
+	return w.startCopy(ctx, newDir, r, mode, true)
+}
+
+// startCopy gives the copy in newDir its own places (appended to its
+// postgresql.conf, and to postgresql.auto.conf, which is read last:
+// settings the original made with ALTER SYSTEM, its port and its
+// archive_command, must not win there), prepares its recovery if recover,
+// starts it and waits until it accepts connections. mode says what it is
+// started as; an instant copy listens where r says.
+func (w *Writer) startCopy(ctx context.Context, newDir string, r writer.Restore, mode copyMode, recover bool) error {
+	overrides := fmt.Sprintf("\n# umbra: this copy's own places, beside the original\n"+
 		"data_directory = '%s'\nhba_file = '%s'\nident_file = '%s'\nexternal_pid_file = ''\nport = %d\narchive_mode = off\ncluster_name = ''\n",
 		newDir, filepath.Join(newDir, "pg_hba.conf"), filepath.Join(newDir, "pg_ident.conf"), r.Port)
 	owner, err := ownerOf(newDir)
 	if err != nil {
 		return err
 	}
-	sandbox := ""
+	own := ""
 	if r.Socket != "" {
 		if err := os.MkdirAll(r.Socket, 0o700); err != nil {
 			return err
@@ -78,25 +92,22 @@ func (w *Writer) relocate(ctx context.Context, r writer.Restore, md writer.Metad
 		if err := os.Chown(r.Socket, owner.uid, owner.gid); err != nil {
 			return err
 		}
-		// Reachable by nobody else: no TCP, a private socket, no primary.
-		sandbox = fmt.Sprintf("listen_addresses = ''\nunix_socket_directories = '%s'\nprimary_conninfo = ''\nprimary_slot_name = ''\n", r.Socket)
-		overrides += sandbox
+		// Reachable by nobody else (a sandbox) or where the caller
+		// said (an instant copy): a private socket, no primary.
+		own = fmt.Sprintf("listen_addresses = '%s'\nunix_socket_directories = '%s'\nprimary_conninfo = ''\nprimary_slot_name = ''\n", r.Listen, r.Socket)
+		overrides += own
 	}
 	if err := appendFile(filepath.Join(newDir, "postgresql.conf"), overrides, owner.uid, owner.gid); err != nil {
 		return err
 	}
-	if err := prepare(newDir, r.FetchLog, r.Until); err != nil {
-		return err
+	if recover {
+		if err := prepare(newDir, r.FetchLog, r.Until); err != nil {
+			return err
+		}
 	}
-	// postgresql.auto.conf is read last: settings the original made with
-	// ALTER SYSTEM (its port, its archive_command) must not win there.
 	if err := appendFile(filepath.Join(newDir, "postgresql.auto.conf"), fmt.Sprintf(
-		"# umbra restore --to-datadir: this copy's own port, no archiving\nport = %d\narchive_mode = off\narchive_command = ''\ncluster_name = ''\n%s", r.Port, sandbox), owner.uid, owner.gid); err != nil {
+		"# umbra: this copy's own port, no archiving\nport = %d\narchive_mode = off\narchive_command = ''\ncluster_name = ''\n%s", r.Port, own), owner.uid, owner.gid); err != nil {
 		return err
-	}
-	mode := relocatedCopy
-	if r.Socket != "" {
-		mode = sandboxCopy
 	}
 	opts, err := startOptions(newDir, mode)
 	if err != nil {

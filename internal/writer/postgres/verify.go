@@ -131,19 +131,5 @@ func parseConn(connStr string) (string, error) {
 // stopSandbox stops a sandbox server at once (its files are thrown away),
 // if one runs on dataDir.
 func stopSandbox(dataDir string) {
-	if _, err := os.Stat(filepath.Join(dataDir, "postmaster.pid")); err != nil {
-		return
-	}
-	major, err := os.ReadFile(filepath.Join(dataDir, "PG_VERSION"))
-	if err != nil {
-		return
-	}
-	uid, gid, err := fileOwner(dataDir)
-	if err != nil {
-		return
-	}
-	cmd := exec.Command(filepath.Join("/usr/lib/postgresql", strings.TrimSpace(string(major)), "bin", "pg_ctl"), "stop", "-D", dataDir, "-m", "immediate", "-w", "-t", "60")
-	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: process.Credential(uid, gid)}
-	_ = cmd.Run()
+	_ = stopCopy(context.Background(), dataDir, "immediate")
 }

@@ -9,9 +9,11 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/umbra-backup/umbra/internal/writer"
 )
@@ -180,4 +182,26 @@ func Credential(uid, gid int) *syscall.Credential {
 		}
 	}
 	return c
+}
+
+// KillInside kills every process whose working directory lies in dir, and
+// waits (a few seconds at most) until they are gone.
+func KillInside(dir string) {
+	var pids []int
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		if cwd, err := os.Readlink(filepath.Join("/proc", p.Name(), "cwd")); err == nil && (cwd == dir || strings.HasPrefix(cwd, dir+"/")) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			pids = append(pids, pid)
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if !slices.ContainsFunc(pids, Alive) {
+			return
+		}
+	}
 }

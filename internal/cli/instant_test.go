@@ -1,0 +1,296 @@
+package cli
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/umbra-backup/umbra/internal/testenv"
+)
+
+// runLimit bounds each wait for an umbra run to report: it reports what
+// it does, and this is only how long it may take at worst.
+const runLimit = 3 * time.Minute
+
+// runProc is an umbra run in the background, its --json events read as
+// they come.
+type runProc struct {
+	cmd    *exec.Cmd
+	events chan map[string]any
+	mu     sync.Mutex
+	stderr strings.Builder
+	paused chan struct{}
+	exited chan struct{}
+	err    error
+}
+
+// startRun starts umbra --json run args; with pause, held at that point
+// (UMBRA_TEST_PAUSE_AT) until resume.
+func startRun(t *testing.T, state string, env []string, pause string, args ...string) *runProc {
+	t.Helper()
+	if pause != "" {
+		env = append(env, pauseAtEnv+"="+pause)
+	}
+	p := &runProc{cmd: umbraCmd(t, state, env, append([]string{"--json", "run"}, args...)...),
+		events: make(chan map[string]any, 16), paused: make(chan struct{}), exited: make(chan struct{})}
+	stdout, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr, err := p.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var ev map[string]any
+			if json.Unmarshal(sc.Bytes(), &ev) == nil {
+				p.events <- ev
+			}
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		sc := bufio.NewScanner(stderr)
+		once := sync.OnceFunc(func() { close(p.paused) })
+		for sc.Scan() {
+			p.mu.Lock()
+			p.stderr.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+			if strings.Contains(sc.Text(), "paused at "+pause) {
+				once()
+			}
+		}
+	}()
+	go func() { wg.Wait(); p.err = p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(runLimit):
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	return p
+}
+
+func (p *runProc) errText() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stderr.String()
+}
+
+// await returns the next event, which must be of kind.
+func (p *runProc) await(t *testing.T, kind string) map[string]any {
+	t.Helper()
+	select {
+	case ev := <-p.events:
+		if ev["event"] != kind {
+			t.Fatalf("umbra run: event %v, want %s\n%s", ev, kind, p.errText())
+		}
+		return ev
+	case <-p.exited:
+		select {
+		case ev := <-p.events:
+			if ev["event"] == kind {
+				return ev
+			}
+		default:
+		}
+		t.Fatalf("umbra run ended (%v) before %s:\n%s", p.err, kind, p.errText())
+	case <-time.After(runLimit):
+		t.Fatalf("umbra run said no %s in %v:\n%s", kind, runLimit, p.errText())
+	}
+	return nil
+}
+
+// awaitPause waits until umbra run holds at its pause point.
+func (p *runProc) awaitPause(t *testing.T) {
+	t.Helper()
+	select {
+	case <-p.paused:
+	case <-p.exited:
+		t.Fatalf("umbra run ended (%v) before its pause:\n%s", p.err, p.errText())
+	case <-time.After(runLimit):
+		t.Fatalf("umbra run did not pause in %v:\n%s", runLimit, p.errText())
+	}
+}
+
+// wait waits for umbra run to exit and returns its error.
+func (p *runProc) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case <-p.exited:
+		return p.err
+	case <-time.After(runLimit):
+		t.Fatalf("umbra run did not exit in %v:\n%s", runLimit, p.errText())
+	}
+	return nil
+}
+
+// runDirs are a test's places for umbra run: its work directory and its
+// socket directory, reachable by the servers' users.
+func runDirs(t *testing.T) (work, sockets string) {
+	t.Helper()
+	base := t.TempDir()
+	testenv.Traversable(t, filepath.Join(base, "x"))
+	return filepath.Join(base, "work"), filepath.Join(base, "sock")
+}
+
+// assertGone checks that nothing of an instance is left: no mount under
+// work, no directory.
+func assertGone(t *testing.T, work string) {
+	t.Helper()
+	mountinfo, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(mountinfo), work) {
+		t.Errorf("a mount is left under %s", work)
+	}
+	if _, err := os.Stat(filepath.Join(work, "upper")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the instance's writes are left in %s: %v", work, err)
+	}
+}
+
+// treeStamps lists each file of dir with its size and modification time.
+func treeStamps(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if strings.Contains(p, "/locks/") || fi.IsDir() {
+			return nil
+		}
+		out[p] = fmt.Sprintf("%d %d", fi.Size(), fi.ModTime().UnixNano())
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestRunPostgres: a backup taken under pgbench starts straight from the
+// repository; the copy answers on its socket and on TCP with pgbench's
+// invariant intact and every transaction committed before the backup
+// began; writes to it succeed and land in the overlay only (production
+// and the repository unchanged, the repository's check clean); umbra run
+// --stop ends it and leaves nothing behind. Then --migrate: writes made
+// to the instant copy, before and after its data was copied, are all on
+// the real data directory it runs on at the end, on the same port.
+func TestRunPostgres(t *testing.T) {
+	data := filepath.Join(testenv.Btrfs(t).Subvolume(t, "pg"), "data")
+	pg := testenv.InitPostgres(t, data, testenv.PostgresOptions{})
+	load := pg.StartPgbench(t, 2)
+	committed := pg.QueryInt(t, "SELECT count(*) FROM pgbench_history")
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	env := repo.environ()
+	mustAppBackup(t, state, env, "--writer", pg.Spec("main"))
+	load.Stop()
+	repoBefore := treeStamps(t, repo.loc)
+
+	work, sockets := runDirs(t)
+	port := testenv.FreePort(t)
+	p := startRun(t, state, env, "", "latest", "--writer", "postgres:main", "--port", fmt.Sprint(port), "--datadir", work, "--socket-dir", sockets)
+	ready := p.await(t, "ready")
+	t.Logf("ready after %.0f ms: %v", ready["ready_ms"], ready["connect"])
+	inst := &testenv.Postgres{SocketDir: sockets, Port: port, DataDir: fmt.Sprint(ready["data_dir"])}
+	if n := inst.PgbenchInvariant(t); n < committed {
+		t.Errorf("the copy holds %d pgbench transactions; %d had committed before the backup began", n, committed)
+	}
+	inst.Exec(t, "CREATE TABLE instant_writes AS SELECT g AS id FROM generate_series(1, 1000) g")
+	inst.Exec(t, "UPDATE pgbench_accounts SET abalance = abalance WHERE aid % 7 = 0")
+	if n := inst.QueryInt(t, "SELECT count(*) FROM instant_writes"); n != 1000 {
+		t.Errorf("written to the copy: %d rows, want 1000", n)
+	}
+	tcp := exec.Command(filepath.Join(pg.Bin, "psql"), "-h", "127.0.0.1", "-p", fmt.Sprint(port), "-U", "postgres", "-Atc", "SELECT count(*) FROM instant_writes", "postgres")
+	if out, err := tcp.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "1000" {
+		t.Errorf("the copy over TCP: %v: %s", err, out)
+	}
+	if pg.QueryInt(t, "SELECT count(*) FROM pg_class WHERE relname = 'instant_writes'") != 0 {
+		t.Error("a write to the copy reached production")
+	}
+	if entries, _ := os.ReadDir(filepath.Join(work, "upper")); len(entries) == 0 {
+		t.Error("the copy's writes are not in the overlay's upper directory")
+	}
+	list := mustUmbra(t, state, "run", "--list")
+	if !strings.Contains(list.stdout, "postgres:main of backup") {
+		t.Errorf("umbra run --list: %s", list.stdout)
+	}
+	mustUmbra(t, state, "run", "--stop", "--writer", "postgres:main")
+	if err := p.wait(t); err != nil {
+		t.Errorf("umbra run after --stop: %v\n%s", err, p.errText())
+	}
+	assertGone(t, work)
+	if after := treeStamps(t, repo.loc); fmt.Sprint(after) != fmt.Sprint(repoBefore) {
+		t.Error("the repository's files changed while the copy ran on it")
+	}
+	if res := umbraRun(t, state, env, "check", "--read-data"); res.code != 0 {
+		t.Errorf("check after umbra run: exit %d: %s%s", res.code, res.stdout, res.stderr)
+	}
+
+	// --migrate, with writes before and after the copy was made.
+	dst := filepath.Join(t.TempDir(), "migrated")
+	testenv.Traversable(t, dst)
+	p = startRun(t, state, env, "migrate-switch", "latest", "--writer", "postgres:main", "--port", fmt.Sprint(port), "--datadir", work, "--socket-dir", sockets, "--migrate", dst)
+	ready = p.await(t, "ready")
+	inst = &testenv.Postgres{SocketDir: sockets, Port: port, DataDir: fmt.Sprint(ready["data_dir"])}
+	inst.Exec(t, "CREATE TABLE during (id int PRIMARY KEY, at text)")
+	inst.Exec(t, "INSERT INTO during SELECT g, 'serving' FROM generate_series(1, 500) g")
+	p.awaitPause(t)
+	inst.Exec(t, "INSERT INTO during SELECT g, 'copied' FROM generate_series(501, 1000) g")
+	sumBefore := inst.QueryInt(t, "SELECT sum(abalance) FROM pgbench_accounts WHERE aid <= 100")
+	inst.Exec(t, "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 100")
+	inst.Exec(t, "UPDATE pgbench_branches SET bbalance = bbalance + 100 WHERE bid = 1")
+	inst.Exec(t, "UPDATE pgbench_tellers SET tbalance = tbalance + 100 WHERE tid = 1")
+	inst.Exec(t, "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 100, now())")
+	if err := p.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	migrated := p.await(t, "migrated")
+	if err := p.wait(t); err != nil {
+		t.Fatalf("umbra run --migrate: %v\n%s", err, p.errText())
+	}
+	t.Logf("migrated: stopped %.0f ms (shutdown %.0f, sync %.0f of %v bytes, start %.0f)", migrated["stop_ms"], migrated["shutdown_ms"], migrated["sync_ms"], migrated["synced_bytes"], migrated["start_ms"])
+	moved := &testenv.Postgres{SocketDir: sockets, Port: port, DataDir: dst}
+	t.Cleanup(func() {
+		cmd := exec.Command(filepath.Join(pg.Bin, "pg_ctl"), "stop", "-D", dst, "-m", "immediate")
+		uid, gid := pg.Owner()
+		testenv.AsUser(cmd, uid, gid)
+		cmd.Dir = "/"
+		_ = cmd.Run()
+	})
+	var dir string
+	if err := moved.Conn(t).QueryRow(t.Context(), "SHOW data_directory").Scan(&dir); err != nil || dir != dst {
+		t.Errorf("after --migrate the server runs on %q (%v), want %s", dir, err, dst)
+	}
+	if n := moved.QueryInt(t, "SELECT count(*) FROM during"); n != 1000 {
+		t.Errorf("after --migrate: %d of the 1000 rows written during the instant run", n)
+	}
+	if n := moved.QueryInt(t, "SELECT sum(abalance) FROM pgbench_accounts WHERE aid <= 100"); n != sumBefore+100 {
+		t.Errorf("after --migrate the first 100 accounts sum to %d, want %d: the updates made after the copy are missing", n, sumBefore+100)
+	}
+	moved.PgbenchInvariant(t)
+	assertGone(t, work)
+}
