@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/umbra-backup/umbra/internal/testenv"
+	"github.com/umbra-backup/umbra/internal/writer/process"
 )
 
 // runLimit bounds each wait for an umbra run to report: it reports what
@@ -116,9 +118,20 @@ func (p *runProc) await(t *testing.T, kind string) map[string]any {
 		}
 		t.Fatalf("umbra run ended (%v) before %s:\n%s", p.err, kind, p.errText())
 	case <-time.After(runLimit):
+		p.dump()
 		t.Fatalf("umbra run said no %s in %v:\n%s", kind, runLimit, p.errText())
 	}
 	return nil
+}
+
+// dump has a stuck umbra run print its goroutines (SIGQUIT) for the
+// failure's message.
+func (p *runProc) dump() {
+	_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+	}
 }
 
 // awaitPause waits until umbra run holds at its pause point.
@@ -292,5 +305,101 @@ func TestRunPostgres(t *testing.T) {
 		t.Errorf("after --migrate the first 100 accounts sum to %d, want %d: the updates made after the copy are missing", n, sumBefore+100)
 	}
 	moved.PgbenchInvariant(t)
+	assertGone(t, work)
+}
+
+// TestRunMariaDB: a backup taken under the transfer load starts straight
+// from the repository; the copy's ledger balances and holds every transfer
+// acknowledged before the backup began; writes to it succeed and stay out
+// of production. An umbra run killed with -9 leaves the server and the
+// mount behind: umbra run --stop kills and cleans them. --migrate then
+// moves it, with the writes made meanwhile, to a real data directory.
+func TestRunMariaDB(t *testing.T) {
+	m := testenv.StartMariaDB(t, testenv.Btrfs(t).Subvolume(t, "db"))
+	load := m.StartTransferLoad(t, 4)
+	acked := load.Acks()
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	env := append(repo.environ(), "MYSQL_PWD="+m.RootPassword)
+	mustAppBackup(t, state, env, "--writer", m.Spec("main"))
+	load.Stop()
+
+	work, sockets := runDirs(t)
+	port := testenv.FreePort(t)
+	args := []string{"latest", "--writer", "mariadb:main", "--port", fmt.Sprint(port), "--datadir", work, "--socket-dir", sockets}
+	p := startRun(t, state, env, "", args...)
+	ready := p.await(t, "ready")
+	t.Logf("ready after %.0f ms: %v", ready["ready_ms"], ready["connect"])
+	inst := &testenv.MariaDB{Socket: fmt.Sprint(ready["socket"]), RootPassword: m.RootPassword}
+	led, err := inst.Ledger(t)
+	if err != nil {
+		t.Fatalf("the copy's ledger: %v", err)
+	}
+	for _, a := range acked {
+		if !led.Transfers[a.ID] {
+			t.Fatalf("transfer %d, acknowledged before the backup began, is not in the copy", a.ID)
+		}
+	}
+	inst.Exec(t, "CREATE DATABASE instant", "CREATE TABLE instant.t (id INT PRIMARY KEY) ENGINE=InnoDB", "INSERT INTO instant.t VALUES (1), (2), (3)")
+	var n int
+	if err := m.DB(t).QueryRowContext(t.Context(), "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'instant'").Scan(&n); err != nil || n != 0 {
+		t.Errorf("a write to the copy reached production (%d, %v)", n, err)
+	}
+
+	// kill -9: the server runs on with its mount gone; --stop cleans up.
+	pid, err := os.ReadFile(filepath.Join(sockets, "mysqld.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.wait(t)
+	res := umbraRun(t, state, env, "run", "--stop", "--writer", "mariadb:main")
+	if res.code != 0 || !strings.Contains(res.stdout, "Cleaned up") {
+		t.Errorf("run --stop after kill -9: exit %d: %s%s", res.code, res.stdout, res.stderr)
+	}
+	if serverPID, _ := strconv.Atoi(strings.TrimSpace(string(pid))); serverPID == 0 || process.Alive(serverPID) {
+		t.Errorf("the copy's server (pid %q) runs on after the clean-up", pid)
+	}
+	assertGone(t, work)
+
+	// --migrate, with writes before and after the copy was made.
+	dst := filepath.Join(t.TempDir(), "migrated")
+	testenv.Traversable(t, dst)
+	p = startRun(t, state, env, "migrate-switch", append(args, "--migrate", dst)...)
+	ready = p.await(t, "ready")
+	inst = &testenv.MariaDB{Socket: fmt.Sprint(ready["socket"]), RootPassword: m.RootPassword}
+	inst.Exec(t, "CREATE DATABASE during", "CREATE TABLE during.t (id INT PRIMARY KEY) ENGINE=InnoDB", "INSERT INTO during.t VALUES (1), (2)")
+	p.awaitPause(t)
+	inst.Exec(t, "INSERT INTO during.t VALUES (3), (4)", "UPDATE bank.accounts SET balance = balance - 5 WHERE id = 1",
+		"UPDATE bank.accounts SET balance = balance + 5 WHERE id = 2", "INSERT INTO bank.transfers VALUES (999999999, 1, 2, 5)")
+	if err := p.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	migrated := p.await(t, "migrated")
+	if err := p.wait(t); err != nil {
+		t.Fatalf("umbra run --migrate: %v\n%s", err, p.errText())
+	}
+	t.Logf("migrated: stopped %.0f ms (shutdown %.0f, sync %.0f, start %.0f)", migrated["stop_ms"], migrated["shutdown_ms"], migrated["sync_ms"], migrated["start_ms"])
+	t.Cleanup(func() {
+		if pid, err := os.ReadFile(filepath.Join(sockets, "mysqld.pid")); err == nil {
+			if n, _ := strconv.Atoi(strings.TrimSpace(string(pid))); n > 0 {
+				_ = syscall.Kill(n, syscall.SIGKILL)
+			}
+		}
+	})
+	moved := &testenv.MariaDB{Socket: filepath.Join(sockets, "mysqld.sock"), RootPassword: m.RootPassword}
+	var dir string
+	if err := moved.DB(t).QueryRowContext(t.Context(), "SELECT @@datadir").Scan(&dir); err != nil || filepath.Clean(dir) != dst {
+		t.Errorf("after --migrate the server runs on %q (%v), want %s", dir, err, dst)
+	}
+	if err := moved.DB(t).QueryRowContext(t.Context(), "SELECT COUNT(*) FROM during.t").Scan(&n); err != nil || n != 4 {
+		t.Errorf("after --migrate: %d of the 4 rows written during the instant run (%v)", n, err)
+	}
+	led, err = moved.Ledger(t)
+	if err != nil || !led.Transfers[999999999] {
+		t.Errorf("after --migrate the ledger: %v; the transfer made after the copy there: %v", err, led.Transfers[999999999])
+	}
 	assertGone(t, work)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -32,6 +33,9 @@ func Serve(ctx context.Context, repo *repository.Repository, mountpoint string, 
 			// Reads of up to 1 MiB (the kernel's most), ahead of a
 			// sequential reader too: fewer, larger calls.
 			MaxWrite: 1 << 20, MaxReadAhead: 1 << 20, DirectMountFlags: syscall.MS_RDONLY | syscall.MS_NOSUID | syscall.MS_NODEV,
+			// Replies come from memory: splicing them gains nothing, and a
+			// 1 MiB read's reply does not fit a pipe (go-fuse logs each).
+			DisableSplice: true,
 		},
 		EntryTimeout: &timeout, AttrTimeout: &timeout,
 	}, ready)
@@ -48,7 +52,7 @@ func ServeWritable(ctx context.Context, repo *repository.Repository, tree reposi
 		MountOptions: fuse.MountOptions{
 			FsName: "umbra-run:" + repo.Backend().Location(), Name: fsName, DirectMount: true,
 			Options: []string{"default_permissions"}, AllowOther: true,
-			MaxWrite: 1 << 20, MaxReadAhead: 1 << 20, DirectMountFlags: syscall.MS_NOSUID | syscall.MS_NODEV,
+			MaxWrite: 1 << 20, MaxReadAhead: 1 << 20, DirectMountFlags: syscall.MS_NOSUID | syscall.MS_NODEV, DisableSplice: true,
 		},
 		EntryTimeout: &entries, AttrTimeout: &attrs,
 	}, ready)
@@ -73,6 +77,7 @@ func serve(ctx context.Context, mountpoint string, root fs.InodeEmbedder, opts *
 	if err != nil {
 		return fmt.Errorf("mount %s: %w (FUSE: /dev/fuse and the fuse module are needed)", mp, err)
 	}
+	closeOnExec()
 	if ready != nil {
 		ready()
 	}
@@ -173,4 +178,19 @@ func Unmount(mountpoint string) error {
 		return fmt.Errorf("unmount %s: %w", mp, err)
 	}
 	return nil
+}
+
+// closeOnExec marks this process's /dev/fuse descriptors close-on-exec:
+// go-fuse opens it without, and a server umbra run starts must not hold
+// the connection. One that did would keep a mount whose umbra was killed
+// alive with nobody answering, and its exit would hang on it for good.
+func closeOnExec() {
+	fds, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range fds {
+		if target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); err == nil && target == "/dev/fuse" {
+			if fd, err := strconv.Atoi(e.Name()); err == nil {
+				syscall.CloseOnExec(fd)
+			}
+		}
+	}
 }
