@@ -22,6 +22,7 @@ import (
 	"github.com/umbra-backup/umbra/internal/repository"
 	"github.com/umbra-backup/umbra/internal/restore"
 	"github.com/umbra-backup/umbra/internal/retention"
+	"github.com/umbra-backup/umbra/internal/writer"
 )
 
 // warningsError ends a run that completed with warnings: exit status 3.
@@ -445,6 +446,7 @@ func (a *app) restoreCommand() *cobra.Command {
 		toDataDir  string
 		toPort     int
 		until      string
+		table      writer.TableCopy
 	)
 	cmd := &cobra.Command{
 		Use:   "restore ID [--target DIR] [--force] [--writer NAME] [--component NAME] [--include PATTERN]...",
@@ -472,13 +474,27 @@ backed up as /srv/app/x comes back as DIR/srv/app/x, with its content
 (holes as holes), owner, mode, modification time, xattrs and ACLs, and hard
 links. Restore never overwrites. --include restores only paths matching a
 shell pattern (repeatable); a matching directory brings everything below
-it. --files-only restores a writer backup as plain files.`,
+it. --files-only restores a writer backup as plain files.
+
+One table (item-level restore): --table NAME with one --writer starts the
+application from the backup on a private socket (as umbra run does, nothing
+restored first), dumps the table with the application's own tool
+(pg_dump, mariadb-dump, or SQLite's schema and rows) and loads it into the
+live application, which keeps serving: its rows, indexes, constraints and
+triggers, in one transaction. --into NAME gives it another name (to look
+at it beside the current one); --where COND keeps only the rows COND
+selects; a table of that name in the live application is refused unless
+--force replaces it. PostgreSQL: --table SCHEMA.TABLE and --database DB
+(default the writer's); MariaDB: --table DATABASE.TABLE.`,
 		Example: `  umbra restore latest --force                     # every application in the backup, in place
   umbra restore 3f9a2c1b --target /srv/restore      # beside production
   umbra restore latest --writer postgres:main --force
   umbra restore latest --writer postgres:main --to-datadir /srv/pg-copy --to-port 5433
   umbra restore latest --force --until "2026-11-22 10:29:00"   # to just before the mistake
-  umbra restore latest --files-only --target /tmp/r --include '/etc/ssh/*'`,
+  umbra restore latest --files-only --target /tmp/r --include '/etc/ssh/*'
+  umbra restore latest --writer postgres:main --database shop --table public.orders
+  umbra restore latest --writer postgres:main --table public.orders --into public.orders_yesterday --where "created > now() - interval '2 days'"
+  umbra restore latest --writer mariadb:main --table shop.orders --force`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			// A shared lock: a prune beside the restore deletes nothing it reads.
@@ -487,6 +503,10 @@ it. --files-only restores a writer backup as plain files.`,
 				return err
 			}
 			defer done()
+			if table.Table != "" {
+				table.Force = force
+				return a.restoreTable(ctx, repo, args[0], only, table)
+			}
 			var untilTime time.Time
 			if until != "" {
 				if untilTime, err = parseTime(until); err != nil {
@@ -564,6 +584,10 @@ it. --files-only restores a writer backup as plain files.`,
 	cmd.Flags().StringArrayVar(&components, "component", nil, "restore only this component of the writers (repeatable)")
 	cmd.Flags().StringVar(&toDataDir, "to-datadir", "", "bring a database writer's copy up in this new data directory, beside the original")
 	cmd.Flags().IntVar(&toPort, "to-port", 0, "the port of the copy started with --to-datadir")
+	cmd.Flags().StringVar(&table.Table, "table", "", "restore this one table into the live application (with one --writer)")
+	cmd.Flags().StringVar(&table.Into, "into", "", "with --table: the table's name in the live application (default its own)")
+	cmd.Flags().StringVar(&table.Where, "where", "", "with --table: restore only the rows this SQL condition selects")
+	cmd.Flags().StringVar(&table.Database, "database", "", "with --table: PostgreSQL's database of the table (default the writer's)")
 	cmd.Flags().StringVar(&until, "until", "", "recover PostgreSQL to this moment from WAL archived by umbra wal-push (needs a password file postgres can read: UMBRA_PASSWORD_FILE or the configuration's [repository] password_file)")
 	return cmd
 }

@@ -403,3 +403,75 @@ func TestRunMariaDB(t *testing.T) {
 	}
 	assertGone(t, work)
 }
+
+// TestRestoreTablePostgres: a table dropped after the backup comes back
+// into the live server with its rows, indexes and constraints while
+// pgbench keeps committing there; again it is refused (the table exists),
+// restored beside under another name with only the rows --where selects,
+// and replaced with --force.
+func TestRestoreTablePostgres(t *testing.T) {
+	data := filepath.Join(testenv.Btrfs(t).Subvolume(t, "pg"), "data")
+	pg := testenv.InitPostgres(t, data, testenv.PostgresOptions{})
+	pg.Exec(t, `CREATE TABLE customers (id int PRIMARY KEY);
+		INSERT INTO customers SELECT generate_series(1, 10);
+		CREATE TABLE orders (id serial PRIMARY KEY, customer int NOT NULL REFERENCES customers, amount int CHECK (amount > 0), note text);
+		CREATE INDEX orders_customer ON orders (customer);
+		INSERT INTO orders (customer, amount, note) SELECT 1 + g % 10, g, md5(g::text) FROM generate_series(1, 3000) g`)
+	sum := func(pg *testenv.Postgres, table string) int64 {
+		return pg.QueryInt(t, fmt.Sprintf("SELECT coalesce(sum(hashtext(id || note)), 0) FROM %s", table))
+	}
+	want := sum(pg, "orders")
+	load := pg.StartPgbench(t, 2)
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	env := repo.environ()
+	mustAppBackup(t, state, env, "--writer", pg.Spec("main"))
+	pg.Exec(t, "DROP TABLE orders")
+	before := pg.QueryInt(t, "SELECT count(*) FROM pgbench_history")
+
+	restoreTable := func(args ...string) result {
+		return umbraRun(t, state, env, append([]string{"restore", "latest", "--writer", "postgres:main", "--json"}, args...)...)
+	}
+	res := restoreTable("--table", "public.orders")
+	if res.code != 0 {
+		t.Fatalf("restore --table: exit %d: %s%s", res.code, res.stdout, res.stderr)
+	}
+	if n := pg.QueryInt(t, "SELECT count(*) FROM orders"); n != 3000 || sum(pg, "orders") != want {
+		t.Errorf("restored orders: %d rows, checksum %d; want 3000 rows, %d", n, sum(pg, "orders"), want)
+	}
+	if n := pg.QueryInt(t, "SELECT count(*) FROM pg_indexes WHERE tablename = 'orders'"); n != 2 {
+		t.Errorf("restored orders has %d indexes, want 2 (its key and orders_customer)", n)
+	}
+	if n := pg.QueryInt(t, "SELECT count(*) FROM pg_constraint WHERE conrelid = 'orders'::regclass AND contype IN ('p', 'f', 'c')"); n != 3 {
+		t.Errorf("restored orders has %d of its 3 constraints", n)
+	}
+	conn := pg.Conn(t)
+	if _, err := conn.Exec(t.Context(), "INSERT INTO orders (customer, amount) VALUES (99, 1)"); err == nil {
+		t.Error("the restored foreign key does not hold: a row naming a missing customer was accepted")
+	}
+	if after := pg.QueryInt(t, "SELECT count(*) FROM pgbench_history"); after <= before {
+		t.Errorf("pgbench committed nothing while the table was restored (%d → %d)", before, after)
+	}
+
+	res = restoreTable("--table", "public.orders")
+	if res.code != 2 || !strings.Contains(res.stderr, "--force") {
+		t.Errorf("restore over an existing table: exit %d: %s; want 2 naming --force", res.code, res.stderr)
+	}
+	res = restoreTable("--table", "public.orders", "--into", "public.orders_then", "--where", "amount <= 100")
+	if res.code != 0 {
+		t.Fatalf("restore --into --where: exit %d: %s", res.code, res.stderr)
+	}
+	if n := pg.QueryInt(t, "SELECT count(*) FROM orders_then"); n != 100 {
+		t.Errorf("--where amount <= 100 restored %d rows, want 100", n)
+	}
+	pg.Exec(t, "DELETE FROM orders WHERE id > 10")
+	res = restoreTable("--table", "public.orders", "--force")
+	if res.code != 0 {
+		t.Fatalf("restore --force: exit %d: %s", res.code, res.stderr)
+	}
+	if n := pg.QueryInt(t, "SELECT count(*) FROM orders"); n != 3000 {
+		t.Errorf("after --force orders holds %d rows, want 3000", n)
+	}
+	load.Stop()
+	pg.PgbenchInvariant(t)
+}

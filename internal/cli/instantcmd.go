@@ -16,6 +16,8 @@ import (
 
 	"github.com/umbra-backup/umbra/internal/instant"
 	"github.com/umbra-backup/umbra/internal/job"
+	"github.com/umbra-backup/umbra/internal/repository"
+	"github.com/umbra-backup/umbra/internal/writer"
 	"github.com/umbra-backup/umbra/internal/writer/process"
 )
 
@@ -284,4 +286,45 @@ func freePort(listen string) (int, error) {
 	defer l.Close()
 	_, p, _ := net.SplitHostPort(l.Addr().String())
 	return strconv.Atoi(p)
+}
+
+// restoreTable is umbra restore --table: one table from backup ref of
+// repo (locked by the caller) of the writer in only into the live
+// application.
+func (a *app) restoreTable(ctx context.Context, repo *repository.Repository, ref string, only []string, t writer.TableCopy) error {
+	if len(only) != 1 {
+		return usagef("--table restores from one writer: give one --writer, such as --writer postgres:main")
+	}
+	cfg, err := a.config()
+	if err != nil {
+		return err
+	}
+	env := a.env(cfg)
+	begun := time.Now()
+	entry, wi, runner, err := env.Runner(ctx, repo, ref, only[0])
+	if err != nil {
+		return usage(err)
+	}
+	res, err := instant.RestoreTable(ctx, instant.Options{Repo: repo, Entry: entry, Info: wi, Writer: runner,
+		Dir: env.InstanceDir(wi.Name + "-table"), Pause: testPause}, job.DefaultScratch, t)
+	if errors.Is(err, writer.ErrTableExists) {
+		return &usageError{err}
+	}
+	if err != nil {
+		return lockLost(ctx, err)
+	}
+	if a.json {
+		return a.printJSON(map[string]any{"backup": entry.ID, "writer": wi.Name, "database": res.Database, "table": res.Table,
+			"rows": res.Rows, "replaced": res.Replaced, "duration_ms": ms(time.Since(begun))})
+	}
+	where := ""
+	if res.Database != "" {
+		where = " of database " + res.Database
+	}
+	verb := "Restored"
+	if res.Replaced {
+		verb = "Replaced"
+	}
+	fmt.Fprintf(a.stdout, "%s table %s%s from backup %s: %s, in %s.\n", verb, res.Table, where, entry.ID.Short(), count(int(res.Rows), "row"), time.Since(begun).Round(time.Millisecond))
+	return nil
 }

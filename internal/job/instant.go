@@ -17,7 +17,11 @@ import (
 // start its application where the files lie.
 func (e *Env) Runner(ctx context.Context, repo *repository.Repository, ref, name string) (repository.ManifestEntry, backup.WriterInfo, writer.Runner, error) {
 	var wi backup.WriterInfo
-	entry, err := repo.FindManifest(ctx, ref)
+	var only []string
+	if name != "" {
+		only = []string{name} // "latest" is the newest that holds it
+	}
+	entry, err := backup.FindBackup(ctx, repo, ref, only)
 	if err != nil {
 		return entry, wi, nil, err
 	}

@@ -395,6 +395,41 @@ type Running struct {
 	NoMigrate string `json:"-"`
 }
 
+// TableCopier is a Runner that can copy one table from a copy it started
+// (Runner.Start, private) into the live application, with the
+// application's own dump and load tools: item-level restore.
+type TableCopier interface {
+	Runner
+	CopyTable(ctx context.Context, from *Running, t TableCopy) (TableCopied, error)
+}
+
+// TableCopy says which table to copy, and where to.
+type TableCopy struct {
+	// Database holds the table (PostgreSQL); empty means the writer's.
+	Database string
+	// Table is the table as the backup has it (SCHEMA.TABLE or TABLE;
+	// for MariaDB DATABASE.TABLE), Into its name in the live application
+	// (default the same).
+	Table, Into string
+	// Where, if set, keeps only the rows it selects (an SQL condition).
+	Where string
+	// Force replaces a table of that name in the live application;
+	// without it, one there is an error and nothing is touched.
+	Force bool
+}
+
+// TableCopied is what a table copy did.
+type TableCopied struct {
+	Database string `json:"database,omitempty"`
+	Table    string `json:"table"`
+	Rows     int64  `json:"rows"`
+	Replaced bool   `json:"replaced"`
+}
+
+// ErrTableExists is returned when the live application has a table of the
+// name a copy would make, and Force was not given.
+var ErrTableExists = errors.New("the table exists in the live application")
+
 // AsideList records what a writer's PreRestore moved aside, for
 // MovedAside; its zero value is empty, and it is safe for concurrent use.
 type AsideList struct {
