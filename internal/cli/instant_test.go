@@ -475,3 +475,69 @@ func TestRestoreTablePostgres(t *testing.T) {
 	load.Stop()
 	pg.PgbenchInvariant(t)
 }
+
+// TestRestoreTableMariaDB: a table dropped after the backup comes back into
+// the live server with its rows, its indexes and its foreign key while the
+// transfer load commits there; refused over itself; beside it under
+// another name with the rows --where selects; replaced with --force.
+func TestRestoreTableMariaDB(t *testing.T) {
+	m := testenv.StartMariaDB(t, testenv.Btrfs(t).Subvolume(t, "db"))
+	m.Exec(t, "CREATE DATABASE shop",
+		"CREATE TABLE shop.customers (id INT PRIMARY KEY) ENGINE=InnoDB",
+		"INSERT INTO shop.customers VALUES (1), (2), (3)",
+		"CREATE TABLE shop.orders (id INT PRIMARY KEY AUTO_INCREMENT, customer INT NOT NULL, amount INT, KEY by_amount (amount), FOREIGN KEY (customer) REFERENCES shop.customers (id)) ENGINE=InnoDB",
+		"INSERT INTO shop.orders (customer, amount) SELECT 1 + seq % 3, seq FROM shop.seq_1_to_2000")
+	load := m.StartTransferLoad(t, 2)
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	env := append(repo.environ(), "MYSQL_PWD="+m.RootPassword)
+	mustAppBackup(t, state, env, "--writer", m.Spec("main"))
+	m.Exec(t, "DROP TABLE shop.orders")
+	before := len(load.Acks())
+
+	restoreTable := func(args ...string) result {
+		return umbraRun(t, state, env, append([]string{"restore", "latest", "--writer", "mariadb:main"}, args...)...)
+	}
+	count := func(q string) int {
+		var n int
+		if err := m.DB(t).QueryRowContext(t.Context(), q).Scan(&n); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		return n
+	}
+	if res := restoreTable("--table", "shop.orders"); res.code != 0 {
+		t.Fatalf("restore --table: exit %d: %s%s", res.code, res.stdout, res.stderr)
+	}
+	if n := count("SELECT COUNT(*) FROM shop.orders"); n != 2000 {
+		t.Errorf("restored shop.orders holds %d rows, want 2000", n)
+	}
+	if n := count("SELECT COUNT(DISTINCT INDEX_NAME) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = 'shop' AND TABLE_NAME = 'orders'"); n != 3 {
+		t.Errorf("restored shop.orders has %d indexes, want 3 (PRIMARY, by_amount, the foreign key's)", n)
+	}
+	if _, err := m.DB(t).ExecContext(t.Context(), "INSERT INTO shop.orders (customer, amount) VALUES (99, 1)"); err == nil {
+		t.Error("the restored foreign key does not hold")
+	}
+	if err := load.WaitProgress(time.Minute); err != nil || len(load.Acks()) <= before {
+		t.Errorf("the live server stopped committing: %v", err)
+	}
+	if res := restoreTable("--table", "shop.orders"); res.code != 2 || !strings.Contains(res.stderr, "--force") {
+		t.Errorf("restore over an existing table: exit %d: %s; want 2 naming --force", res.code, res.stderr)
+	}
+	if res := restoreTable("--table", "shop.orders", "--into", "archive.orders_then", "--where", "amount <= 100"); res.code != 0 {
+		t.Fatalf("restore --into --where: exit %d: %s", res.code, res.stderr)
+	}
+	if n := count("SELECT COUNT(*) FROM archive.orders_then"); n != 100 {
+		t.Errorf("--where amount <= 100 restored %d rows, want 100", n)
+	}
+	m.Exec(t, "DELETE FROM shop.orders WHERE id > 10")
+	if res := restoreTable("--table", "shop.orders", "--force"); res.code != 0 {
+		t.Fatalf("restore --force: exit %d: %s", res.code, res.stderr)
+	}
+	if n := count("SELECT COUNT(*) FROM shop.orders"); n != 2000 {
+		t.Errorf("after --force shop.orders holds %d rows, want 2000", n)
+	}
+	load.Stop()
+	if _, err := m.Ledger(t); err != nil {
+		t.Error(err)
+	}
+}
