@@ -541,3 +541,78 @@ func TestRestoreTableMariaDB(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestRunAndRestoreTableSQLite: umbra run makes the backup's database
+// usable by path, its writes kept from the repository and from the live
+// file; a table dropped after the backup comes back into the live
+// database with its rows, index and trigger; refused over itself; beside
+// it under another name with the rows --where selects (its index renamed);
+// replaced with --force.
+func TestRunAndRestoreTableSQLite(t *testing.T) {
+	db := filepath.Join(testenv.Btrfs(t).Subvolume(t, "app"), "app.db")
+	sqlite3(t, db, "PRAGMA journal_mode=WAL",
+		"CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT NOT NULL, amount INT CHECK (amount > 0))",
+		"CREATE INDEX orders_customer ON orders (customer)",
+		"CREATE TABLE audit (n INT)", "INSERT INTO audit VALUES (0)",
+		"CREATE TRIGGER orders_audit AFTER INSERT ON orders BEGIN UPDATE audit SET n = n + 1; END",
+		"WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < 500) INSERT INTO orders (customer, amount) SELECT 'c' || (i % 7), i FROM g")
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	env := repo.environ()
+	mustAppBackup(t, state, env, "--writer", "sqlite:path="+db)
+	query := func(path, q string) string {
+		out, err := exec.Command("sqlite3", path, q).CombinedOutput()
+		if err != nil {
+			t.Fatalf("sqlite3 %s %q: %v: %s", path, q, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+
+	work, sockets := runDirs(t)
+	p := startRun(t, state, env, "", "latest", "--writer", "sqlite:app", "--datadir", work, "--socket-dir", sockets)
+	ready := p.await(t, "ready")
+	copyPath := fmt.Sprint(ready["connect"])
+	if got := query(copyPath, "INSERT INTO orders (customer, amount) VALUES ('new', 1); SELECT count(*) FROM orders"); got != "501" {
+		t.Errorf("the backup's database through umbra run: %s rows after an insert, want 501", got)
+	}
+	if got := query(db, "SELECT count(*) FROM orders"); got != "500" {
+		t.Errorf("a write to the copy reached the live database: %s rows", got)
+	}
+	mustUmbra(t, state, "run", "--stop")
+	if err := p.wait(t); err != nil {
+		t.Errorf("umbra run after --stop: %v", err)
+	}
+	assertGone(t, work)
+
+	sqlite3(t, db, "DROP TABLE orders")
+	restoreTable := func(args ...string) result {
+		return umbraRun(t, state, env, append([]string{"restore", "latest", "--writer", "sqlite:app"}, args...)...)
+	}
+	if res := restoreTable("--table", "orders"); res.code != 0 {
+		t.Fatalf("restore --table: exit %d: %s%s", res.code, res.stdout, res.stderr)
+	}
+	if got := query(db, "SELECT count(*), sum(amount) FROM orders"); got != "500|125250" {
+		t.Errorf("restored orders: %s, want 500|125250", got)
+	}
+	if got := query(db, "SELECT group_concat(name) FROM (SELECT name FROM sqlite_master WHERE tbl_name = 'orders' AND type IN ('index', 'trigger') ORDER BY name)"); got != "orders_audit,orders_customer" {
+		t.Errorf("restored orders' index and trigger: %q", got)
+	}
+	if got := query(db, "INSERT INTO orders (customer, amount) VALUES ('x', 1); SELECT n FROM audit"); got != "501" {
+		t.Errorf("the restored trigger: audit %s, want 501", got)
+	}
+	if res := restoreTable("--table", "orders"); res.code != 2 || !strings.Contains(res.stderr, "--force") {
+		t.Errorf("restore over an existing table: exit %d: %s; want 2 naming --force", res.code, res.stderr)
+	}
+	if res := restoreTable("--table", "orders", "--into", "orders_then", "--where", "amount <= 10"); res.code != 0 {
+		t.Fatalf("restore --into --where: exit %d: %s", res.code, res.stderr)
+	}
+	if got := query(db, "SELECT count(*) FROM orders_then; SELECT count(*) FROM sqlite_master WHERE name = 'orders_then_orders_customer'"); got != "10\n1" {
+		t.Errorf("--into orders_then --where amount <= 10: %q, want 10 rows and its index", got)
+	}
+	if res := restoreTable("--table", "orders", "--force"); res.code != 0 {
+		t.Fatalf("restore --force: exit %d: %s", res.code, res.stderr)
+	}
+	if got := query(db, "SELECT count(*) FROM orders; PRAGMA integrity_check"); got != "500\nok" {
+		t.Errorf("after --force: %q", got)
+	}
+}
