@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -615,4 +616,61 @@ func TestRunAndRestoreTableSQLite(t *testing.T) {
 	if got := query(db, "SELECT count(*) FROM orders; PRAGMA integrity_check"); got != "500\nok" {
 		t.Errorf("after --force: %q", got)
 	}
+}
+
+// TestRunRedis: a backup of Redis (RDB, under the counter load) serves
+// from the repository with every increment acknowledged before the backup
+// began; a write to it stays out of production; --migrate moves it, with
+// the writes made before and after the copy, to a real directory.
+func TestRunRedis(t *testing.T) {
+	r := testenv.StartRedis(t, testenv.Btrfs(t).Subvolume(t, "redis"))
+	load := testenv.StartRedisLoad(t, r, 20)
+	acked := load.Acked()
+	repo := newRepoDir(t)
+	state := t.TempDir()
+	env := repo.environ()
+	mustAppBackup(t, state, env, "--writer", "redis:name=cache,addr="+r.Addr)
+	if err := load.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	work, sockets := runDirs(t)
+	port := testenv.FreePort(t)
+	dst := filepath.Join(t.TempDir(), "migrated")
+	testenv.Traversable(t, dst)
+	p := startRun(t, state, env, "migrate-switch", "latest", "--writer", "redis:cache", "--port", fmt.Sprint(port),
+		"--datadir", work, "--socket-dir", sockets, "--migrate", dst)
+	ready := p.await(t, "ready")
+	inst := &testenv.Redis{Addr: fmt.Sprintf("127.0.0.1:%d", port)}
+	for i, v := range inst.Values(t, load.Keys()) {
+		if v < acked[i] {
+			t.Errorf("%s is %d in the copy; %d was acknowledged before the backup began", load.Keys()[i], v, acked[i])
+		}
+	}
+	inst.Do(t, "SET", "during", "serving")
+	if got := r.Client(t).Exists(t.Context(), "during").Val(); got != 0 {
+		t.Error("a write to the copy reached production")
+	}
+	p.awaitPause(t)
+	inst.Do(t, "SET", "after", "copied")
+	if err := p.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	p.await(t, "migrated")
+	if err := p.wait(t); err != nil {
+		t.Fatalf("umbra run --migrate: %v\n%s", err, p.errText())
+	}
+	t.Cleanup(func() { _ = inst.Client(t).Do(context.Background(), "SHUTDOWN", "NOSAVE").Err() })
+	var dir string
+	if res, err := inst.Client(t).ConfigGet(t.Context(), "dir").Result(); err == nil {
+		dir = res["dir"]
+	}
+	if dir != dst {
+		t.Errorf("after --migrate Redis works in %q, want %s (ready: %v)", dir, dst, ready["data_dir"])
+	}
+	for k, want := range map[string]string{"during": "serving", "after": "copied"} {
+		if got := inst.Client(t).Get(t.Context(), k).Val(); got != want {
+			t.Errorf("after --migrate %s = %q, want %q", k, got, want)
+		}
+	}
+	assertGone(t, work)
 }
