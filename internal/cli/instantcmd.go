@@ -34,15 +34,19 @@ func (a *app) runCommand() *cobra.Command {
 		Use:   "run [ID|latest] --writer NAME [--port N] [--migrate DIR]",
 		Short: "Start a database straight from a backup (instant recovery)",
 		Long: `Start the writer's application directly on the backup, without restoring it
-first: the repository is mounted read-only, a writable overlay is laid over
-the backup's files (the application's writes go to a local directory; the
-repository is never written), and the application recovers and serves.
-The time to the first answered query is the application's recovery, not
-the size of its data.
+first: the backup is mounted as a writable view (FUSE; each block the
+application writes goes to a file in --datadir, the rest is read from the
+repository, which is never written), and the application recovers and
+serves. The time to the first answered query is the application's
+recovery, not the size of its data.
 
   postgres  recovers from the backup's WAL and serves on --port at
             --listen and on a socket in --socket-dir
-  mariadb   InnoDB recovers; serves on --port at --listen and on a socket
+  mariadb   InnoDB recovers (with the backup's binary logs); serves on
+            --port at --listen and on a socket in --socket-dir
+  redis     loads the backup's RDB or AOF; serves on --port at --listen,
+            with the writer's password
+  sqlite    no server: the backup's database file, writable, by its path
 
 Like a verification's copy it archives nothing, follows no primary and
 starts no replica; unlike it, clients reach it, with the backup's own users
@@ -53,6 +57,11 @@ it is shut down and its writes are thrown away.
 to DIR (absent or empty), then it is stopped cleanly, what changed
 meanwhile is copied, and it is started on DIR on the same port. umbra
 reports how long it was stopped and exits; the application runs on.
+(PostgreSQL with tablespaces, and SQLite, are refused: restore those.)
+
+With --json each event is one line: {"event":"ready",…} with connect,
+socket, data_dir and ready_ms; then "stopped" or "migrated" (stop_ms,
+shutdown_ms, sync_ms, start_ms). docs/instant.md has the details.
 
 umbra run --list shows what runs; umbra run --stop --writer NAME ends one.
 An instance whose umbra was killed is cleaned up by the next umbra run or

@@ -137,8 +137,12 @@ type fileHandle struct {
 // each load is large (one read per pack), several run at once.
 func (h *fileHandle) readAhead(i int) {
 	h.mu.Lock()
-	if i < h.last {
-		h.next, h.to = i+1, i+1 // a seek back: read ahead from here again
+	if i != h.last && i != h.last+1 {
+		// A jump (a database's random reads): no read-ahead until the
+		// reader goes on from here, then from here.
+		h.next, h.to, h.last = i+1, i+1, i
+		h.mu.Unlock()
+		return
 	}
 	h.last = i
 	from := max(h.next, i+1)

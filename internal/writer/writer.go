@@ -365,8 +365,8 @@ type Relocator interface {
 }
 
 // Runner is a writer whose application can be started on its files where
-// they lie, under r.Target as the backup holds them (a writable overlay of
-// a mounted backup: instant recovery, item-level restore), reachable on
+// they lie, under r.Target as the backup holds them (a writable view of a
+// backup: instant recovery, item-level restore), reachable on
 // r.Port at r.Listen and on a socket in r.Socket, with a verification's
 // rules otherwise: nothing archived, no primary followed, no replica.
 // With r.DataDir set it starts instead on that data directory, which an

@@ -17,7 +17,7 @@ import (
 var _ writer.Runner = (*Writer)(nil)
 
 // Start brings the cluster up where the backup's files lie under r.Target
-// (umbra run: an overlay of the mounted backup): its pg_wal and tablespace
+// (umbra run: a writable view of the backup): its pg_wal and tablespace
 // links, and tablespace_map, lead into r.Target (never to the original's),
 // it recovers from the backup's own WAL, archives nothing, follows no
 // primary, and listens on r.Port at r.Listen and on a socket in r.Socket.
@@ -73,8 +73,8 @@ func (w *Writer) Start(ctx context.Context, r writer.Restore) (*writer.Running, 
 
 // syncByFilesystem has a server of version 14 or later, starting after a
 // crash or from a backup, flush its files with one syncfs instead of an
-// fsync of each: on an overlay, opening each file to fsync it would copy
-// every file of the cluster up from the backup.
+// fsync of each: on a backup's view that walk would open every file of the
+// cluster (on a kernel overlay, copying each up whole).
 func syncByFilesystem(dataDir string) error {
 	major, err := os.ReadFile(filepath.Join(dataDir, "PG_VERSION"))
 	if err != nil {
