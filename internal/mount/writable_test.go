@@ -215,4 +215,3 @@ func sum(b []byte) uint64 {
 	}
 	return h
 }
-
