@@ -318,18 +318,7 @@ func restoreBeside(ctx context.Context, repo *repository.Repository, job Restore
 // its components: from HandOnRoot into a scratch directory, then each to
 // its component's first path + its relative path, owned like that path.
 func placeHandOn(ctx context.Context, repo *repository.Repository, job RestoreJob, wi WriterInfo, comps []writer.Component, target string) ([]string, error) {
-	roots := map[string]string{}
-	for _, c := range comps {
-		if len(c.Paths) > 0 {
-			roots[c.Name] = filepath.Join(target, c.Paths[0])
-		}
-	}
-	var files []writer.HandOn
-	for _, f := range wi.Report.Files {
-		if _, ok := roots[f.Component]; ok {
-			files = append(files, f)
-		}
-	}
+	roots, files := handOnFiles(wi, comps, target)
 	if len(files) == 0 {
 		return nil, nil
 	}
@@ -357,8 +346,15 @@ func placeHandOn(ctx context.Context, repo *repository.Repository, job RestoreJo
 // under target, reading them from the backup's tree as it lies under from
 // (a mounted backup: umbra run).
 func PlaceHandOnFrom(wi WriterInfo, from, target string) ([]string, error) {
+	roots, files := handOnFiles(wi, wi.Metadata.Components, target)
+	return placeFiles(files, roots, from, target)
+}
+
+// handOnFiles returns where each of comps lies under target, and the files
+// the writer handed on into them.
+func handOnFiles(wi WriterInfo, comps []writer.Component, target string) (map[string]string, []writer.HandOn) {
 	roots := map[string]string{}
-	for _, c := range wi.Metadata.Components {
+	for _, c := range comps {
 		if len(c.Paths) > 0 {
 			roots[c.Name] = filepath.Join(target, c.Paths[0])
 		}
@@ -369,7 +365,7 @@ func PlaceHandOnFrom(wi WriterInfo, from, target string) ([]string, error) {
 			files = append(files, f)
 		}
 	}
-	return placeFiles(files, roots, from, target)
+	return roots, files
 }
 
 // placeFiles copies each hand-on file from its Source under from to its

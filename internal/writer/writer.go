@@ -397,7 +397,11 @@ type Running struct {
 
 // TableCopier is a Runner that can copy one table from a copy it started
 // (Runner.Start, private) into the live application, with the
-// application's own dump and load tools: item-level restore.
+// application's own dump and load tools: item-level restore. It runs in
+// the process that serves the backup's view (FUSE): it must not map the
+// view's files into memory (SQLite's -shm does), as a page fault there
+// can deadlock with its own server; plain reads, or another process, are
+// safe.
 type TableCopier interface {
 	Runner
 	CopyTable(ctx context.Context, from *Running, t TableCopy) (TableCopied, error)

@@ -25,12 +25,7 @@ var _ writer.Runner = (*Writer)(nil)
 func (w *Writer) Start(ctx context.Context, r writer.Restore) (*writer.Running, error) {
 	dataDir := r.DataDir
 	if dataDir == "" {
-		for _, c := range r.Metadata.Components {
-			if c.Name == DataComponent && len(c.Paths) == 1 {
-				dataDir = filepath.Join(r.Target, c.Paths[0])
-			}
-		}
-		if dataDir == "" {
+		if dataDir = dataDirIn(r.Metadata, r.Target); dataDir == "" {
 			return nil, fmt.Errorf("mariadb writer %q: the backup's metadata names no data directory", w.name)
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"io"
 	"net"
 	"os/exec"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 
 	"github.com/umbra-backup/umbra/internal/writer"
+	"github.com/umbra-backup/umbra/internal/writer/process"
 )
 
 var _ writer.TableCopier = (*Writer)(nil)
@@ -119,22 +119,12 @@ func dumpAndLoad(ctx context.Context, copyCfg, liveCfg *mysql.Config, t [2]strin
 	load := exec.CommandContext(ctx, "mariadb", append(clientArgs(liveCfg), t[0])...)
 	dump.Env = []string{"PATH=/usr/bin:/bin", "MYSQL_PWD=" + copyCfg.Passwd}
 	load.Env = []string{"PATH=/usr/bin:/bin", "MYSQL_PWD=" + liveCfg.Passwd}
-	dumped, err := dump.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	var dumpErr, loadErr strings.Builder
-	dump.Stderr, load.Stderr, load.Stdout, load.Stdin = &dumpErr, &loadErr, io.Discard, dumped
-	if err := dump.Start(); err != nil {
-		return fmt.Errorf("mariadb-dump: %w (install Debian's mariadb-client)", err)
-	}
-	lerr := load.Run()
-	derr := dump.Wait()
+	derr, lerr := process.Pipe(dump, load, "")
 	switch {
-	case derr != nil:
-		return fmt.Errorf("mariadb-dump of the backup's copy: %w: %s", derr, strings.TrimSpace(dumpErr.String()))
 	case lerr != nil:
-		return fmt.Errorf("loading into the live server: %w: %s", lerr, strings.TrimSpace(loadErr.String()))
+		return fmt.Errorf("loading into the live server: %w", lerr)
+	case derr != nil:
+		return fmt.Errorf("mariadb-dump of the backup's copy: %w (install Debian's mariadb-client)", derr)
 	}
 	return nil
 }

@@ -27,12 +27,7 @@ var _ writer.Verifier = (*Writer)(nil)
 // as the files' owner, checks that InnoDB came up, runs CHECK TABLE on
 // every table, and stops it.
 func (w *Writer) Verify(ctx context.Context, r writer.Restore) ([]writer.Check, error) {
-	var dataDir string
-	for _, c := range r.Metadata.Components {
-		if c.Name == DataComponent && len(c.Paths) == 1 {
-			dataDir = filepath.Join(r.Target, c.Paths[0])
-		}
-	}
+	dataDir := dataDirIn(r.Metadata, r.Target)
 	if dataDir == "" {
 		return nil, fmt.Errorf("mariadb writer %q: verify: the backup's metadata names no data directory", w.name)
 	}
@@ -129,6 +124,17 @@ func (w *Writer) Verify(ctx context.Context, r writer.Restore) ([]writer.Check, 
 		checks = append(checks, c)
 	}
 	return checks, nil
+}
+
+// dataDirIn is where the backup's data directory lies under target, ""
+// if its metadata names none.
+func dataDirIn(md writer.Metadata, target string) string {
+	for _, c := range md.Components {
+		if c.Name == DataComponent && len(c.Paths) == 1 {
+			return filepath.Join(target, c.Paths[0])
+		}
+	}
+	return ""
 }
 
 // sandboxBinlog finds the binary logs restored under r.Target (the backup's

@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -175,27 +174,16 @@ func (w *Writer) dumpAndLoad(ctx context.Context, from *writer.Running, copyConn
 	for _, c := range []*exec.Cmd{dump, load} {
 		c.Env, c.Dir, c.SysProcAttr = env, "/", cred
 	}
-	dumped, err := dump.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	var dumpErr, loadErr strings.Builder
-	dump.Stderr, load.Stderr, load.Stdout = &dumpErr, &loadErr, io.Discard
-	var in io.Reader = dumped
+	head := ""
 	if replace {
-		in = io.MultiReader(strings.NewReader("DROP TABLE "+table.Sanitize()+";\n"), dumped)
+		head = "DROP TABLE " + table.Sanitize() + ";\n"
 	}
-	load.Stdin = in
-	if err := dump.Start(); err != nil {
-		return fmt.Errorf("pg_dump: %w", err)
-	}
-	lerr := load.Run()
-	derr := dump.Wait()
+	derr, lerr := process.Pipe(dump, load, head)
 	switch {
-	case derr != nil:
-		return fmt.Errorf("pg_dump of the backup's copy: %w: %s", derr, strings.TrimSpace(dumpErr.String()))
 	case lerr != nil:
-		return fmt.Errorf("psql into the live database (nothing of it was kept: one transaction): %w: %s", lerr, strings.TrimSpace(loadErr.String()))
+		return fmt.Errorf("psql into the live database (nothing of it was kept: one transaction): %w", lerr)
+	case derr != nil:
+		return fmt.Errorf("pg_dump of the backup's copy: %w", derr)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ package process
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/user"
@@ -204,4 +205,34 @@ func KillInside(dir string) {
 			return
 		}
 	}
+}
+
+// Pipe runs from with its output as to's input (after head, if any) and
+// waits for both: a dump piped into a load. Each error carries what that
+// program said on stderr.
+func Pipe(from, to *exec.Cmd, head string) (fromErr, toErr error) {
+	out, err := from.StdoutPipe()
+	if err != nil {
+		return err, nil
+	}
+	var fromSaid, toSaid strings.Builder
+	from.Stderr, to.Stderr, to.Stdout = &fromSaid, &toSaid, io.Discard
+	to.Stdin = io.MultiReader(strings.NewReader(head), out)
+	if err := from.Start(); err != nil {
+		return err, nil
+	}
+	toErr = to.Run()
+	if toErr != nil {
+		// The reader is gone: a dump blocked on a full pipe must not
+		// hold the wait.
+		_ = from.Process.Kill()
+	}
+	fromErr = from.Wait()
+	if fromErr != nil {
+		fromErr = fmt.Errorf("%w: %s", fromErr, strings.TrimSpace(fromSaid.String()))
+	}
+	if toErr != nil {
+		toErr = fmt.Errorf("%w: %s", toErr, strings.TrimSpace(toSaid.String()))
+	}
+	return fromErr, toErr
 }

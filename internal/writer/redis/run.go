@@ -26,18 +26,7 @@ var _ writer.Runner = (*Writer)(nil)
 // to loopback without one), as the files' owner. Stop saves (SHUTDOWN
 // SAVE) so that its data can be moved.
 func (w *Writer) Start(ctx context.Context, r writer.Restore) (*writer.Running, error) {
-	var rdb, aofDir string
-	for _, c := range r.Metadata.Components {
-		if len(c.Paths) == 0 {
-			continue
-		}
-		switch c.Name {
-		case componentRDB:
-			rdb = filepath.Join(r.Target, c.Paths[0])
-		case componentAOF:
-			aofDir = filepath.Join(r.Target, c.Paths[0])
-		}
-	}
+	rdb, aofDir := componentFiles(r.Metadata, r.Target)
 	if rdb == "" && aofDir == "" {
 		return nil, fmt.Errorf("redis writer %q: the backup's metadata names no RDB or AOF file", w.name)
 	}

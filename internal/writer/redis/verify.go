@@ -31,18 +31,7 @@ var rdbKeys = regexp.MustCompile(`(\d+) keys read`)
 // compares the keys it loaded with the RDB's count and with the count
 // recorded when the backup's save ended.
 func (w *Writer) Verify(ctx context.Context, r writer.Restore) ([]writer.Check, error) {
-	var rdb, aofDir string
-	for _, c := range r.Metadata.Components {
-		if len(c.Paths) == 0 {
-			continue
-		}
-		switch c.Name {
-		case componentRDB:
-			rdb = filepath.Join(r.Target, c.Paths[0])
-		case componentAOF:
-			aofDir = filepath.Join(r.Target, c.Paths[0])
-		}
-	}
+	rdb, aofDir := componentFiles(r.Metadata, r.Target)
 	server, err := serverProgram(r.Report.Started)
 	if err != nil {
 		return nil, err
@@ -101,6 +90,23 @@ func (w *Writer) Verify(ctx context.Context, r writer.Restore) ([]writer.Check, 
 		checks = append(checks, user)
 	}
 	return checks, nil
+}
+
+// componentFiles is where the backup's RDB file and AOF directory lie
+// under target ("" for one it does not hold).
+func componentFiles(md writer.Metadata, target string) (rdb, aofDir string) {
+	for _, c := range md.Components {
+		if len(c.Paths) == 0 {
+			continue
+		}
+		switch c.Name {
+		case componentRDB:
+			rdb = filepath.Join(target, c.Paths[0])
+		case componentAOF:
+			aofDir = filepath.Join(target, c.Paths[0])
+		}
+	}
+	return rdb, aofDir
 }
 
 // serverProgram is the redis-server to check with: the one the backup saw

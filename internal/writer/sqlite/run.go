@@ -27,11 +27,11 @@ func (w *Writer) Start(ctx context.Context, r writer.Restore) (*writer.Running, 
 		return nil, errors.New("sqlite has no server to move: copy the database file instead")
 	}
 	path := filepath.Join(r.Target, w.path)
+	// Only a stat: umbra serves the view itself, and SQLite in this
+	// process would map the database's -shm file from it, a page fault
+	// its own FUSE server can deadlock on.
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("sqlite writer %q: the backup's database: %w", w.name, err)
-	}
-	if err := IntegrityCheck(ctx, path); err != nil {
-		return nil, fmt.Errorf("sqlite writer %q: %w", w.name, err)
 	}
 	return &writer.Running{Connect: path, DataDir: path,
 		NoMigrate: "SQLite has no server to switch: copy the file (sqlite3 FILE \".backup NEW\") or umbra restore --target"}, nil
@@ -58,6 +58,20 @@ func (w *Writer) CopyTable(ctx context.Context, from *writer.Running, t writer.T
 	if t.Table == "" || strings.ContainsAny(t.Table+into, "\"`[]") {
 		return out, fmt.Errorf("table %q: give the table's name, unquoted", t.Table)
 	}
+	// The backup's database is copied out of the view first, with plain
+	// reads: opened in place, SQLite would map its -shm file from the
+	// FUSE mount this very process serves, and deadlock on a page fault.
+	scratch, err := os.MkdirTemp(filepath.Dir(w.path), ".umbra-table-")
+	if err != nil {
+		return out, err
+	}
+	defer os.RemoveAll(scratch)
+	backupDB := filepath.Join(scratch, filepath.Base(w.path))
+	for _, suffix := range []string{"", "-wal"} {
+		if err := copyFile(from.DataDir+suffix, backupDB+suffix); err != nil {
+			return out, fmt.Errorf("copy the backup's database out: %w", err)
+		}
+	}
 	db, err := sql.Open("sqlite", dsn(w.path, "mode=rw&_txlock=immediate&_pragma=busy_timeout(30000)"))
 	if err != nil {
 		return out, err
@@ -68,7 +82,7 @@ func (w *Writer) CopyTable(ctx context.Context, from *writer.Running, t writer.T
 		return out, err
 	}
 	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, "ATTACH DATABASE ? AS backup", dsn(from.DataDir, "mode=ro")); err != nil {
+	if _, err := conn.ExecContext(ctx, "ATTACH DATABASE ? AS backup", dsn(backupDB, "mode=ro")); err != nil {
 		return out, fmt.Errorf("open the backup's database: %w", err)
 	}
 	var create string
