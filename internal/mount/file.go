@@ -137,9 +137,10 @@ type fileHandle struct {
 // each load is large (one read per pack), several run at once.
 func (h *fileHandle) readAhead(i int) {
 	h.mu.Lock()
-	if i != h.last && i != h.last+1 {
-		// A jump (a database's random reads): no read-ahead until the
-		// reader goes on from here, then from here.
+	if i+8 < h.last || i > max(h.to, h.last+8) {
+		// A jump (a database's random reads), not the kernel's own
+		// read-ahead, which asks for chunks out of order within the
+		// window: no read-ahead until the reader goes on from here.
 		h.next, h.to, h.last = i+1, i+1, i
 		h.mu.Unlock()
 		return
