@@ -132,6 +132,9 @@ func TestStoreOutage(t *testing.T) {
 	if err := json.Unmarshal([]byte(mustRepo(t, repo, "backups", "--json").stdout), &list); err != nil || len(list) != 1 {
 		t.Errorf("after the failed backup: %d backups (%v), want only the first", len(list), err)
 	}
-	mustRepo(t, repo, "backup", "--writer", "sqlite:path="+db)
+	// A copy backup: truncating the WAL, which the load committing
+	// without pause can keep busy past its budget on a busy machine (a
+	// warning, exit 3; seen in CI), is not what this test is about.
+	mustRepo(t, repo, "backup", "--writer", "sqlite:path="+db, "--no-truncate", "sqlite:app")
 	mustRepo(t, repo, "check", "--read-data")
 }
