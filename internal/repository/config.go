@@ -4,6 +4,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -18,6 +20,35 @@ type Config struct {
 	Chunker ChunkerParams `json:"chunker"`
 	// PackSize is the size at which a pack file is finished.
 	PackSize int `json:"pack_size"`
+	// Compression is how new blobs are compressed (see Compression*).
+	// Readers need no setting: each blob's flags say how it is stored.
+	// Repositories made before the field existed have none: "fast".
+	Compression string `json:"compression,omitempty"`
+}
+
+// Compression settings: what a repository compresses new blobs with.
+const (
+	// CompressionFast is LZ4 for blobs up to 64 KiB (the 16 KiB blocks of
+	// database files) and zstd's fastest level above: the least CPU.
+	CompressionFast = "fast"
+	// CompressionAuto is zstd's fastest level for every blob: database
+	// blocks take about a quarter less room than with LZ4, for about a
+	// third more CPU on them (docs/benchmarks.md).
+	CompressionAuto = "auto"
+	// CompressionMax is zstd's better level for every blob: a few per cent
+	// smaller again, at about three times auto's CPU.
+	CompressionMax = "max"
+)
+
+// Compressions lists the settings, for help texts and errors.
+var Compressions = []string{CompressionAuto, CompressionFast, CompressionMax}
+
+// compression returns the setting, a missing one read as fast.
+func (c Config) compression() string {
+	if c.Compression == "" {
+		return CompressionFast
+	}
+	return c.Compression
 }
 
 // ChunkerParams say how files are cut into chunks.
@@ -35,9 +66,10 @@ type ChunkerParams struct {
 // DefaultConfig is used by Init unless options say otherwise.
 func DefaultConfig() Config {
 	return Config{
-		Version:  FormatVersion,
-		Chunker:  ChunkerParams{MinSize: 256 << 10, AvgSize: 1 << 20, MaxSize: 4 << 20, BlockSize: 16 << 10},
-		PackSize: 16 << 20,
+		Version:     FormatVersion,
+		Chunker:     ChunkerParams{MinSize: 256 << 10, AvgSize: 1 << 20, MaxSize: 4 << 20, BlockSize: 16 << 10},
+		PackSize:    16 << 20,
+		Compression: CompressionAuto,
 	}
 }
 
@@ -51,6 +83,9 @@ func (c Config) validate() error {
 	}
 	if ch.BlockSize < 512 || ch.BlockSize > 16<<20 || ch.BlockSize&(ch.BlockSize-1) != 0 {
 		return fmt.Errorf("block size %d is not a power of two in 512 B..16 MiB", ch.BlockSize)
+	}
+	if !slices.Contains(Compressions, c.compression()) {
+		return fmt.Errorf("compression %q: want one of %s", c.Compression, strings.Join(Compressions, ", "))
 	}
 	if c.PackSize < 1<<20 || c.PackSize > 1<<30 {
 		return fmt.Errorf("pack size %d is not within 1 MiB..1 GiB", c.PackSize)

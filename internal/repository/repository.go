@@ -33,6 +33,7 @@ type Repository struct {
 	marked *index // blobs in packs a prune marked: to read, not to reuse
 	enc    *zstd.Encoder
 	dec    *zstd.Decoder
+	lz4    bool // LZ4 for small blobs (compression "fast")
 
 	mu       sync.Mutex
 	packers  map[BlobType]*packBuilder
@@ -160,7 +161,13 @@ func newRepository(be backend.Backend, cfg Config, mk *MasterKey, keyName string
 	// Every input is a whole blob of at most 4 MiB (a chunk) or a small
 	// file, so a window beyond that buys nothing; the encoders' history
 	// buffers are sized by it.
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithWindowSize(4<<20), zstd.WithLowerEncoderMem(true))
+	level := zstd.SpeedFastest
+	if cfg.compression() == CompressionMax {
+		level = zstd.SpeedBetterCompression
+	}
+	// No frame checksum: a sealed blob is authenticated, and its
+	// plaintext checked against its id.
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithWindowSize(4<<20), zstd.WithLowerEncoderMem(true), zstd.WithEncoderCRC(false))
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +177,7 @@ func newRepository(be backend.Backend, cfg Config, mk *MasterKey, keyName string
 	}
 	return &Repository{
 		be: be, cfg: cfg, key: mk, keyName: keyName, kdf: kdf,
-		idx: newIndex(), marked: newIndex(), enc: enc, dec: dec,
+		idx: newIndex(), marked: newIndex(), enc: enc, dec: dec, lz4: cfg.compression() == CompressionFast,
 		packers: map[BlobType]*packBuilder{}, unpacked: map[ID]BlobType{},
 		slots: make(chan struct{}, 2),
 	}, nil
@@ -234,7 +241,7 @@ func (r *Repository) SaveBlob(ctx context.Context, t BlobType, data []byte) (ID,
 	// Compressed only when it pays: at least 1/32 smaller. Content lists
 	// are ids, random bytes: not worth trying.
 	if t != ListBlob {
-		payload, e.Flags = compress(r.enc, data, *scratch)
+		payload, e.Flags = compress(r.enc, r.lz4, data, *scratch)
 	}
 	sealed, err := seal(r.key.Encrypt, (*scratch)[len(payload):len(payload)], payload)
 	if err != nil {
@@ -550,9 +557,9 @@ func (r *Repository) openBlobInto(id ID, flags uint8, rawLen uint32, sealed []by
 
 // compress returns data compressed into scratch (capacity at least
 // 2*len(data)) and its flag, or data itself and 0 when compression saves
-// less than 1/32.
-func compress(enc *zstd.Encoder, data, scratch []byte) ([]byte, uint8) {
-	if len(data) <= lz4Max {
+// less than 1/32. With lz4 set, blobs up to lz4Max use LZ4.
+func compress(enc *zstd.Encoder, lz4Small bool, data, scratch []byte) ([]byte, uint8) {
+	if lz4Small && len(data) <= lz4Max {
 		n, err := lz4.CompressBlock(data, scratch[:cap(scratch)], nil)
 		if err == nil && n > 0 && n < len(data)-len(data)/32 {
 			return scratch[:n], flagLZ4

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"strings"
@@ -300,38 +301,78 @@ func TestCheckFindsDamageAndAffectedBackups(t *testing.T) {
 	}
 }
 
-// TestCompressionBySize: small blobs (database blocks) use LZ4, larger ones
-// zstd, incompressible ones neither; all come back intact.
-func TestCompressionBySize(t *testing.T) {
-	r, be := newRepo(t)
+// TestCompressionSettings: with "fast" small blobs (database blocks) use
+// LZ4 and larger ones zstd; with "auto" and "max" every blob uses zstd,
+// and the small ones take less room than LZ4's; incompressible ones are
+// stored as they are; a repository made before the setting existed
+// writes as "fast"; all come back intact, and an unknown setting is
+// refused.
+func TestCompressionSettings(t *testing.T) {
 	ctx := t.Context()
-	text := bytes.Repeat([]byte("row 42, balance 1000, name alice; "), 40000)
-	tests := []struct {
-		data []byte
-		flag uint8
-	}{
-		{text[:16<<10], flagLZ4},
-		{text[:lz4Max], flagLZ4},
-		{text[:lz4Max+1], flagZstd},
-		{text[:1<<20], flagZstd},
-		{random(t, 16<<10), 0},
+	text := []byte{}
+	for i := 0; len(text) < 2<<20; i++ {
+		text = fmt.Appendf(text, "row %d, balance %d, name %s; ", i, i*7919%100000, []string{"alice", "bob", "carol"}[i%3])
 	}
-	for _, tt := range tests {
-		id, _, err := r.SaveBlob(ctx, DataBlob, tt.data)
-		if err != nil {
-			t.Fatal(err)
+	block := text[:16<<10]
+	sizes := map[string]int{}
+	for _, setting := range []string{CompressionFast, CompressionAuto, CompressionMax, ""} {
+		name := setting
+		if name == "" {
+			name = "unset"
 		}
-		if err := r.Flush(ctx); err != nil {
-			t.Fatal(err)
-		}
-		r2 := reopen(t, be, "secret")
-		if _, loc, _ := r2.idx.lookup(id); loc.flags != tt.flag {
-			t.Errorf("%d-byte blob stored with flags %d, want %d", len(tt.data), loc.flags, tt.flag)
-		}
-		got, err := r2.LoadBlob(ctx, id)
-		if err != nil || !bytes.Equal(got, tt.data) {
-			t.Errorf("%d-byte blob: got %d bytes back (%v), want it intact", len(tt.data), len(got), err)
-		}
+		t.Run(name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.Compression = setting
+			be := mem.New()
+			r, err := Init(ctx, be, "secret", Options{Config: cfg, KDF: fastKDF})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			small := uint8(flagZstd)
+			if setting == CompressionFast || setting == "" {
+				small = flagLZ4
+			}
+			tests := []struct {
+				data []byte
+				flag uint8
+			}{
+				{block, small},
+				{text[:lz4Max], small},
+				{text[:lz4Max+1], flagZstd},
+				{text[:1<<20], flagZstd},
+				{random(t, 16<<10), 0},
+			}
+			for _, tt := range tests {
+				id, _, err := r.SaveBlob(ctx, DataBlob, tt.data)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := r.Flush(ctx); err != nil {
+					t.Fatal(err)
+				}
+				r2 := reopen(t, be, "secret")
+				_, loc, _ := r2.idx.lookup(id)
+				if loc.flags != tt.flag {
+					t.Errorf("%d-byte blob stored with flags %d, want %d", len(tt.data), loc.flags, tt.flag)
+				}
+				if len(tt.data) == len(block) && tt.flag != 0 {
+					sizes[setting] = int(loc.length)
+				}
+				got, err := r2.LoadBlob(ctx, id)
+				if err != nil || !bytes.Equal(got, tt.data) {
+					t.Errorf("%d-byte blob: got %d bytes back (%v), want it intact", len(tt.data), len(got), err)
+				}
+			}
+		})
+	}
+	if !(sizes[CompressionAuto] < sizes[CompressionFast] && sizes[CompressionMax] <= sizes[CompressionAuto]) {
+		t.Errorf("a 16 KiB block of rows took %v bytes by setting; want max ≤ auto < fast", sizes)
+	}
+	cfg := DefaultConfig()
+	cfg.Compression = "brotli"
+	if _, err := Init(ctx, mem.New(), "secret", Options{Config: cfg, KDF: fastKDF}); err == nil || !strings.Contains(err.Error(), "auto, fast, max") {
+		t.Errorf("compression brotli: %v; want refused, naming the settings", err)
 	}
 }
 
