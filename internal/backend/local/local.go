@@ -253,6 +253,9 @@ func (b *Backend) makeParents(dir string) error {
 // write copies exactly size bytes from rd to f, failing if rd has fewer or
 // more, and stops when ctx is done.
 func write(ctx context.Context, f *os.File, size int64, rd io.Reader) error {
+	if src, ok := rd.(*os.File); ok {
+		return writeFile(ctx, f, size, src)
+	}
 	n, err := io.CopyN(f, ctxReader{ctx, rd}, size)
 	if err == io.EOF {
 		return fmt.Errorf("reader gave %d bytes, want %d: %w", n, size, io.ErrUnexpectedEOF)
@@ -262,6 +265,28 @@ func write(ctx context.Context, f *os.File, size int64, rd io.Reader) error {
 	}
 	// The reader must end here: more bytes mean the caller's size is wrong.
 	return backend.CheckEnd(rd, size)
+}
+
+// writeFile is write from a file (a pack umbra built in a temporary
+// file): handed to the kernel unwrapped, so it copies without passing the
+// bytes through umbra (copy_file_range), in pieces between which ctx is
+// checked.
+func writeFile(ctx context.Context, f *os.File, size int64, src *os.File) error {
+	const piece = 8 << 20
+	for done := int64(0); done < size; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, err := io.CopyN(f, src, min(piece, size-done))
+		done += n
+		if err == io.EOF {
+			return fmt.Errorf("reader gave %d bytes, want %d: %w", done, size, io.ErrUnexpectedEOF)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return backend.CheckEnd(src, size)
 }
 
 // ctxReader stops a copy when its context is done, and tells the reader's
