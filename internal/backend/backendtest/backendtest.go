@@ -22,6 +22,7 @@ import (
 	"io"
 	"io/fs"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -279,7 +280,7 @@ func (r *errReader) Read(p []byte) (int, error) {
 }
 
 // failingSaves are Saves that must fail and store nothing.
-func failingSaves() []struct {
+func failingSaves(t *testing.T) []struct {
 	name   string
 	size   int64
 	rd     func() io.Reader
@@ -301,11 +302,32 @@ func failingSaves() []struct {
 		{"ReaderLongSeekable", int64(len(half)), func() io.Reader { return bytes.NewReader(b) }, false},
 		{"ReaderEmpty", 1, func() io.Reader { return bytes.NewReader(nil) }, false},
 		{"Canceled", int64(len(half)), func() io.Reader { return bytes.NewReader(half) }, true},
+		// A file, as packs are built: backends may hand it to the kernel.
+		{"FileShort", int64(len(b)), func() io.Reader { return tempFile(t, half) }, false},
+		{"FileLong", int64(len(half)), func() io.Reader { return tempFile(t, b) }, false},
+		{"FileCanceled", int64(len(half)), func() io.Reader { return tempFile(t, half) }, true},
 	}
 }
 
+// tempFile returns an unlinked file holding b, at its start, closed when
+// the test ends.
+func tempFile(t *testing.T, b []byte) *os.File {
+	f, err := os.CreateTemp(t.TempDir(), "pack-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if _, err := f.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 func (suite) saveFailing(t *testing.T, be backend.Backend) {
-	for i, tc := range failingSaves() {
+	for i, tc := range failingSaves(t) {
 		t.Run(tc.name, func(t *testing.T) {
 			for j, h := range handles() {
 				if h.Type == backend.TypeConfig {
@@ -340,7 +362,7 @@ func (suite) saveFailingKeepsLock(t *testing.T, be backend.Backend) {
 	h := backend.Handle{Type: backend.TypeLock, Name: name(3)}
 	old := data(3, 100)
 	save(t, be, h, old)
-	for _, tc := range failingSaves() {
+	for _, tc := range failingSaves(t) {
 		if tc.cancel {
 			continue
 		}
