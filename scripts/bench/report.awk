@@ -48,7 +48,7 @@ function fastest_peer(ds, step,   i, t, v, best) {
 	best = ""
 	for (i = 1; i <= ntools; i++) {
 		t = tools[i]
-		if (t == "umbra") continue
+		if (t ~ /^umbra/) continue # umbra-fast is umbra, not a peer
 		v = val(ds, t, step ":wall")
 		if (v != "" && (best == "" || v < best)) { best = v; bestname = t }
 	}
