@@ -18,6 +18,9 @@
 #   BENCH_DATASETS  data sets to use (default "mixed dbfile pgdata")
 #   BENCH_MIXED_MIB, BENCH_DBFILE_MIB, BENCH_PG_SCALE
 #                   sizes (defaults: full 2048, 2048, 100; small 100, 64, 2)
+#   BENCH_RUNS      repetitions (default full 3, small 1): each a fresh
+#                   repository per tool, the tools in a rotated order; the
+#                   report gives each figure's median
 #   BENCH_CHANGE_PERCENT  share of pages (files, for mixed) changed (default 1)
 #   BENCH_SEED      seed of the data and of the change (default 1)
 #   BENCH_PG_PORT   port of the private PostgreSQL server (default 55432;
@@ -47,9 +50,11 @@ BENCH_KEEP="${BENCH_KEEP:-0}"
 case "$BENCH_SCALE" in
 full)
 	mixed_mib="${BENCH_MIXED_MIB:-2048}" dbfile_mib="${BENCH_DBFILE_MIB:-2048}" pg_scale="${BENCH_PG_SCALE:-100}"
+	runs="${BENCH_RUNS:-3}"
 	;;
 small)
 	mixed_mib="${BENCH_MIXED_MIB:-100}" dbfile_mib="${BENCH_DBFILE_MIB:-64}" pg_scale="${BENCH_PG_SCALE:-2}"
+	runs="${BENCH_RUNS:-1}"
 	;;
 *)
 	echo "bench: BENCH_SCALE=$BENCH_SCALE: want full or small" >&2
@@ -181,10 +186,10 @@ out="$BENCH_DIR/results/$run_id"
 mkdir -p "$out/logs"
 ln -sfn "$run_id" "$BENCH_DIR/results/latest"
 tsv="$out/results.tsv"
-printf 'run\tdataset\ttool\tstep\tstatus\twall_s\tuser_s\tsys_s\tmax_rss_kib\trepo_bytes\tgrowth_bytes\tdata_bytes\tdata_files\tchanged_bytes\tchanged_units\tverify\n' >"$tsv"
+printf 'run\tdataset\ttool\tstep\tstatus\twall_s\tuser_s\tsys_s\tmax_rss_kib\trepo_bytes\tgrowth_bytes\tdata_bytes\tdata_files\tchanged_bytes\tchanged_units\tverify\trep\n' >"$tsv"
 
 {
-	echo "run: $run_id, scale $BENCH_SCALE (mixed $mixed_mib MiB, dbfile $dbfile_mib MiB, pgbench scale $pg_scale), change $BENCH_CHANGE_PERCENT%, seed $BENCH_SEED"
+	echo "run: $run_id, scale $BENCH_SCALE (mixed $mixed_mib MiB, dbfile $dbfile_mib MiB, pgbench scale $pg_scale), change $BENCH_CHANGE_PERCENT%, seed $BENCH_SEED, $runs repetitions (medians), tool order rotated"
 	echo "machine: $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r), $(sed -n 's/^PRETTY_NAME="\(.*\)"/\1/p' /etc/os-release)"
 	echo "work dir: $BENCH_DIR on $(findmnt -n -o FSTYPE,SOURCE -T "$BENCH_DIR" | tr -s ' ')"
 	for t in $BENCH_TOOLS; do
@@ -424,8 +429,8 @@ run_step() {
 	local ds="$1" tool="$2" step="$3" repo="$repos/$2-$1" src="$data/$1" target="$restores/$2-$1"
 	local log="$out/logs/$ds-$tool-$step" cwd="$BENCH_DIR" rc start end status verify="" before growth=""
 	if [ -n "${tool_failed[$tool:$ds]:-}" ]; then
-		printf '%s\t%s\t%s\t%s\tskipped\t\t\t\t\t\t\t%s\t%s\t%s\t%s\t\n' "$run_id" "$ds" "$tool" "$step" \
-			"$data_bytes" "$data_files" "${changed_bytes:-}" "${changed_units:-}" >>"$tsv"
+		printf '%s\t%s\t%s\t%s\tskipped\t\t\t\t\t\t\t%s\t%s\t%s\t%s\t\t%s\n' "$run_id" "$ds" "$tool" "$step" \
+			"$data_bytes" "$data_files" "${changed_bytes:-}" "${changed_units:-}" "$rep" >>"$tsv"
 		return
 	fi
 	tool_cmd "$tool" "$step" "$repo" "$src" "$target"
@@ -448,7 +453,7 @@ run_step() {
 	# Exit status 3 (umbra, restic) and 1 (borg) mean "completed with warnings".
 	case "$tool:$rc" in
 	*:0) status=ok ;;
-	umbra:3 | restic:3 | borg:1) status=warnings ;;
+	umbra*:3 | restic:3 | borg:1) status=warnings ;;
 	*) status="failed($rc)" ;;
 	esac
 	if [[ "$status" == failed* ]]; then
@@ -469,11 +474,11 @@ run_step() {
 	[ "$step" = restore ] && rm -rf "$target"
 	awk -v OFS='\t' -v run="$run_id" -v ds="$ds" -v tool="$tool" -v step="$step" -v status="$status" \
 		-v wall="$(((end - start) / 1000000))" -v repo="$repo_after" -v growth="$growth" \
-		-v dbytes="$data_bytes" -v dfiles="$data_files" -v cbytes="${changed_bytes:-}" -v cunits="${changed_units:-}" -v verify="$verify" '
+		-v dbytes="$data_bytes" -v dfiles="$data_files" -v cbytes="${changed_bytes:-}" -v cunits="${changed_units:-}" -v verify="$verify" -v rep="$rep" '
 		/User time \(seconds\)/ { user = $NF }
 		/System time \(seconds\)/ { sys = $NF }
 		/Maximum resident set size/ { rss = $NF }
-		END { print run, ds, tool, step, status, sprintf("%.3f", wall / 1000), user, sys, rss, repo, growth, dbytes, dfiles, cbytes, cunits, verify }
+		END { print run, ds, tool, step, status, sprintf("%.3f", wall / 1000), user, sys, rss, repo, growth, dbytes, dfiles, cbytes, cunits, verify, rep }
 	' "$log.time" >>"$tsv"
 }
 
@@ -500,30 +505,41 @@ verify_restore() {
 # --- the run ----------------------------------------------------------------------
 
 msg "run $run_id: tools $BENCH_TOOLS; data sets $BENCH_DATASETS; results in $out"
+# rotated N: the tools, starting N places further on.
+rotated() {
+	local -a t=($BENCH_TOOLS)
+	local i n=${#t[@]}
+	for ((i = 0; i < n; i++)); do printf '%s ' "${t[$(((i + $1) % n))]}"; done
+}
+
 for ds in $BENCH_DATASETS; do
 	ensure_dataset "$ds"
 	read -r data_bytes data_files < <(data_stats "$data/$ds")
-	changed_bytes="" changed_units=""
-	for tool in $BENCH_TOOLS; do
-		rm -rf "${repos:?}/$tool-$ds" "${state:?}/$tool"
-		mkdir -p "$state/$tool"
-		run_step "$ds" "$tool" init
-		if [ "$tool" = restic ] && [ -z "${tool_failed[$tool:$ds]:-}" ] && ! grep -q '^restic repository format' "$out/meta.txt"; then
-			echo "restic repository format: $(restic -r "$repos/$tool-$ds" cat config 2>/dev/null | tr -d ' \n' | sed -n 's/.*"version":\([0-9]*\).*/version \1/p')" >>"$out/meta.txt"
+	for ((rep = 1; rep <= runs; rep++)); do
+		order="$(rotated $((rep - 1)))"
+		changed_bytes="" changed_units=""
+		for tool in $order; do
+			rm -rf "${repos:?}/$tool-$ds" "${state:?}/$tool"
+			mkdir -p "$state/$tool"
+			unset "tool_failed[$tool:$ds]"
+			run_step "$ds" "$tool" init
+			if [ "$tool" = restic ] && [ -z "${tool_failed[$tool:$ds]:-}" ] && ! grep -q '^restic repository format' "$out/meta.txt"; then
+				echo "restic repository format: $(restic -r "$repos/$tool-$ds" cat config 2>/dev/null | tr -d ' \n' | sed -n 's/.*"version":\([0-9]*\).*/version \1/p')" >>"$out/meta.txt"
+			fi
+			run_step "$ds" "$tool" first
+			run_step "$ds" "$tool" unchanged
+		done
+		change_dataset "$ds"
+		((rep == 1)) && echo "change $ds: $change_desc; $changed_units units, $changed_bytes bytes" >>"$out/meta.txt"
+		for tool in $order; do
+			run_step "$ds" "$tool" incremental
+			run_step "$ds" "$tool" restore
+		done
+		undo_dataset "$ds"
+		if [ "$BENCH_KEEP" != 1 ] || ((rep < runs)); then
+			for tool in $BENCH_TOOLS; do rm -rf "${repos:?}/$tool-$ds"; done
 		fi
-		run_step "$ds" "$tool" first
-		run_step "$ds" "$tool" unchanged
 	done
-	change_dataset "$ds"
-	echo "change $ds: $change_desc; $changed_units units, $changed_bytes bytes" >>"$out/meta.txt"
-	for tool in $BENCH_TOOLS; do
-		run_step "$ds" "$tool" incremental
-		run_step "$ds" "$tool" restore
-	done
-	undo_dataset "$ds"
-	if [ "$BENCH_KEEP" != 1 ]; then
-		for tool in $BENCH_TOOLS; do rm -rf "${repos:?}/$tool-$ds"; done
-	fi
 done
 
 awk -F'\t' -v format=text -f "$root/scripts/bench/report.awk" "$out/meta.txt" "$tsv" | tee "$out/summary.txt"
