@@ -18,6 +18,9 @@
 #   BENCH_DATASETS  data sets to use (default "mixed dbfile pgdata")
 #   BENCH_MIXED_MIB, BENCH_DBFILE_MIB, BENCH_PG_SCALE
 #                   sizes (defaults: full 2048, 2048, 100; small 100, 64, 2)
+# Each repetition also times "ceiling": the data set's files read by 8
+# parallel readers, page cache dropped, for what the disk can give.
+#
 #   BENCH_RUNS      repetitions (default full 3, small 1): each a fresh
 #                   repository per tool, the tools in a rotated order; the
 #                   report gives each figure's median
@@ -409,6 +412,9 @@ tool_cmd() {
 	umbra-fast:init) cmd=("$umbra_bin" init --repo "$repo" --compression fast) ;;
 	umbra*:restore) cmd=("$umbra_bin" restore latest --repo "$repo" --target "$target") ;;
 	umbra*:*) cmd=("$umbra_bin" --json backup --repo "$repo" "$src") ;;
+	# The disk's cold-read ceiling: the same files read by 8 parallel
+	# readers and thrown away, page cache dropped before.
+	ceiling:first) cmd=(bash -c 'find "$1" -type f -print0 | xargs -0 -r -P 8 -n 64 cat >/dev/null' ceiling "$src") ;;
 	restic:init) cmd=(restic -r "$repo" init) ;;
 	restic:restore) cmd=(restic -r "$repo" restore latest --target "$target") ;;
 	restic:*) cmd=(restic -r "$repo" backup "$src") ;;
@@ -518,6 +524,7 @@ for ds in $BENCH_DATASETS; do
 	for ((rep = 1; rep <= runs; rep++)); do
 		order="$(rotated $((rep - 1)))"
 		changed_bytes="" changed_units=""
+		run_step "$ds" ceiling first
 		for tool in $order; do
 			rm -rf "${repos:?}/$tool-$ds" "${state:?}/$tool"
 			mkdir -p "$state/$tool"

@@ -71,7 +71,7 @@ function best_peer(ds, what, high,   i, t, v, best) {
 	best = ""; bestname = ""
 	for (i = 1; i <= ntools; i++) {
 		t = tools[i]
-		if (t ~ /^umbra/) continue
+		if (t ~ /^umbra/ || t == "ceiling") continue
 		v = val(ds, t, what)
 		if (v != "" && (best == "" || (high ? v > best : v < best))) { best = v; bestname = t }
 	}
@@ -88,6 +88,9 @@ function targets(ds,   u, f, r) {
 	u = tput(ds, "umbra"); f = best_peer(ds, "mibps", 1)
 	target(ds, "first backup at least 1.3x the fastest peer's throughput", u == "" || f == "" ? "" : u >= 1.3 * f,
 		u == "" || f == "" ? "" : sprintf("%.2fx %s's", u / f, bestname))
+	f = tput(ds, "ceiling")
+	if (ds == "mixed") target(ds, "first backup at least 80% of the disk's cold-read ceiling", u == "" || f == "" ? "" : u >= 0.8 * f,
+		u == "" || f == "" ? "" : sprintf("%.0f%%, %.0f of %.0f MiB/s", 100 * u / f, u, f))
 	u = val(ds, "umbra", "unchanged:wall"); f = best_peer(ds, "unchanged:wall")
 	target(ds, "unchanged backup no slower than the fastest peer", u == "" || f == "" ? "" : u <= f,
 		u == "" || f == "" ? "" : sprintf("umbra %.2f s, %s %.2f s", u, bestname, f))
