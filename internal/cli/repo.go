@@ -246,7 +246,8 @@ needs. Anyone in the group can then read every backup with the password.
 
 --compression says how new data is compressed, for the repository's life:
   auto  zstd for everything (the default): database files take about a
-        quarter less room than with fast, for more CPU while backing up
+        third less room than with fast; their first backup takes about
+        twice the CPU (later ones compress only changed blocks)
   fast  LZ4 for database blocks, zstd for other files: the least CPU, the
         most room (what repositories made before this setting do)
   max   zstd's stronger level: a few per cent smaller than auto, several

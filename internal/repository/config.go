@@ -31,9 +31,10 @@ const (
 	// CompressionFast is LZ4 for blobs up to 64 KiB (the 16 KiB blocks of
 	// database files) and zstd's fastest level above: the least CPU.
 	CompressionFast = "fast"
-	// CompressionAuto is zstd's fastest level for every blob: database
-	// blocks take about a quarter less room than with LZ4, for about a
-	// third more CPU on them (docs/benchmarks.md).
+	// CompressionAuto is zstd's fastest level for every blob: a database
+	// with real rows takes about a third less room than with LZ4, for about
+	// twice the CPU of its first backup; incrementals, which compress only
+	// changed blocks, cost the same (docs/benchmarks.md).
 	CompressionAuto = "auto"
 	// CompressionMax is zstd's better level for every blob: a few per cent
 	// smaller again, at about three times auto's CPU.
