@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -77,19 +78,41 @@ func umbraCmd(t testing.TB, state string, env []string, args ...string) *exec.Cm
 	return cmd
 }
 
+// umbraRunLimit bounds one umbra run in a test: past it the run gets
+// SIGQUIT, so that a hang fails its test with umbra's goroutines (Go prints
+// them) instead of the whole package's timeout with nothing to go on.
+const umbraRunLimit = 5 * time.Minute
+
 // umbraRun runs umbra to the end.
 func umbraRun(t testing.TB, state string, env []string, args ...string) result {
 	t.Helper()
 	cmd := umbraCmd(t, state, env, args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
+	// Children (database servers, dump tools) that keep the output pipes
+	// open must not keep Wait from returning once umbra is gone.
+	cmd.WaitDelay = 10 * time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("run umbra %v: %v", args, err)
+	}
+	var hung atomic.Bool
+	watchdog := time.AfterFunc(umbraRunLimit, func() {
+		hung.Store(true)
+		_ = cmd.Process.Signal(syscall.SIGQUIT)
+	})
+	err := cmd.Wait()
+	watchdog.Stop()
 	res := result{stdout: out.String(), stderr: errb.String()}
+	if hung.Load() {
+		t.Errorf("umbra %v still ran after %v: sent SIGQUIT; its output:\n%s\n%s", args, umbraRunLimit, res.stdout, res.stderr)
+	}
 	cleanAside(t, res.stdout)
 	var exit *exec.ExitError
 	switch {
 	case errors.As(err, &exit):
 		res.code = exit.ExitCode()
+	case errors.Is(err, exec.ErrWaitDelay): // umbra ended; a child held its output
+		res.code = cmd.ProcessState.ExitCode()
 	case err != nil:
 		t.Fatalf("run umbra %v: %v", args, err)
 	}
